@@ -1,0 +1,1 @@
+"""The shared core: settings, database engine, table definitions and the metric catalogue."""

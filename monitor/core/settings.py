@@ -1,0 +1,107 @@
+"""One `Settings` object per process, read from `ENVMON_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class MqttEndpoint:
+    """Host, port and credentials parsed from an `mqtt://user:pass@host:port` URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+        self.tls = parts.scheme in ("mqtts", "ssl")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = parts.username
+        self.password = parts.password
+
+    def __repr__(self) -> str:
+        return f"MqttEndpoint({self.host}:{self.port}, tls={self.tls})"
+
+
+class Settings(BaseSettings):
+    """Every setting of envmon. Each field is read from `ENVMON_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENVMON_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Environment = Field(Environment.development, description="development or production")
+    data_dir: Path = Field(
+        Path("data"), description="Folder for the embedded database, broker and spool"
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; "
+        "unset = SQLite file in the data folder",
+    )
+    mqtt_url: str | None = Field(
+        None,
+        description="Broker URL, e.g. mqtt://user:pw@host:1883; unset = embedded broker on loopback",
+    )
+    mqtt_port: int = Field(1883, description="Port of the embedded broker (when mqtt_url is unset)")
+    mqtt_topic_prefix: str = Field("envmon", description="First topic level: {prefix}/v1/devices/...")
+    mqtt_client_id: str = Field(
+        "envmon-ingest", description="Ingestor client id; its persistent session lives on the broker"
+    )
+    mqtt_shared_group: str | None = Field(
+        None, description="Subscribe through $share/<group>/... so several ingestors split the load"
+    )
+    mqtt_receive_maximum: int = Field(
+        5000, ge=1, le=65535, description="Un-acknowledged QoS 1 messages the broker may send us"
+    )
+    api_host: str = Field("127.0.0.1", description="Address the API listens on")
+    api_port: int = Field(8000, description="Port the API listens on")
+    batch_max_size: int = Field(2000, ge=1, description="Readings per write batch, at most")
+    batch_max_age_ms: int = Field(200, ge=1, description="Longest a reading waits for its batch")
+    queue_max_messages: int = Field(
+        10000, ge=1, description="Bound of the queue between the MQTT thread and the writer"
+    )
+    max_payload_bytes: int = Field(256 * 1024, ge=64, description="Larger messages are dead letters")
+    max_batch_items: int = Field(1000, ge=1, description="Longest accepted `batch` array")
+    future_tolerance_s: int = Field(
+        300, ge=0, description="Readings stamped further in the future are dead letters"
+    )
+    timezone: str = Field("Asia/Shanghai", description="The city's time zone, for calendar windows")
+    log_level: str = Field("INFO", description="Logging level")
+    log_format: str = Field("text", description="text or json")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value:
+            MqttEndpoint(value)
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'envmon.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.mqtt_url
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        return MqttEndpoint(self.mqtt_url or f"mqtt://127.0.0.1:{self.mqtt_port}")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
