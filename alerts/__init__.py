@@ -1,0 +1,1 @@
+"""Rules, default rule packs, the evaluator and the alert lifecycle."""

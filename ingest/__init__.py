@@ -1,0 +1,1 @@
+"""The MQTT subscriber and the write path: contract, validation, batching, bulk insert."""

@@ -1,0 +1,152 @@
+"""The MQTT side of the ingestor: a paho-mqtt client on its own thread.
+
+It subscribes with QoS 1 on a persistent session and acknowledges nothing by itself
+(`manual_ack`): the writer acknowledges a message only after its readings are committed, so a
+crash leaves every un-stored message with the broker, which sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest.contract import TELEMETRY, topic_root
+from monitor.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: datetime
+
+
+class LoginRefused(RuntimeError):
+    """The broker refused our credentials: retrying will not help."""
+
+
+class MqttIntake:
+    def __init__(self, settings: Settings, inbox: queue.Queue[Message]) -> None:
+        self._settings = settings
+        self._inbox = inbox
+        self._endpoint = settings.mqtt
+        self._accepting = threading.Event()
+        self._connected = threading.Event()
+        self.fatal: BaseException | None = None
+        root = topic_root(settings.mqtt_topic_prefix)
+        topic = f"{root}/+/{TELEMETRY}"
+        if settings.mqtt_shared_group:
+            topic = f"$share/{settings.mqtt_shared_group}/{topic}"
+        self.topic = topic
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if self._endpoint.username:
+            client.username_pw_set(self._endpoint.username, self._endpoint.password)
+        if self._endpoint.tls:
+            client.tls_set()
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Connect (retrying until `timeout_s`) and start the network thread."""
+        props = Properties(PacketTypes.CONNECT)
+        # Keep our session (subscription and queued messages) while we are away.
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Without this the broker caps un-acknowledged deliveries at its default (20 on
+        # Mosquitto), and since we acknowledge after commit, batches could never grow past it.
+        props.ReceiveMaximum = self._settings.mqtt_receive_maximum
+        self._accepting.set()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._client.connect(
+                    self._endpoint.host,
+                    self._endpoint.port,
+                    keepalive=30,
+                    clean_start=False,
+                    properties=props,
+                )
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"cannot reach the MQTT broker at {self._endpoint.host}:"
+                        f"{self._endpoint.port}: {exc}"
+                    ) from exc
+                time.sleep(0.5)
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self._client.loop_stop()
+            raise ConnectionError(
+                f"no answer from the MQTT broker at {self._endpoint.host}:{self._endpoint.port}"
+            )
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("mqtt connection refused: %s", reason)
+            if reason.value in (0x86, 0x87, 0x8C):  # bad credentials / not authorised / bad auth
+                self.fatal = LoginRefused(f"MQTT broker refused the login: {reason}")
+                client.disconnect()
+            self._connected.set()
+            return
+        log.info("mqtt connected to %s, subscribing to %s", self._endpoint, self.topic)
+        client.subscribe(self.topic, qos=1)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("mqtt disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        item = Message(msg.topic, msg.payload, msg.mid, msg.qos, datetime.now(UTC))
+        # Blocking here is the back-pressure: paho stops reading the socket, the broker keeps
+        # the backlog. Nothing is dropped; while stopping, it is left un-acknowledged so the
+        # broker delivers it again to the next session.
+        while self._accepting.is_set():
+            try:
+                self._inbox.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def ack(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.qos > 0:
+                self._client.ack(m.mid, m.qos)
+
+    def stop_intake(self) -> None:
+        self._accepting.clear()
+
+    def close(self) -> None:
+        self._accepting.clear()
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,150 @@
+"""Bulk statements of the write path. One statement per batch; callers own the transaction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, func, insert, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ingest.validate import DeadLetterRecord, Row
+from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading
+
+readings = Reading.__table__
+rollups = HourlyRollup.__table__
+dead_letters = DeadLetter.__table__
+devices = Device.__table__
+
+# Readings and their hourly rollups in one round trip: the CTE returns only the rows that
+# were new, so a redelivered message neither duplicates a reading nor counts twice in a rollup.
+_PG_INSERT = text(
+    """
+    WITH ins AS (
+        INSERT INTO readings (device_id, metric, ts, value, quality, received_at)
+        SELECT * FROM unnest(CAST(:d AS text[]), CAST(:m AS text[]), CAST(:t AS timestamptz[]),
+                             CAST(:v AS float8[]), CAST(:q AS text[]), CAST(:r AS timestamptz[]))
+        ON CONFLICT DO NOTHING
+        RETURNING device_id, metric, ts, value, quality
+    ), roll AS (
+        INSERT INTO hourly_rollups AS r (device_id, metric, hour, count, sum, min, max)
+        SELECT device_id, metric, date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+               count(*), sum(value), min(value), max(value)
+        FROM ins WHERE quality = 'N'
+        GROUP BY 1, 2, 3
+        ON CONFLICT (device_id, metric, hour) DO UPDATE SET
+            count = r.count + EXCLUDED.count,
+            sum = r.sum + EXCLUDED.sum,
+            min = LEAST(r.min, EXCLUDED.min),
+            max = GREATEST(r.max, EXCLUDED.max)
+    )
+    SELECT count(*) FROM ins
+    """
+)
+
+
+def insert_readings(conn: Connection, rows: Sequence[Row]) -> int:
+    """Store new readings and fold them into hourly rollups; return how many were new."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        d, m, t, v, q, r = (list(col) for col in zip(*rows, strict=True))
+        result = conn.execute(_PG_INSERT, {"d": d, "m": m, "t": t, "v": v, "q": q, "r": r})
+        return int(result.scalar_one())
+    return _insert_sqlite(conn, rows)
+
+
+def _insert_sqlite(conn: Connection, rows: Sequence[Row]) -> int:
+    stmt = (
+        sqlite_insert(readings)
+        .on_conflict_do_nothing()
+        .returning(
+            readings.c.device_id,
+            readings.c.metric,
+            readings.c.ts,
+            readings.c.value,
+            readings.c.quality,
+        )
+    )
+    params = [r._asdict() for r in rows]
+    new = conn.execute(stmt, params).all()
+    fold_rollups(conn, ((n.device_id, n.metric, n.ts, n.value, n.quality) for n in new))
+    return len(new)
+
+
+def fold_rollups(
+    conn: Connection, new_rows: Iterable[tuple[str, str, datetime, float, str]]
+) -> None:
+    """Add newly stored readings (quality N only) to their hourly rollups (SQLite path)."""
+    acc: dict[tuple[str, str, datetime], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for device_id, metric, ts, value, quality in new_rows:
+        if quality != "N":
+            continue
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        a = acc[(device_id, metric, hour)]
+        if a[0] == 0:
+            a[2] = a[3] = value
+        a[0] += 1
+        a[1] += value
+        a[2] = min(a[2], value)
+        a[3] = max(a[3], value)
+    if not acc:
+        return
+    stmt = sqlite_insert(rollups)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[rollups.c.device_id, rollups.c.metric, rollups.c.hour],
+        set_={
+            "count": rollups.c.count + stmt.excluded.count,
+            "sum": rollups.c.sum + stmt.excluded.sum,
+            "min": func.min(rollups.c.min, stmt.excluded.min),
+            "max": func.max(rollups.c.max, stmt.excluded.max),
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {
+                "device_id": k[0],
+                "metric": k[1],
+                "hour": k[2],
+                "count": int(a[0]),
+                "sum": a[1],
+                "min": a[2],
+                "max": a[3],
+            }
+            for k, a in acc.items()
+        ],
+    )
+
+
+def insert_dead_letters(
+    conn: Connection, records: Sequence[DeadLetterRecord], received_at: datetime
+) -> None:
+    if not records:
+        return
+    conn.execute(
+        insert(dead_letters),
+        [
+            {
+                "received_at": received_at,
+                "topic": r.topic,
+                "device_id": r.device_id,
+                "reason": r.reason.value,
+                "detail": r.detail,
+                "payload": r.payload,
+            }
+            for r in records
+        ],
+    )
+
+
+def touch_devices(conn: Connection, device_ids: Iterable[str], at: datetime) -> None:
+    ids = sorted(set(device_ids))
+    if ids:
+        conn.execute(
+            update(devices)
+            .where(devices.c.id.in_(bindparam("ids", expanding=True)))
+            .values(last_seen_at=at),
+            {"ids": ids},
+        )

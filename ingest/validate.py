@@ -1,0 +1,245 @@
+"""Turn one MQTT message into rows to store and dead letters to keep.
+
+Validation is per part: a bad reading set in a batch, or a bad value in a reading set,
+becomes its own dead letter and the good parts beside it are still stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import orjson
+from pydantic import ValidationError
+
+from ingest.contract import TELEMETRY, ReadingSet, parse_topic
+from monitor.core.catalogue import METRICS, DeviceKind
+
+PAYLOAD_EXCERPT = 4096
+
+
+class Reason(StrEnum):
+    """Why a message, or part of one, was not stored. Stable codes: the API filters on them."""
+
+    bad_topic = "bad_topic"
+    unknown_device = "unknown_device"
+    retired_device = "retired_device"
+    payload_too_large = "payload_too_large"
+    bad_json = "bad_json"
+    bad_payload = "bad_payload"
+    batch_too_long = "batch_too_long"
+    bad_timestamp = "bad_timestamp"
+    future_timestamp = "future_timestamp"
+    unknown_metric = "unknown_metric"
+    wrong_metric_for_kind = "wrong_metric_for_kind"
+    bad_value = "bad_value"
+    out_of_range = "out_of_range"
+
+
+class Row(NamedTuple):
+    device_id: str
+    metric: str
+    ts: datetime
+    value: float
+    quality: str
+    received_at: datetime
+
+
+@dataclass(slots=True)
+class DeadLetterRecord:
+    topic: str
+    device_id: str | None
+    reason: Reason
+    detail: str
+    payload: str
+
+
+@dataclass(slots=True)
+class Parsed:
+    rows: list[Row] = field(default_factory=list)
+    dead: list[DeadLetterRecord] = field(default_factory=list)
+    device_id: str | None = None
+
+
+class DeviceInfo(NamedTuple):
+    kind: DeviceKind
+    active: bool
+
+
+class Limits(NamedTuple):
+    prefix: str
+    max_payload_bytes: int
+    max_batch_items: int
+    future_tolerance: timedelta
+
+
+def _excerpt(payload: bytes | str) -> str:
+    if isinstance(payload, bytes):
+        payload = payload[:PAYLOAD_EXCERPT].decode("utf-8", errors="replace")
+    return payload[:PAYLOAD_EXCERPT]
+
+
+def _part(obj: Any) -> str:
+    try:
+        return _excerpt(orjson.dumps(obj))
+    except TypeError:
+        return _excerpt(repr(obj))
+
+
+def parse_message(
+    topic: str,
+    payload: bytes,
+    *,
+    lookup: Any,
+    limits: Limits,
+    received_at: datetime,
+) -> Parsed:
+    """Validate a telemetry message. `lookup(device_id) -> DeviceInfo | None` is the registry."""
+    out = Parsed()
+
+    def dead(reason: Reason, detail: str, part: str) -> Parsed:
+        out.dead.append(DeadLetterRecord(topic, out.device_id, reason, detail, part))
+        return out
+
+    where = parse_topic(limits.prefix, topic)
+    if where is None or where[1] != TELEMETRY:
+        return dead(
+            Reason.bad_topic,
+            f"topic is not {limits.prefix}/v1/devices/{{device_id}}/telemetry",
+            _excerpt(payload),
+        )
+    device_id = where[0]
+    out.device_id = device_id
+    device: DeviceInfo | None = lookup(device_id)
+    if device is None:
+        return dead(
+            Reason.unknown_device,
+            f"device {device_id!r} is not registered; register it (API or "
+            "`envmon devices import`) and have it publish again",
+            _excerpt(payload),
+        )
+    if not device.active:
+        return dead(Reason.retired_device, f"device {device_id!r} is retired", _excerpt(payload))
+    if len(payload) > limits.max_payload_bytes:
+        return dead(
+            Reason.payload_too_large,
+            f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
+            _excerpt(payload),
+        )
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return dead(Reason.bad_json, f"payload is not JSON: {exc}", _excerpt(payload))
+
+    if isinstance(doc, dict) and "batch" in doc:
+        items = doc["batch"]
+        if set(doc) != {"batch"} or not isinstance(items, list) or not items:
+            return dead(
+                Reason.bad_payload,
+                'a batch message is {"batch": [reading sets]} with a non-empty list '
+                "and no other keys",
+                _excerpt(payload),
+            )
+        if len(items) > limits.max_batch_items:
+            return dead(
+                Reason.batch_too_long,
+                f"batch has {len(items)} reading sets; the limit is {limits.max_batch_items}",
+                _excerpt(payload),
+            )
+    else:
+        items = [doc]
+
+    latest = received_at + limits.future_tolerance
+    for index, item in enumerate(items):
+        label = f"batch[{index}]" if len(items) > 1 or "batch" in doc else "message"
+        _reading_set(item, label, device_id, device.kind, received_at, latest, out, topic)
+    return out
+
+
+def _reading_set(
+    item: Any,
+    label: str,
+    device_id: str,
+    kind: DeviceKind,
+    received_at: datetime,
+    latest: datetime,
+    out: Parsed,
+    topic: str,
+) -> None:
+    def dead(reason: Reason, detail: str, part: Any) -> None:
+        out.dead.append(
+            DeadLetterRecord(topic, device_id, reason, f"{label}: {detail}", _part(part))
+        )
+
+    if not isinstance(item, dict):
+        dead(Reason.bad_payload, "a reading set is a JSON object with ts and values", item)
+        return
+    try:
+        rs = ReadingSet.model_validate(item)
+    except ValidationError as exc:
+        rs = _salvage(item, exc, dead)
+        if rs is None:
+            return
+    if rs.ts > latest:
+        dead(
+            Reason.future_timestamp,
+            f"ts {rs.ts.isoformat()} is ahead of the server clock by more than the tolerance",
+            item,
+        )
+        return
+    for metric, value in rs.values.items():
+        spec = METRICS.get(metric)
+        if spec is None:
+            dead(
+                Reason.unknown_metric,
+                f"unknown metric {metric!r}",
+                {"ts": item.get("ts"), "values": {metric: value}},
+            )
+            continue
+        if kind not in spec.kinds:
+            dead(
+                Reason.wrong_metric_for_kind,
+                f"metric {metric!r} is not measured by a {kind}",
+                {"ts": item.get("ts"), "values": {metric: value}},
+            )
+            continue
+        if not spec.in_range(value):
+            dead(
+                Reason.out_of_range,
+                f"{metric}={value} {spec.unit} is outside the physical range "
+                f"[{spec.low:g}, {spec.high:g}] (wrong unit or faulty sensor?)",
+                {"ts": item.get("ts"), "values": {metric: value}},
+            )
+            continue
+        flag = rs.flags.get(metric)
+        out.rows.append(
+            Row(device_id, metric, rs.ts, value, flag.value if flag else "N", received_at)
+        )
+
+
+def _salvage(item: dict[str, Any], exc: ValidationError, dead: Any) -> ReadingSet | None:
+    """Drop the values that failed validation (each a dead letter) and keep the rest."""
+    bad_values: dict[str, str] = {}
+    fatal: list[str] = []
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) == 2 and loc[0] == "values" and isinstance(loc[1], str):
+            bad_values[loc[1]] = err["msg"]
+        else:
+            fatal.append(f"{'.'.join(str(p) for p in loc) or 'message'}: {err['msg']}")
+    if fatal:
+        ts_only = all(f.startswith("ts:") for f in fatal)
+        dead(Reason.bad_timestamp if ts_only else Reason.bad_payload, "; ".join(fatal), item)
+        return None
+    values = dict(item["values"])
+    for metric, msg in bad_values.items():
+        dead(
+            Reason.bad_value,
+            f"{metric}: {msg} (numbers only, no strings, NaN or Infinity)",
+            {"ts": item.get("ts"), "values": {metric: values.pop(metric)}},
+        )
+    if not values:
+        return None
+    return ReadingSet.model_validate({**item, "values": values})
