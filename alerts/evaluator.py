@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
@@ -28,16 +29,17 @@ from monitor.core.models import (
     Rule,
     Severity,
     Site,
+    table,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-rules_t = Rule.__table__
-alerts_t = Alert.__table__
-readings_t = Reading.__table__
-devices_t = Device.__table__
-sites_t = Site.__table__
+rules_t = table(Rule)
+alerts_t = table(Alert)
+readings_t = table(Reading)
+devices_t = table(Device)
+sites_t = table(Site)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class Outcome:
     resolved: int = 0
 
 
-def _applies(rule: Row[tuple[object, ...]], device: Row[tuple[object, ...]]) -> bool:
+def _applies(rule: Row[Any], device: Any) -> bool:
     r = rule._mapping
     d = device._mapping
     return (
@@ -110,7 +112,7 @@ def evaluate_batch(conn: Connection, touched: Iterable[Touched]) -> Outcome:
 
 def _evaluate_rule(
     conn: Connection,
-    rule: Row[tuple[object, ...]],
+    rule: Row[Any],
     targets: Mapping[str, datetime],
     outcome: Outcome,
 ) -> None:
@@ -146,17 +148,17 @@ def _evaluate_rule(
             select(alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
             .where(alerts_t.c.rule_id == r["id"], alerts_t.c.device_id.in_(list(targets)))
             .group_by(alerts_t.c.device_id)
-        ).tuples()
+        )
     }
     for device_id, since in targets.items():
-        steps = evaluate(rule, series.get(device_id, []))  # type: ignore[arg-type]
+        steps = evaluate(rule, series.get(device_id, []))
         mark = watermarks.get(device_id)
         fresh = [s for s in steps if s.ts >= since and (mark is None or s.ts > mark)]
         if fresh:
             _fold(conn, rule, device_id, open_alerts.get(device_id), fresh, outcome)
 
 
-def _describe(rule: Row[tuple[object, ...]], severity: str, value: float) -> str:
+def _describe(rule: Row[Any], severity: str, value: float) -> str:
     r = rule._mapping
     unit = METRICS[str(r["metric"])].unit
     how = "" if r["aggregate"] == "raw" else f" {int(r['window_s']) // 60}-min mean"
@@ -171,9 +173,9 @@ def _describe(rule: Row[tuple[object, ...]], severity: str, value: float) -> str
 
 def _fold(
     conn: Connection,
-    rule: Row[tuple[object, ...]],
+    rule: Row[Any],
     device_id: str,
-    alert: Row[tuple[object, ...]] | None,
+    alert: Row[Any] | None,
     steps: list[Step],
     outcome: Outcome,
 ) -> None:
@@ -221,7 +223,8 @@ def _fold(
             state["violations"] += 1
             state["last_violation_at"] = step.ts
             state["last_value"] = step.value
-            state["peak_value"] = more_extreme(rule, state["peak_value"], step.value)  # type: ignore[arg-type]
+            state["peak_value"] = more_extreme(rule, state["peak_value"], step.value)
+            state["clear_since"] = None
         if step.held is not None and RANK[step.held] > RANK[Severity(state["severity"])]:
             state["severity"] = step.held
             state["message"] = _describe(rule, step.held, step.value)
@@ -236,19 +239,23 @@ def _fold(
             )
             outcome.escalated += 1
         if step.level is None and r["auto_resolve"]:
-            state["status"] = AlertStatus.resolved
-            state["resolved_at"] = utcnow()
-            record_event(
-                conn,
-                state["id"],
-                AlertEventKind.resolved,
-                SYSTEM_ACTOR,
-                note=f"condition cleared: {r['metric']} back to {step.value:.4g}",
-                value=step.value,
-            )
-            outcome.resolved += 1
-            _save(conn, state)
-            state, changed = None, False
+            since = state.get("clear_since") or step.ts
+            state["clear_since"] = since
+            if step.ts - since >= timedelta(seconds=int(r["quiet_s"])):
+                state["status"] = AlertStatus.resolved
+                state["resolved_at"] = utcnow()
+                record_event(
+                    conn,
+                    state["id"],
+                    AlertEventKind.resolved,
+                    SYSTEM_ACTOR,
+                    note=f"condition clear since {since.isoformat()}: {r['metric']} "
+                    f"back to {step.value:.4g}",
+                    value=step.value,
+                )
+                outcome.resolved += 1
+                _save(conn, state)
+                state, changed = None, False
     if state is not None and changed:
         _save(conn, state)
 
@@ -264,6 +271,7 @@ def _save(conn: Connection, state: dict[str, object]) -> None:
         "violations",
         "message",
         "resolved_at",
+        "clear_since",
     )
     conn.execute(
         update(alerts_t)

@@ -35,6 +35,13 @@ class RuleSpec(BaseModel):
     alarm_below: float | None = None
     for_s: int = Field(0, ge=0, le=7 * 86400, description="How long a tier must hold to fire")
     auto_resolve: bool = Field(True, description="Resolve by itself once the value is back")
+    quiet_s: int = Field(
+        600,
+        ge=0,
+        le=7 * 86400,
+        description="How long the value must stay back within limits before auto-resolving "
+        "(event time); keeps a value hovering at a threshold from flapping",
+    )
     basis: str = Field(description="The standard (or 'practice') the thresholds come from")
     legal_limit: bool = Field(False, description="True when the alarm tier is a legal limit")
     enabled: bool = True

@@ -7,10 +7,10 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select, update
 
 from monitor.core.exceptions import Conflict, NotFound
-from monitor.core.models import Alert, AlertEvent, AlertEventKind, AlertStatus, utcnow
+from monitor.core.models import Alert, AlertEvent, AlertEventKind, AlertStatus, table, utcnow
 
-alerts = Alert.__table__
-alert_events = AlertEvent.__table__
+alerts = table(Alert)
+alert_events = table(AlertEvent)
 
 SYSTEM_ACTOR = "system:evaluator"
 

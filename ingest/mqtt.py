@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -55,7 +56,7 @@ class MqttIntake:
             topic = f"$share/{settings.mqtt_shared_group}/{topic}"
         self.topic = topic
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
@@ -72,7 +73,7 @@ class MqttIntake:
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Connect (retrying until `timeout_s`) and start the network thread."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # Keep our session (subscription and queued messages) while we are away.
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         # Without this the broker caps un-acknowledged deliveries at its default (20 on
@@ -127,7 +128,7 @@ class MqttIntake:
             log.warning("mqtt disconnected (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Message(msg.topic, msg.payload, msg.mid, msg.qos, datetime.now(UTC))
+        item = Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
         # Blocking here is the back-pressure: paho stops reading the socket, the broker keeps
         # the backlog. Nothing is dropped; while stopping, it is left un-acknowledged so the
         # broker delivers it again to the next session.

@@ -9,9 +9,9 @@ from sqlalchemy import Engine, select
 
 from ingest.validate import DeviceInfo
 from monitor.core.catalogue import DeviceKind
-from monitor.core.models import Device, DeviceStatus
+from monitor.core.models import Device, DeviceStatus, table
 
-devices = Device.__table__
+devices = table(Device)
 
 
 class DeviceRegistry:

@@ -10,12 +10,12 @@ from sqlalchemy import Connection, bindparam, func, insert, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
-from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading
+from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading, table
 
-readings = Reading.__table__
-rollups = HourlyRollup.__table__
-dead_letters = DeadLetter.__table__
-devices = Device.__table__
+readings = table(Reading)
+rollups = table(HourlyRollup)
+dead_letters = table(DeadLetter)
+devices = table(Device)
 
 # Readings and their hourly rollups in one round trip: the CTE returns only the rows that
 # were new, so a redelivered message neither duplicates a reading nor counts twice in a rollup.

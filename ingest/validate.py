@@ -176,12 +176,13 @@ def _reading_set(
     if not isinstance(item, dict):
         dead(Reason.bad_payload, "a reading set is a JSON object with ts and values", item)
         return
+    rs: ReadingSet | None
     try:
         rs = ReadingSet.model_validate(item)
     except ValidationError as exc:
         rs = _salvage(item, exc, dead)
-        if rs is None:
-            return
+    if rs is None:
+        return
     if rs.ts > latest:
         dead(
             Reason.future_timestamp,

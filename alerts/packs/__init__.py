@@ -8,7 +8,7 @@ from importlib import resources
 from sqlalchemy import Connection, func, insert, select
 
 from alerts.schemas import RulePack
-from monitor.core.models import Rule
+from monitor.core.models import Rule, table
 
 
 def load_packs() -> list[RulePack]:
@@ -21,7 +21,7 @@ def load_packs() -> list[RulePack]:
 
 def install_default_rules(conn: Connection) -> int:
     """Load the default packs into an empty rules table (first start); edits are kept after."""
-    rules = Rule.__table__
+    rules = table(Rule)
     if conn.execute(select(func.count()).select_from(rules)).scalar_one():
         return 0
     rows = [

@@ -57,9 +57,7 @@ def has_timescaledb(engine: Engine) -> bool:
     if engine.dialect.name != "postgresql":
         return False
     with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        ).first()
+        row = conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).first()
     return row is not None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     text,
@@ -70,7 +71,11 @@ metadata = MetaData(
 
 class Base(DeclarativeBase):
     metadata = metadata
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
 
 
 class DeviceStatus(StrEnum):
@@ -187,6 +192,7 @@ class Rule(Base):
     alarm_above: Mapped[float | None] = mapped_column(Float)
     for_s: Mapped[int] = mapped_column(Integer, default=0)
     auto_resolve: Mapped[bool] = mapped_column(Boolean, default=True)
+    quiet_s: Mapped[int] = mapped_column(Integer, default=600)
     basis: Mapped[str] = mapped_column(Text, default="")
     legal_limit: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -208,6 +214,8 @@ class Alert(Base):
     # Event time up to which the evaluator has folded readings into this alert: a reading at or
     # before it (a redelivery, a late arrival) is not counted again.
     evaluated_until: Mapped[datetime] = mapped_column()
+    # Event time since which the condition has been clear; resolves after the rule's quiet_s.
+    clear_since: Mapped[datetime | None] = mapped_column()
     last_value: Mapped[float] = mapped_column(Float)
     peak_value: Mapped[float] = mapped_column(Float)
     violations: Mapped[int] = mapped_column(Integer, default=1)
@@ -241,3 +249,8 @@ class AlertEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
     severity: Mapped[str | None] = mapped_column(String(16))
     value: Mapped[float | None] = mapped_column(Float)
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table of a model, for bulk statements (typed, unlike `Model.__table__`)."""
+    return cast(Table, model.__table__)

@@ -22,7 +22,9 @@ class MqttEndpoint:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+            raise ValueError(
+                f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)"
+            )
         self.tls = parts.scheme in ("mqtts", "ssl")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (8883 if self.tls else 1883)
@@ -51,12 +53,20 @@ class Settings(BaseSettings):
     )
     mqtt_url: str | None = Field(
         None,
-        description="Broker URL, e.g. mqtt://user:pw@host:1883; unset = embedded broker on loopback",
+        description="Broker URL, e.g. mqtt://user:pw@host:1883; "
+        "unset = embedded broker on loopback",
     )
-    mqtt_port: int = Field(1883, description="Port of the embedded broker (when mqtt_url is unset)")
-    mqtt_topic_prefix: str = Field("envmon", description="First topic level: {prefix}/v1/devices/...")
+    mqtt_port: int = Field(
+        1884,
+        description="Port of the embedded broker (when mqtt_url is unset); 1884 so it "
+        "does not clash with a system Mosquitto on 1883",
+    )
+    mqtt_topic_prefix: str = Field(
+        "envmon", description="First topic level: {prefix}/v1/devices/..."
+    )
     mqtt_client_id: str = Field(
-        "envmon-ingest", description="Ingestor client id; its persistent session lives on the broker"
+        "envmon-ingest",
+        description="Ingestor client id; its persistent session lives on the broker",
     )
     mqtt_shared_group: str | None = Field(
         None, description="Subscribe through $share/<group>/... so several ingestors split the load"
@@ -71,10 +81,15 @@ class Settings(BaseSettings):
     queue_max_messages: int = Field(
         10000, ge=1, description="Bound of the queue between the MQTT thread and the writer"
     )
-    max_payload_bytes: int = Field(256 * 1024, ge=64, description="Larger messages are dead letters")
+    max_payload_bytes: int = Field(
+        256 * 1024, ge=64, description="Larger messages are dead letters"
+    )
     max_batch_items: int = Field(1000, ge=1, description="Longest accepted `batch` array")
     future_tolerance_s: int = Field(
         300, ge=0, description="Readings stamped further in the future are dead letters"
+    )
+    offline_after_s: int = Field(
+        600, ge=1, description="A device unseen this long is offline (standards.md §6: 600 s)"
     )
     timezone: str = Field("Asia/Shanghai", description="The city's time zone, for calendar windows")
     log_level: str = Field("INFO", description="Logging level")

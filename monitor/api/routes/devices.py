@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, status
+from sqlalchemy import Select, select, update
+
+from monitor.api.deps import SessionDep, SettingsDep
+from monitor.api.filters import District, Kind, SiteId
+from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from monitor.api.schemas import DeviceRead, DeviceUpdate
+from monitor.core.exceptions import NotFound
+from monitor.core.models import Device, DeviceStatus, Site, table
+from monitor.registry import DeviceCreate, upsert_device
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+devices = table(Device)
+sites = table(Site)
+
+
+def _select() -> Select[Any]:
+    return select(devices, sites.c.district).join(sites, sites.c.id == devices.c.site_id)
+
+
+def _read(row: Any, offline_after: timedelta) -> DeviceRead:
+    m = dict(row._mapping)
+    seen = m["last_seen_at"]
+    m["online"] = seen is not None and datetime.now(UTC) - seen <= offline_after
+    return DeviceRead.model_validate(m)
+
+
+@router.get("", response_model=Page[DeviceRead])
+def list_devices(
+    session: SessionDep,
+    settings: SettingsDep,
+    site_id: SiteId = None,
+    district: District = None,
+    kind: Kind = None,
+    device_status: DeviceStatus | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[DeviceRead]:
+    """Devices with their last-seen time and online state."""
+    q = _select().order_by(devices.c.id).limit(limit + 1)
+    if site_id:
+        q = q.where(devices.c.site_id == site_id)
+    if district:
+        q = q.where(sites.c.district == district)
+    if kind:
+        q = q.where(devices.c.kind == kind)
+    if device_status:
+        q = q.where(devices.c.status == device_status)
+    if cursor:
+        q = q.where(devices.c.id > decode_cursor(cursor, 1)[0])
+    rows = session.execute(q).all()
+    offline = timedelta(seconds=settings.offline_after_s)
+    items = [_read(r, offline) for r in rows[:limit]]
+    nxt = encode_cursor([items[-1].id]) if len(rows) > limit else None
+    return Page(items=items, next_cursor=nxt)
+
+
+@router.post("", response_model=DeviceRead, status_code=status.HTTP_201_CREATED)
+def create_device(session: SessionDep, settings: SettingsDep, body: DeviceCreate) -> DeviceRead:
+    """Register a device (its id is its MQTT identity), or update the one with this id."""
+    upsert_device(session.connection(), body)
+    return get_device(session, settings, body.id)
+
+
+@router.get("/{device_id}", response_model=DeviceRead)
+def get_device(session: SessionDep, settings: SettingsDep, device_id: str) -> DeviceRead:
+    """One device."""
+    row = session.execute(_select().where(devices.c.id == device_id)).first()
+    if row is None:
+        raise NotFound(f"device {device_id!r} does not exist", field="path.device_id")
+    return _read(row, timedelta(seconds=settings.offline_after_s))
+
+
+@router.patch("/{device_id}", response_model=DeviceRead)
+def update_device(
+    session: SessionDep, settings: SettingsDep, device_id: str, body: DeviceUpdate
+) -> DeviceRead:
+    """Rename a device or retire it (a retired device's messages become dead letters)."""
+    get_device(session, settings, device_id)
+    values = body.model_dump(exclude_unset=True)
+    if values:
+        session.execute(update(devices).where(devices.c.id == device_id).values(values))
+    return get_device(session, settings, device_id)

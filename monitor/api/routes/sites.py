@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from sqlalchemy import select
+
+from monitor.api.deps import SessionDep
+from monitor.api.filters import District
+from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from monitor.api.schemas import SiteRead
+from monitor.core.catalogue import SiteKind
+from monitor.core.exceptions import NotFound
+from monitor.core.models import Site, table
+from monitor.registry import SiteCreate, upsert_site
+
+router = APIRouter(prefix="/sites", tags=["sites"])
+sites = table(Site)
+
+
+@router.get("", response_model=Page[SiteRead])
+def list_sites(
+    session: SessionDep,
+    district: District = None,
+    kind: SiteKind | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[SiteRead]:
+    """Sites, by id; filter by district and kind."""
+    q = select(sites).order_by(sites.c.id).limit(limit + 1)
+    if district:
+        q = q.where(sites.c.district == district)
+    if kind:
+        q = q.where(sites.c.kind == kind)
+    if cursor:
+        q = q.where(sites.c.id > decode_cursor(cursor, 1)[0])
+    rows = session.execute(q).all()
+    items = [SiteRead.model_validate(r._mapping) for r in rows[:limit]]
+    nxt = encode_cursor([items[-1].id]) if len(rows) > limit else None
+    return Page(items=items, next_cursor=nxt)
+
+
+@router.post("", response_model=SiteRead, status_code=status.HTTP_201_CREATED)
+def create_site(session: SessionDep, body: SiteCreate) -> SiteRead:
+    """Register a site, or update the one with this id."""
+    upsert_site(session.connection(), body)
+    return get_site(session, body.id)
+
+
+@router.get("/{site_id}", response_model=SiteRead)
+def get_site(session: SessionDep, site_id: str) -> SiteRead:
+    """One site."""
+    row = session.execute(select(sites).where(sites.c.id == site_id)).first()
+    if row is None:
+        raise NotFound(f"site {site_id!r} does not exist", field="path.site_id")
+    return SiteRead.model_validate(row._mapping)

@@ -1,0 +1,144 @@
+"""API shapes (separate from the tables)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    version: str
+    timescaledb: bool
+
+
+class SiteRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    district: str
+    kind: str
+    latitude: float | None
+    longitude: float | None
+    created_at: datetime
+
+
+class DeviceRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    site_id: str
+    kind: str
+    name: str | None
+    status: str
+    district: str
+    last_seen_at: datetime | None
+    online: bool = Field(description="Seen within the offline threshold")
+    created_at: datetime
+
+
+class DeviceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    status: str | None = Field(None, pattern="^(active|retired)$")
+
+
+class ReadingRead(BaseModel):
+    device_id: str
+    metric: str
+    ts: datetime
+    value: float
+    unit: str
+    quality: str
+    received_at: datetime
+
+
+class BucketRead(BaseModel):
+    device_id: str
+    metric: str
+    hour: datetime
+    unit: str
+    mean: float
+    min: float
+    max: float
+    count: int
+
+
+class AlertRead(BaseModel):
+    id: int
+    rule_id: int
+    rule_name: str
+    device_id: str
+    site_id: str
+    district: str
+    device_kind: str
+    metric: str
+    status: str
+    severity: str
+    message: str
+    started_at: datetime
+    fired_at: datetime
+    last_violation_at: datetime
+    last_value: float
+    peak_value: float
+    violations: int
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    basis: str
+
+
+class AlertEventRead(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    actor: str
+    note: str | None
+    severity: str | None
+    value: float | None
+
+
+class AlertDetail(AlertRead):
+    events: list[AlertEventRead]
+
+
+class AlertAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(min_length=1, max_length=100, description="Who acts (an inspector)")
+    note: str | None = Field(None, max_length=4000)
+
+
+class DeadLetterRead(BaseModel):
+    id: int
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: str
+
+
+class RuleRead(BaseModel):
+    id: int
+    name: str
+    description: str
+    pack: str | None
+    device_kind: str
+    site_kinds: list[str] | None
+    metric: str
+    aggregate: str
+    window_s: int
+    warn_above: float | None
+    warn_below: float | None
+    alarm_above: float | None
+    alarm_below: float | None
+    for_s: int
+    quiet_s: int
+    auto_resolve: bool
+    basis: str
+    legal_limit: bool
+    enabled: bool

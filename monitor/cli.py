@@ -1,0 +1,322 @@
+"""The `envmon` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from monitor import __version__
+from monitor.core.settings import Settings
+
+log = logging.getLogger("envmon")
+
+
+def _settings(**overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**values)
+    from monitor import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _migrate(settings: Settings) -> None:
+    from alerts.packs import install_default_rules
+    from monitor.core.db import make_engine, upgrade
+
+    upgrade(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    with engine.begin() as conn:
+        added = install_default_rules(conn)
+    engine.dispose()
+    if added:
+        log.info("installed %d default rules", added)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="envmon")
+def main() -> None:
+    """envmon: environmental monitoring from MQTT sensors to inspectors' alerts.
+
+    Settings come from ENVMON_* environment variables and a .env file; with none set,
+    envmon runs on SQLite and an embedded Mosquitto in ./data. Start with:
+
+        envmon up --simulate
+    """
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), help="Data folder [env ENVMON_DATA_DIR]"
+)
+
+
+@main.command()
+@click.option("--simulate", is_flag=True, help="Register and run a demo fleet with episodes.")
+@click.option("--port", type=int, help="API port [env ENVMON_API_PORT, default 8000]")
+@click.option("--host", help="API address [env ENVMON_API_HOST, default 127.0.0.1]")
+@click.option("--mqtt-port", type=int, help="Embedded broker port [default 1884]")
+@data_dir_option
+def up(
+    simulate: bool,
+    port: int | None,
+    host: str | None,
+    mqtt_port: int | None,
+    data_dir: Path | None,
+) -> None:
+    """Run broker (embedded unless ENVMON_MQTT_URL is set), ingestor and API together.
+
+    Ctrl-C stops them in order: simulator, intake, last batch, broker.
+    """
+    import uvicorn
+
+    from monitor.api.app import create_app
+    from monitor.broker import EmbeddedBroker
+
+    settings = _settings(api_port=port, api_host=host, mqtt_port=mqtt_port, data_dir=data_dir)
+    broker = None
+    if settings.embedded_broker:
+        broker = EmbeddedBroker(settings.data_dir, settings.mqtt_port)
+        broker.start()
+    stoppers: list[Any] = []
+    try:
+        _migrate(settings)
+        fleet = None
+        if simulate:
+            fleet = _register_demo(settings)
+        from monitor.core.db import make_engine
+
+        engine = make_engine(settings.sqlalchemy_url)
+        from ingest.service import Ingestor
+
+        ingestor = Ingestor(settings, engine)
+        ingestor.start()
+        stoppers.append(ingestor.stop)
+        if fleet is not None:
+            stoppers.insert(0, _start_simulator(settings, fleet))
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        click.echo(
+            f"\nenvmon is up.  API {base}/v1/docs   broker {settings.mqtt.host}:"
+            f"{settings.mqtt.port}   data {settings.data_dir.resolve()}\n"
+            f"  curl '{base}/v1/readings?limit=20'\n  curl '{base}/v1/alerts'\n"
+            "Ctrl-C stops everything.\n",
+            err=True,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_config=None,
+            )
+        )
+        server.run()
+    finally:
+        for stop in stoppers:
+            stop()
+        if broker is not None:
+            broker.stop()
+
+
+def _register_demo(settings: Settings) -> Any:
+    from devices.fleet import demo_fleet
+    from monitor.core.db import make_engine
+    from monitor.registry import import_fleet
+
+    fleet = demo_fleet(datetime.now(UTC))
+    engine = make_engine(settings.sqlalchemy_url)
+    with engine.begin() as conn:
+        n_sites, n_devices = import_fleet(conn, {"sites": fleet.sites, "devices": fleet.devices})
+    engine.dispose()
+    log.info("demo fleet registered: %d sites, %d devices", n_sites, n_devices)
+    return fleet
+
+
+def _start_simulator(settings: Settings, fleet: Any) -> Any:
+    from devices.publisher import FleetPublisher
+
+    endpoint = settings.mqtt
+    publisher = FleetPublisher(
+        fleet.simulators,
+        host=endpoint.host,
+        port=endpoint.port,
+        prefix=settings.mqtt_topic_prefix,
+        username=endpoint.username,
+        password=endpoint.password,
+        interval_s=10.0,
+        backfill_s=2 * 3600,
+        backfill_step_s=60,
+        client_id="envmon-demo-fleet",
+    )
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            publisher.connect()
+            publisher.backfill(datetime.now(UTC))
+            publisher.run(stop)
+        except Exception:
+            log.exception("demo fleet stopped")
+        finally:
+            publisher.close()
+
+    thread = threading.Thread(target=run, name="envmon-demo-fleet", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(15)
+
+    return halt
+
+
+@main.command()
+@click.option("--port", type=int, help="API port [env ENVMON_API_PORT, default 8000]")
+@click.option("--host", help="API address [env ENVMON_API_HOST, default 127.0.0.1]")
+def api(port: int | None, host: str | None) -> None:
+    """Serve the HTTP API alone (run `envmon migrate` first)."""
+    import uvicorn
+
+    from monitor.api.app import create_app
+
+    settings = _settings(api_port=port, api_host=host)
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+    )
+
+
+@main.command()
+def ingest() -> None:
+    """Run the ingestor alone: subscribe, validate, store, evaluate rules, acknowledge."""
+    from ingest.service import Ingestor
+    from monitor.core.db import make_engine
+
+    settings = _settings()
+    if settings.embedded_broker:
+        raise click.UsageError("`envmon ingest` needs ENVMON_MQTT_URL (a running broker)")
+    engine = make_engine(settings.sqlalchemy_url)
+    ingestor = Ingestor(settings, engine)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    ingestor.start()
+    try:
+        while not done.wait(60):
+            log.info("ingest stats: %s", ingestor.stats)
+    finally:
+        ingestor.stop()
+        engine.dispose()
+
+
+@main.command()
+@data_dir_option
+def migrate(data_dir: Path | None) -> None:
+    """Bring the database schema up to date and install the default rules on first start."""
+    settings = _settings(data_dir=data_dir)
+    _migrate(settings)
+    click.echo("database is up to date")
+
+
+@main.command()
+@click.option(
+    "--fleet",
+    "fleet_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="Fleet file (TOML/JSON); default: the demo fleet with episodes",
+)
+@click.option("--broker", help="Broker URL [default ENVMON_MQTT_URL or the embedded port]")
+@click.option("--prefix", help="Topic prefix [env ENVMON_MQTT_TOPIC_PREFIX, default envmon]")
+@click.option(
+    "--interval",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between readings per device",
+)
+@click.option(
+    "--backfill",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds of history to publish first",
+)
+@click.option("--duration", type=float, help="Stop after this many seconds")
+@click.option("--seed", type=int, default=7, show_default=True)
+def simulate(
+    fleet_file: Path | None,
+    broker: str | None,
+    prefix: str | None,
+    interval: float,
+    backfill: float,
+    duration: float | None,
+    seed: int,
+) -> None:
+    """Publish a simulated fleet to any broker (QoS 1, bounded in flight)."""
+    from devices.fleet import demo_fleet, load_fleet_file, simulators_for
+    from devices.publisher import FleetPublisher
+    from monitor.core.settings import MqttEndpoint
+
+    settings = _settings(mqtt_topic_prefix=prefix)
+    endpoint = MqttEndpoint(broker) if broker else settings.mqtt
+    if fleet_file:
+        doc = load_fleet_file(fleet_file)
+        kinds = {s["id"]: s["kind"] for s in doc["sites"]}
+        sims = simulators_for(doc["devices"], seed=seed, site_kinds=kinds)
+    else:
+        sims = demo_fleet(datetime.now(UTC), seed=seed).simulators
+    publisher = FleetPublisher(
+        sims,
+        host=endpoint.host,
+        port=endpoint.port,
+        prefix=settings.mqtt_topic_prefix,
+        username=endpoint.username,
+        password=endpoint.password,
+        interval_s=interval,
+        backfill_s=backfill,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    publisher.connect()
+    started = time.monotonic()
+    try:
+        if backfill:
+            publisher.backfill(datetime.now(UTC))
+        publisher.run(stop, duration_s=duration)
+    finally:
+        publisher.close()
+    click.echo(
+        f"published {publisher.published} messages in {time.monotonic() - started:.1f}s",
+        err=True,
+    )
+
+
+@main.group()
+def devices() -> None:
+    """Register sites and devices."""
+
+
+@devices.command("import")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+def devices_import(file: Path) -> None:
+    """Register (or update) the sites and devices of a fleet file (TOML or JSON)."""
+    from devices.fleet import load_fleet_file
+    from monitor.core.db import make_engine
+    from monitor.registry import import_fleet
+
+    settings = _settings()
+    try:
+        doc = load_fleet_file(file)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    engine = make_engine(settings.sqlalchemy_url)
+    with engine.begin() as conn:
+        n_sites, n_devices = import_fleet(conn, doc)
+    engine.dispose()
+    click.echo(f"registered {n_sites} sites and {n_devices} devices from {file}")

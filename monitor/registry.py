@@ -1,0 +1,68 @@
+"""Sites and devices: registration from the API, the CLI and fleet files. Never commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ingest.contract import DEVICE_ID_PATTERN
+from monitor.core.catalogue import DeviceKind, SiteKind
+from monitor.core.exceptions import InvalidInput
+from monitor.core.models import Device, DeviceStatus, Site, table
+
+sites_t = table(Site)
+devices_t = table(Device)
+
+
+class SiteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="Stable identifier, e.g. cs-lanshan-01")
+    name: str = Field(min_length=1, max_length=200)
+    district: str = Field(min_length=1, max_length=100)
+    kind: SiteKind
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="The device's MQTT identity")
+    site_id: str
+    kind: DeviceKind
+    name: str | None = Field(None, max_length=200)
+    status: DeviceStatus = DeviceStatus.active
+
+
+def _upsert(conn: Connection, table: Any, values: dict[str, Any]) -> None:
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(table).values(values)
+    updates = {k: v for k, v in values.items() if k != "id"}
+    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=updates))
+
+
+def upsert_site(conn: Connection, site: SiteCreate) -> None:
+    _upsert(conn, sites_t, site.model_dump(mode="json"))
+
+
+def upsert_device(conn: Connection, device: DeviceCreate) -> None:
+    site = conn.execute(select(sites_t.c.id).where(sites_t.c.id == device.site_id)).first()
+    if site is None:
+        raise InvalidInput(f"site {device.site_id!r} does not exist", field="site_id")
+    _upsert(conn, devices_t, device.model_dump(mode="json"))
+
+
+def import_fleet(conn: Connection, doc: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
+    """Register (or update) every site and device of a fleet document; returns the counts."""
+    sites = [SiteCreate.model_validate(s) for s in doc["sites"]]
+    devices = [DeviceCreate.model_validate(d) for d in doc["devices"]]
+    for s in sites:
+        upsert_site(conn, s)
+    for d in devices:
+        upsert_device(conn, d)
+    return len(sites), len(devices)

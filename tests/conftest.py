@@ -1,0 +1,116 @@
+"""Fixtures for tests against the real PostgreSQL and Mosquitto.
+
+A test that needs a service fails when the service is missing: it never skips. Point the
+tests elsewhere with ENVMON_TEST_PG_ADMIN (a SQLAlchemy URL of a database we may CREATE
+DATABASE from) and ENVMON_TEST_MQTT (host:port).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, insert
+from sqlalchemy.engine import make_url
+
+from alerts.packs import install_default_rules
+from monitor.core.db import make_engine, upgrade
+from monitor.core.models import Device, Site, table
+
+PG_ADMIN = os.environ.get(
+    "ENVMON_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MQTT = os.environ.get("ENVMON_TEST_MQTT", "127.0.0.1:1883")
+
+
+def _libpq(url: str) -> str:
+    u = make_url(url)
+    return f"host={u.host} port={u.port or 5432} user={u.username} dbname={u.database}" + (
+        f" password={u.password}" if u.password else ""
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test, dropped afterwards."""
+    name = f"envmon_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(_libpq(PG_ADMIN), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}", pytrace=False)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = str(make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False))
+    upgrade(url)
+    yield url
+    with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> str:
+    url = f"sqlite:///{tmp_path}/envmon.db"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def mqtt_url() -> str:
+    """The real Mosquitto; fails (never skips) when it is not listening."""
+    host, port = MQTT.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"Mosquitto is not reachable at {MQTT}: {exc}", pytrace=False)
+    return f"mqtt://{MQTT}"
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own, so tests never see each other's messages."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def register(
+    engine: Engine,
+    *,
+    site: str = "cs-1",
+    site_kind: str = "construction_site",
+    district: str = "Lanshan",
+    devices: dict[str, str] | None = None,
+    rules: bool = True,
+) -> None:
+    """Register one site with devices {id: kind}, and the default rules."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(table(Site)).values(
+                id=site, name=site, district=district, kind=site_kind, created_at=now
+            )
+        )
+        for device_id, kind in (devices or {}).items():
+            conn.execute(
+                insert(table(Device)).values(
+                    id=device_id, site_id=site, kind=kind, status="active", created_at=now
+                )
+            )
+        if rules:
+            install_default_rules(conn)
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()

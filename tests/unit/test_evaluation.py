@@ -1,0 +1,125 @@
+"""Rule evaluation over event time, without a database."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from alerts.evaluation import Point, evaluate, level_of, more_extreme
+from alerts.packs import load_packs
+from alerts.schemas import RuleSpec
+from monitor.core.models import Severity
+
+T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+
+
+def rule(**kw: object) -> RuleSpec:
+    base: dict[str, object] = {
+        "name": "r",
+        "device_kind": "dust_monitor",
+        "metric": "pm10",
+        "basis": "test",
+    }
+    return RuleSpec.model_validate(base | kw)
+
+
+def series(values: Sequence[float], step_s: int = 60) -> list[Point]:
+    return [Point(T0 + timedelta(seconds=i * step_s), v) for i, v in enumerate(values)]
+
+
+def test_tiers_above_and_below_and_band() -> None:
+    up = rule(warn_above=150, alarm_above=250)
+    assert [level_of(up, v) for v in (100, 150.1, 251)] == [None, Severity.warning, Severity.alarm]
+    ph = rule(
+        device_kind="water_quality",
+        metric="ph",
+        warn_below=6.8,
+        warn_above=8.2,
+        alarm_below=6.5,
+        alarm_above=8.5,
+    )
+    assert [level_of(ph, v) for v in (7.2, 6.7, 8.3, 6.4, 8.6)] == [
+        None,
+        Severity.warning,
+        Severity.warning,
+        Severity.alarm,
+        Severity.alarm,
+    ]
+
+
+def test_for_duration_must_hold_continuously() -> None:
+    r = rule(warn_above=100, for_s=300)
+    steps = evaluate(r, series([150, 150, 150, 50, 150, 150, 150, 150, 150, 150]))
+    held = [s.held for s in steps]
+    # the run broken at minute 3 restarts at minute 4 and has held 5 minutes at minute 9
+    assert held[:9] == [None] * 9
+    assert held[9] == Severity.warning
+    assert steps[9].since == T0 + timedelta(minutes=4)
+
+
+def test_alarm_needs_its_own_for_duration() -> None:
+    r = rule(warn_above=100, alarm_above=200, for_s=120)
+    steps = evaluate(r, series([150, 150, 150, 250, 250, 250]))
+    assert [s.held for s in steps] == [
+        None,
+        None,
+        Severity.warning,
+        Severity.warning,
+        Severity.warning,
+        Severity.alarm,
+    ]
+
+
+def test_window_mean_is_not_judged_before_the_window_is_covered() -> None:
+    r = rule(aggregate="mean", window_s=3600, warn_above=150, alarm_above=250, min_samples=6)
+    steps = evaluate(r, series([400] * 90))
+    # 75% of an hour at one reading a minute: the first verdict comes at minute 45
+    assert steps[0].ts == T0 + timedelta(minutes=45)
+    assert all(s.level == Severity.alarm for s in steps)
+
+
+def test_window_mean_follows_a_falling_value() -> None:
+    r = rule(aggregate="mean", window_s=600, warn_above=150, min_samples=1)
+    steps = evaluate(r, series([300] * 10 + [0] * 10))
+    by_minute = {int((s.ts - T0).total_seconds() // 60): s for s in steps}
+    assert by_minute[9].value == pytest.approx(300)
+    assert by_minute[14].value == pytest.approx(150)  # minutes 5..14: half 300, half 0
+    assert by_minute[14].level is None and by_minute[13].level == Severity.warning
+
+
+def test_more_extreme_depends_on_direction() -> None:
+    assert more_extreme(rule(warn_above=1), 3, 5) == 5
+    low = rule(device_kind="leak_meter", metric="pressure", warn_below=0.16)
+    assert more_extreme(low, 0.1, 0.05) == 0.05
+
+
+def test_rule_spec_errors_name_the_field() -> None:
+    with pytest.raises(ValidationError, match="metric"):
+        rule(metric="turbidity", warn_above=1)
+    with pytest.raises(ValidationError, match="alarm_above"):
+        rule(warn_above=300, alarm_above=200)
+    with pytest.raises(ValidationError, match="window_s"):
+        rule(aggregate="mean", warn_above=1)
+    with pytest.raises(ValidationError, match="at least one"):
+        rule()
+
+
+def test_default_packs_cover_every_domain_and_cite_a_basis() -> None:
+    packs = {p.pack: p for p in load_packs()}
+    assert set(packs) == {
+        "dust",
+        "drinking_water",
+        "surface_water",
+        "black_odorous",
+        "supply_network",
+    }
+    names = [r.name for p in packs.values() for r in p.rules]
+    assert len(names) == len(set(names))
+    for p in packs.values():
+        for r in p.rules:
+            assert r.basis.strip(), r.name
+    turbidity = next(r for r in packs["drinking_water"].rules if r.metric == "turbidity")
+    assert turbidity.alarm_above == 1.0 and "GB 5749-2022" in turbidity.basis
