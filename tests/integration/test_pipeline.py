@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, func, select
 
 from devices.publisher import FleetPublisher
