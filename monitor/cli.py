@@ -116,7 +116,10 @@ def up(
                 log_config=None,
             )
         )
-        server.run()
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises the Ctrl-C it handled; stopping is the normal way out
     finally:
         for stop in stoppers:
             stop()

@@ -1,0 +1,163 @@
+"""The newcomer's path on the embedded default: `envmon up --simulate` (SQLite + the embedded
+Mosquitto) shows readings of all three kinds and an alert within a minute, takes a
+`mosquitto_pub` message in the documented form, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from monitor.broker import port_open
+from tests.conftest import free_port
+
+
+class Demo:
+    def __init__(self, proc: subprocess.Popen[bytes], api: str, mqtt_port: int, log: Path):
+        self.proc, self.api, self.mqtt_port, self.log = proc, api, mqtt_port, log
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = httpx.get(f"{self.api}{path}", params=params, timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+
+def eventually(check: Callable[[], Any], timeout_s: float, what: str, demo: Demo) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if demo.proc.poll() is not None:
+            pytest.fail(f"envmon up exited early:\n{demo.log.read_text()[-3000:]}")
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, KeyError, IndexError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} not seen within {timeout_s}s:\n{demo.log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    api_port, mqtt_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVMON_")}
+    log = tmp_path / "envmon.log"
+    envmon = Path(sys.executable).with_name("envmon")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(envmon),
+                "up",
+                "--simulate",
+                "--port",
+                str(api_port),
+                "--mqtt-port",
+                str(mqtt_port),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    d = Demo(proc, f"http://127.0.0.1:{api_port}", mqtt_port, log)
+    try:
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -> None:
+    started = time.monotonic()
+    for kind in ("dust_monitor", "water_quality", "leak_meter"):
+        eventually(
+            lambda k=kind: demo.get("/v1/readings", kind=k, limit=1)["items"],
+            60,
+            f"a {kind} reading",
+            demo,
+        )
+    alerts = eventually(
+        lambda: demo.get("/v1/alerts", status="firing")["items"], 60, "a firing alert", demo
+    )
+    assert time.monotonic() - started < 60
+    assert {a["device_kind"] for a in alerts} >= {"dust_monitor"}
+    devices = demo.get("/v1/devices")["items"]
+    assert all(d["online"] for d in devices)
+
+    # the documented form, published with the Mosquitto command-line client
+    mosquitto_pub = shutil.which("mosquitto_pub")
+    assert mosquitto_pub, "mosquitto_pub is needed (Debian: mosquitto-clients)"
+    # milliseconds the simulator never uses, so the fleet's own reading cannot take this key
+    ts = datetime.now(UTC).replace(microsecond=123000).isoformat(timespec="milliseconds")
+    topic = "envmon/v1/devices/leak-002/telemetry"
+    good = f'{{"ts": "{ts}", "values": {{"pressure": 0.287, "flow": 61.5}}}}'
+    for payload in (good, '{"ts": "2026-11-25T08:00:00+08:00", "values": {"pressure": "high"}}'):
+        subprocess.run(
+            [
+                mosquitto_pub,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(demo.mqtt_port),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ],
+            check=True,
+            timeout=10,
+        )
+    stored = eventually(
+        lambda: [
+            r
+            for r in demo.get("/v1/readings", device_id="leak-002", metric="pressure", start=ts)[
+                "items"
+            ]
+            if r["value"] == 0.287
+        ],
+        15,
+        "the mosquitto_pub reading",
+        demo,
+    )
+    assert stored[0]["unit"] == "MPa"
+    dead = eventually(
+        lambda: demo.get("/v1/dead-letters", device_id="leak-002")["items"],
+        15,
+        "the malformed message in dead letters",
+        demo,
+    )
+    assert dead[0]["reason"] == "bad_value" and "pressure" in dead[0]["detail"]
+
+    # an inspector acknowledges and resolves an alert over HTTP
+    alert_id = alerts[0]["id"]
+    r = httpx.post(
+        f"{demo.api}/v1/alerts/{alert_id}/acknowledge",
+        json={"actor": "inspector.zhang", "note": "on my way"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "acknowledged"
+    r = httpx.post(
+        f"{demo.api}/v1/alerts/{alert_id}/resolve",
+        json={"actor": "inspector.zhang", "note": "fixed"},
+    )
+    assert r.json()["status"] == "resolved"
+
+    # Ctrl-C stops everything, the embedded broker included
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.proc.wait(30) == 0, demo.log.read_text()[-3000:]
+    assert not port_open("127.0.0.1", demo.mqtt_port)
+    assert "ingestor stopped" in demo.log.read_text()
