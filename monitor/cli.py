@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -116,10 +117,9 @@ def up(
                 log_config=None,
             )
         )
-        try:
+        # uvicorn re-raises the Ctrl-C it handled; stopping is the normal way out
+        with contextlib.suppress(KeyboardInterrupt):
             server.run()
-        except KeyboardInterrupt:
-            pass  # uvicorn re-raises the Ctrl-C it handled; stopping is the normal way out
     finally:
         for stop in stoppers:
             stop()

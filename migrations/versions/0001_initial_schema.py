@@ -10,11 +10,12 @@ Create Date: 2026-11-25 13:07:33.567528
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from monitor.core.settings import Settings
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -242,9 +243,10 @@ def _timescale_readings() -> None:
             bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
     except sa.exc.DBAPIError:
         return
-    chunk = os.environ.get("ENVMON_TIMESCALE_CHUNK_INTERVAL", "1 day")
-    compress_after = os.environ.get("ENVMON_TIMESCALE_COMPRESS_AFTER", "7 days")
-    retention = os.environ.get("ENVMON_TIMESCALE_RETENTION", "")
+    settings = Settings()
+    chunk = settings.timescale_chunk_interval
+    compress_after = settings.timescale_compress_after
+    retention = settings.timescale_retention
     bind.execute(
         sa.text(
             "SELECT create_hypertable('readings', 'ts', "

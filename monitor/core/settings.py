@@ -42,7 +42,10 @@ class Settings(BaseSettings):
         env_prefix="ENVMON_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    env: Environment = Field(Environment.development, description="development or production")
+    env: Environment = Field(
+        Environment.development,
+        description="development or production (production-only checks come with authentication)",
+    )
     data_dir: Path = Field(
         Path("data"), description="Folder for the embedded database, broker and spool"
     )
@@ -91,7 +94,15 @@ class Settings(BaseSettings):
     offline_after_s: int = Field(
         600, ge=1, description="A device unseen this long is offline (standards.md §6: 600 s)"
     )
-    timezone: str = Field("Asia/Shanghai", description="The city's time zone, for calendar windows")
+    timescale_chunk_interval: str = Field(
+        "1 day", description="TimescaleDB chunk interval of readings (at migration time)"
+    )
+    timescale_compress_after: str = Field(
+        "7 days", description="TimescaleDB compresses readings chunks older than this"
+    )
+    timescale_retention: str | None = Field(
+        None, description="TimescaleDB drops readings older than this (unset = keep all)"
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 

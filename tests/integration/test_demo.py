@@ -4,6 +4,7 @@ Mosquitto) shows readings of all three kinds and an alert within a minute, takes
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -84,7 +85,7 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     started = time.monotonic()
     for kind in ("dust_monitor", "water_quality", "leak_meter"):
         eventually(
-            lambda k=kind: demo.get("/v1/readings", kind=k, limit=1)["items"],
+            functools.partial(lambda k: demo.get("/v1/readings", kind=k, limit=1)["items"], kind),
             60,
             f"a {kind} reading",
             demo,
