@@ -46,6 +46,10 @@ class ReadingSet(BaseModel):
     flags: dict[str, QualityFlag] = Field(
         default_factory=dict, description="HJ 212 data flag per metric; absent means N"
     )
+    units: dict[str, str] = Field(
+        default_factory=dict,
+        description="Optional unit per metric; a unit other than the catalogue's is rejected",
+    )
 
 
 class TelemetryBatch(BaseModel):
@@ -54,6 +58,15 @@ class TelemetryBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch: list[ReadingSet] = Field(min_length=1)
+
+
+def same_unit(given: str, expected: str) -> bool:
+    """Unit names compared the way devices write them: `ug/m3` is `µg/m³`, case aside."""
+
+    def norm(u: str) -> str:
+        return u.lower().replace("µ", "u").replace("μ", "u").replace("³", "3").replace(" ", "")
+
+    return norm(given) == norm(expected)
 
 
 def topic_root(prefix: str) -> str:

@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.contract import TELEMETRY, topic_root
+from ingest.contract import STATUS, TELEMETRY, topic_root
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Message:
     mid: int
     qos: int
     received_at: datetime
+    generation: int  # which connection delivered it; -1 for messages replayed from the spool
 
 
 class LoginRefused(RuntimeError):
@@ -49,12 +50,11 @@ class MqttIntake:
         self._endpoint = settings.mqtt
         self._accepting = threading.Event()
         self._connected = threading.Event()
+        self._generation = 0
         self.fatal: BaseException | None = None
         root = topic_root(settings.mqtt_topic_prefix)
-        topic = f"{root}/+/{TELEMETRY}"
-        if settings.mqtt_shared_group:
-            topic = f"$share/{settings.mqtt_shared_group}/{topic}"
-        self.topic = topic
+        share = f"$share/{settings.mqtt_shared_group}/" if settings.mqtt_shared_group else ""
+        self.topics = [f"{share}{root}/+/{TELEMETRY}", f"{share}{root}/+/{STATUS}"]
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
@@ -117,8 +117,9 @@ class MqttIntake:
                 client.disconnect()
             self._connected.set()
             return
-        log.info("mqtt connected to %s, subscribing to %s", self._endpoint, self.topic)
-        client.subscribe(self.topic, qos=1)
+        self._generation += 1
+        log.info("mqtt connected to %s, subscribing to %s", self._endpoint, self.topics)
+        client.subscribe([(t, 1) for t in self.topics])
         self._connected.set()
 
     def _on_disconnect(
@@ -128,7 +129,9 @@ class MqttIntake:
             log.warning("mqtt disconnected (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
+        item = Message(
+            msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC), self._generation
+        )
         # Blocking here is the back-pressure: paho stops reading the socket, the broker keeps
         # the backlog. Nothing is dropped; while stopping, it is left un-acknowledged so the
         # broker delivers it again to the next session.
@@ -140,8 +143,12 @@ class MqttIntake:
                 continue
 
     def ack(self, messages: list[Message]) -> None:
+        current = self._generation
         for m in messages:
-            if m.qos > 0:
+            # A message from an earlier connection has been (or will be) delivered again with
+            # a packet id the broker may since have reused: acknowledging the old id could
+            # acknowledge a different message. The redelivery is stored as a duplicate.
+            if m.qos > 0 and m.generation == current:
                 self._client.ack(m.mid, m.qos)
 
     def stop_intake(self) -> None:

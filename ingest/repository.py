@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, insert, text, update
+from sqlalchemy import Connection, Float, String, bindparam, func, insert, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
@@ -139,12 +139,24 @@ def insert_dead_letters(
     )
 
 
-def touch_devices(conn: Connection, device_ids: Iterable[str], at: datetime) -> None:
-    ids = sorted(set(device_ids))
-    if ids:
-        conn.execute(
-            update(devices)
-            .where(devices.c.id.in_(bindparam("ids", expanding=True)))
-            .values(last_seen_at=at),
-            {"ids": ids},
-        )
+def touch_devices(
+    conn: Connection, seen: dict[str, tuple[datetime, float | None, str | None]]
+) -> None:
+    """Per device: last seen (arrival), clock skew (arrival - newest event time) and the
+    connection state from its status topic, where the batch says anything about them."""
+    if not seen:
+        return
+    params = [
+        {"b_id": d, "b_at": at, "b_skew": skew, "b_conn": status}
+        for d, (at, skew, status) in sorted(seen.items())
+    ]
+    conn.execute(
+        update(devices)
+        .where(devices.c.id == bindparam("b_id"))
+        .values(
+            last_seen_at=bindparam("b_at"),
+            clock_skew_s=func.coalesce(bindparam("b_skew", type_=Float), devices.c.clock_skew_s),
+            connection=func.coalesce(bindparam("b_conn", type_=String), devices.c.connection),
+        ),
+        params,
+    )

@@ -6,6 +6,7 @@ becomes its own dead letter and the good parts beside it are still stored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from ingest.contract import TELEMETRY, ReadingSet, parse_topic
+from ingest.contract import STATUS, TELEMETRY, ReadingSet, parse_topic, same_unit
 from monitor.core.catalogue import METRICS, DeviceKind
 
 PAYLOAD_EXCERPT = 4096
@@ -36,6 +37,10 @@ class Reason(StrEnum):
     wrong_metric_for_kind = "wrong_metric_for_kind"
     bad_value = "bad_value"
     out_of_range = "out_of_range"
+    unit_mismatch = "unit_mismatch"
+    duplicate_key = "duplicate_key"
+    bad_status = "bad_status"
+    store_failed = "store_failed"
 
 
 class Row(NamedTuple):
@@ -61,6 +66,20 @@ class Parsed:
     rows: list[Row] = field(default_factory=list)
     dead: list[DeadLetterRecord] = field(default_factory=list)
     device_id: str | None = None
+    status: str | None = None  # "online"/"offline" from the status topic (last will)
+
+
+# In valid JSON a string followed by a colon is always an object key, so counting these
+# matches counts the keys in the text; orjson keeps only the last of duplicate keys.
+_KEY = re.compile(rb'"(?:[^"\\]|\\.)*"\s*:')
+
+
+def _count_keys(doc: Any) -> int:
+    if isinstance(doc, dict):
+        return len(doc) + sum(_count_keys(v) for v in doc.values())
+    if isinstance(doc, list):
+        return sum(_count_keys(v) for v in doc)
+    return 0
 
 
 class DeviceInfo(NamedTuple):
@@ -104,7 +123,7 @@ def parse_message(
         return out
 
     where = parse_topic(limits.prefix, topic)
-    if where is None or where[1] != TELEMETRY:
+    if where is None or where[1] not in (TELEMETRY, STATUS):
         return dead(
             Reason.bad_topic,
             f"topic is not {limits.prefix}/v1/devices/{{device_id}}/telemetry",
@@ -128,10 +147,18 @@ def parse_message(
             f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
             _excerpt(payload),
         )
+    if where[1] == STATUS:
+        return _status(payload, out, dead)
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return dead(Reason.bad_json, f"payload is not JSON: {exc}", _excerpt(payload))
+    if len(_KEY.findall(payload)) != _count_keys(doc):
+        return dead(
+            Reason.duplicate_key,
+            "payload repeats a key inside one object; which value is meant is ambiguous",
+            _excerpt(payload),
+        )
 
     if isinstance(doc, dict) and "batch" in doc:
         items = doc["batch"]
@@ -214,6 +241,14 @@ def _reading_set(
                 {"ts": item.get("ts"), "values": {metric: value}},
             )
             continue
+        unit = rs.units.get(metric)
+        if unit is not None and not same_unit(unit, spec.unit):
+            dead(
+                Reason.unit_mismatch,
+                f"{metric} is sent in {unit!r}; envmon takes it in {spec.unit!r} only",
+                {"ts": item.get("ts"), "values": {metric: value}, "units": {metric: unit}},
+            )
+            continue
         flag = rs.flags.get(metric)
         out.rows.append(
             Row(device_id, metric, rs.ts, value, flag.value if flag else "N", received_at)
@@ -244,3 +279,22 @@ def _salvage(item: dict[str, Any], exc: ValidationError, dead: Any) -> ReadingSe
     if not values:
         return None
     return ReadingSet.model_validate({**item, "values": values})
+
+
+def _status(payload: bytes, out: Parsed, dead: Any) -> Parsed:
+    """`online` / `offline`, plain or as {"status": ...}: a device's birth and last will."""
+    text = payload.strip().decode("utf-8", errors="replace")
+    value: Any = text
+    if text.startswith("{"):
+        try:
+            value = orjson.loads(payload).get("status")
+        except (orjson.JSONDecodeError, AttributeError):
+            value = None
+    if value not in ("online", "offline"):
+        return dead(  # type: ignore[no-any-return]
+            Reason.bad_status,
+            'a status message is "online" or "offline" (or {"status": ...})',
+            _excerpt(payload),
+        )
+    out.status = value
+    return out

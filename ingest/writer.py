@@ -1,5 +1,10 @@
 """The writer: drains the intake queue into batches, stores each batch in one transaction,
-evaluates the alert rules on it in the same transaction, then acknowledges its messages."""
+evaluates the alert rules on it in the same transaction, then acknowledges its messages.
+
+When the database is unreachable, batches go to the durable local spool instead (and are
+acknowledged once fsync'd); while the spool holds anything, new batches queue behind it so
+that the database receives everything in arrival order when it returns.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,19 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.evaluator import Touched, evaluate_batch
+from ingest import metrics
 from ingest.mqtt import Message
 from ingest.repository import insert_dead_letters, insert_readings, touch_devices
-from ingest.validate import DeadLetterRecord, Limits, Parsed, Reason, Row, parse_message
+from ingest.spool import Spool, SpoolFull
+from ingest.validate import (
+    DeadLetterRecord,
+    DeviceInfo,
+    Limits,
+    Parsed,
+    Reason,
+    Row,
+    parse_message,
+)
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,14 +46,24 @@ class Stats:
     dead_letters: int = 0
     batches: int = 0
     alerts_opened: int = 0
+    spooled: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Summary:
+    messages: int
+    inserted: int
+    duplicates: int
+    dead: list[DeadLetterRecord]
+    opened: int
+    seen: dict[str, tuple[datetime, float | None, str | None]]
 
 
 @dataclass(slots=True)
 class Batch:
     messages: list[Message] = field(default_factory=list)
-    parsed: list[Parsed] = field(default_factory=list)
-    readings: int = 0
+    size_bytes: int = 0
 
 
 class Writer:
@@ -47,14 +72,15 @@ class Writer:
         settings: Settings,
         engine: Engine,
         inbox: queue.Queue[Message],
-        lookup: Callable[[str], object],
+        lookup: Callable[[str], DeviceInfo | None],
         ack: Callable[[list[Message]], None],
     ) -> None:
         self._engine = engine
         self._inbox = inbox
         self._lookup = lookup
         self._ack = ack
-        self._max_size = settings.batch_max_size
+        self._max_messages = settings.batch_max_messages
+        self._max_bytes = settings.batch_max_bytes
         self._max_age = settings.batch_max_age_ms / 1000
         self._limits = Limits(
             settings.mqtt_topic_prefix,
@@ -62,102 +88,181 @@ class Writer:
             settings.max_batch_items,
             timedelta(seconds=settings.future_tolerance_s),
         )
+        self._spool = Spool(settings.spool_path, settings.spool_max_messages)
+        metrics.SPOOL_DEPTH.set(self._spool.depth)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envmon-writer", daemon=True)
         self.stats = Stats()
         self.idle = threading.Event()
 
+    @property
+    def spool_depth(self) -> int:
+        return self._spool.depth
+
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Write what is queued, acknowledge it, and stop."""
+        """Write what is queued (to the database or the spool), acknowledge it, and stop."""
         self._stopping.set()
         self._thread.join(timeout_s)
+        self._spool.close()
+
+    # --- batching ---------------------------------------------------------------------
 
     def _collect(self) -> Batch:
         batch = Batch()
         deadline: float | None = None
-        while batch.readings < self._max_size:
+        while len(batch.messages) < self._max_messages and batch.size_bytes < self._max_bytes:
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 msg = self._inbox.get(timeout=timeout)
             except queue.Empty:
-                if deadline is not None or self._stopping.is_set():
+                if deadline is not None or self._stopping.is_set() or self._spool.depth:
                     break
                 self.idle.set()
                 continue
             self.idle.clear()
             if deadline is None:
                 deadline = time.monotonic() + self._max_age
-            parsed = parse_message(
-                msg.topic,
-                msg.payload,
-                lookup=self._lookup,
-                limits=self._limits,
-                received_at=msg.received_at,
-            )
             batch.messages.append(msg)
-            batch.parsed.append(parsed)
-            batch.readings += len(parsed.rows) + len(parsed.dead)
+            batch.size_bytes += len(msg.payload)
+        metrics.QUEUE_DEPTH.set(self._inbox.qsize())
         return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._collect()
-            if not batch.messages:
-                if self._stopping.is_set():
-                    return
-                continue
-            self._store_with_retry(batch)
-            self._ack(batch.messages)
-
-    def _store_with_retry(self, batch: Batch) -> None:
         delay = 0.5
         while True:
-            try:
-                with self._engine.begin() as conn:
-                    self._store(conn, batch.parsed)
-                return
-            except OperationalError as exc:
-                # The database is away: keep the messages un-acknowledged and try again; the
-                # intake queue fills and back-pressure holds the rest at the broker.
-                log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except DBAPIError:
-                log.exception(
-                    "batch of %d messages failed; storing them one by one", len(batch.messages)
-                )
-                self._store_one_by_one(batch)
+            batch = self._collect()
+            if self._spool.depth:
+                if batch.messages:
+                    self._spool_or_hold(batch)
+                if self._drain_spool():
+                    delay = 0.5
+                else:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            elif batch.messages:
+                self._store_or_spool(batch)
+            elif self._stopping.is_set():
                 return
 
-    def _store_one_by_one(self, batch: Batch) -> None:
-        for msg, parsed in zip(batch.messages, batch.parsed, strict=True):
+    # --- the two destinations -------------------------------------------------------------
+
+    def _store_or_spool(self, batch: Batch) -> None:
+        try:
+            self._store_batch(batch.messages)
+        except OperationalError as exc:
+            log.warning("database unavailable (%s); spooling to %s", exc.orig, self._spool.path)
+            metrics.DB_UP.set(0)
+            self._spool_or_hold(batch)
+            return
+        self._ack(batch.messages)
+
+    def _spool_or_hold(self, batch: Batch) -> None:
+        """Spool and acknowledge; if the spool is full, hold the batch un-acknowledged (the
+        broker keeps it) and wait for the database, retrying, never dropping."""
+        while True:
             try:
-                with self._engine.begin() as conn:
-                    self._store(conn, [parsed])
+                self._spool.append(batch.messages)
+                break
+            except SpoolFull as exc:
+                metrics.SPOOL_FULL.inc()
+                log.error(
+                    "%s; holding %d messages un-acknowledged until the database returns",
+                    exc,
+                    len(batch.messages),
+                )
+                if self._drain_spool():
+                    continue
+                time.sleep(2)
+        self.stats.spooled += len(batch.messages)
+        metrics.SPOOL_DEPTH.set(self._spool.depth)
+        self._ack(batch.messages)
+
+    def _drain_spool(self) -> bool:
+        """Move spooled messages to the database, oldest first; False if it is still away."""
+        while self._spool.depth:
+            ids, messages = self._spool.peek(self._max_messages)
+            try:
+                self._store_batch(messages)
             except OperationalError:
-                raise
-            except DBAPIError as exc:
-                log.exception("message on %s could not be stored", msg.topic)
-                record = DeadLetterRecord(
-                    msg.topic,
-                    parsed.device_id,
-                    Reason.bad_payload,
-                    f"storing failed: {type(exc.orig).__name__}: {exc.orig}",
-                    msg.payload[:4096].decode("utf-8", errors="replace"),
-                )
-                with self._engine.begin() as conn:
-                    insert_dead_letters(conn, [record], msg.received_at)
+                return False
+            self._spool.remove(ids)
+            metrics.SPOOL_DEPTH.set(self._spool.depth)
+            if not self._spool.depth:
+                log.info("spool drained; database writes are direct again")
+        metrics.DB_UP.set(1)
+        return True
 
-    def _store(self, conn: Connection, parsed: list[Parsed]) -> None:
+    # --- storing ---------------------------------------------------------------------------
+
+    def _store_batch(self, messages: list[Message]) -> None:
+        """Store a batch in one transaction; a data error falls back to message by message.
+        Raises OperationalError when the database cannot be reached."""
+        started = time.perf_counter()
+        try:
+            with self._engine.begin() as conn:
+                summary = self._store(conn, messages)
+            self._count(summary)
+        except OperationalError:
+            raise
+        except DBAPIError:
+            log.exception("batch of %d messages failed; storing them one by one", len(messages))
+            for msg in messages:
+                self._store_one(msg)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.DB_UP.set(1)
+
+    def _store_one(self, msg: Message) -> None:
+        try:
+            with self._engine.begin() as conn:
+                summary = self._store(conn, [msg])
+            self._count(summary)
+        except OperationalError:
+            raise
+        except DBAPIError as exc:
+            log.exception("message on %s could not be stored", msg.topic)
+            record = DeadLetterRecord(
+                msg.topic,
+                None,
+                Reason.store_failed,
+                f"storing failed: {type(exc.orig).__name__}: {exc.orig}",
+                msg.payload[:4096].decode("utf-8", errors="replace"),
+            )
+            with self._engine.begin() as conn:
+                insert_dead_letters(conn, [record], msg.received_at)
+
+    def _store(self, conn: Connection, messages: list[Message]) -> Summary:
+        parsed: list[Parsed] = [
+            parse_message(
+                m.topic,
+                m.payload,
+                lookup=self._lookup,
+                limits=self._limits,
+                received_at=m.received_at,
+            )
+            for m in messages
+        ]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
         now = datetime.now(UTC)
         inserted = insert_readings(conn, rows)
         insert_dead_letters(conn, dead, now)
-        touch_devices(conn, (p.device_id for p in parsed if p.rows and p.device_id), now)
+        seen: dict[str, tuple[datetime, float | None, str | None]] = {}
+        for p, m in zip(parsed, messages, strict=True):
+            if p.device_id is None or not (p.rows or p.status):
+                continue
+            newest = max((r.ts for r in p.rows), default=None)
+            skew = (m.received_at - newest).total_seconds() if newest else None
+            _, old_skew, old_status = seen.get(p.device_id, (m.received_at, None, None))
+            seen[p.device_id] = (
+                m.received_at,
+                skew if skew is not None else old_skew,
+                p.status or old_status,
+            )
+        touch_devices(conn, seen)
         opened = 0
         if inserted:
             earliest: dict[tuple[str, str], datetime] = {}
@@ -167,19 +272,23 @@ class Writer:
                     earliest[key] = r.ts
             outcome = evaluate_batch(conn, (Touched(d, m, t) for (d, m), t in earliest.items()))
             opened = outcome.opened
+        return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
+
+    def _count(self, summary: Summary) -> None:
+        """Account for a committed batch."""
         s = self.stats
-        s.messages += len(parsed)
-        s.stored += inserted
-        s.duplicates += len(rows) - inserted
-        s.dead_letters += len(dead)
+        s.messages += summary.messages
+        s.stored += summary.inserted
+        s.duplicates += summary.duplicates
+        s.dead_letters += len(summary.dead)
         s.batches += 1
-        s.alerts_opened += opened
-        for d in dead:
+        s.alerts_opened += summary.opened
+        metrics.MESSAGES.inc(summary.messages)
+        metrics.STORED.inc(summary.inserted)
+        metrics.DUPLICATES.inc(summary.duplicates)
+        metrics.ALERTS_OPENED.inc(summary.opened)
+        for d in summary.dead:
             s.by_reason[d.reason] = s.by_reason.get(d.reason, 0) + 1
-        log.debug(
-            "batch: %d messages, %d new readings, %d duplicates, %d dead letters",
-            len(parsed),
-            inserted,
-            len(rows) - inserted,
-            len(dead),
-        )
+            metrics.DEAD.labels(d.reason.value).inc()
+        for device_id, (at, _, _) in summary.seen.items():
+            metrics.LAST_SEEN.labels(device_id).set(at.timestamp())

@@ -203,8 +203,12 @@ def ingest() -> None:
     settings = _settings()
     if settings.embedded_broker:
         raise click.UsageError("`envmon ingest` needs ENVMON_MQTT_URL (a running broker)")
+    from prometheus_client import start_http_server
+
     engine = make_engine(settings.sqlalchemy_url)
     ingestor = Ingestor(settings, engine)
+    start_http_server(settings.metrics_port)
+    log.info("metrics on :%d/metrics", settings.metrics_port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from prometheus_client import make_asgi_app
 
 from monitor import __version__
 from monitor.api import errors
@@ -50,4 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, sites, devices, readings, alerts, dead_letters, rules):
         v1.include_router(module.router)
     app.include_router(v1)
+    # Prometheus text format; in `envmon up` this includes the ingestor's metrics
+    app.mount("/metrics", make_asgi_app())
     return app

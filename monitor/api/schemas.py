@@ -36,7 +36,13 @@ class DeviceRead(BaseModel):
     status: str
     district: str
     last_seen_at: datetime | None
-    online: bool = Field(description="Seen within the offline threshold")
+    online: bool = Field(
+        description="Seen within the offline threshold and not offline by its last will"
+    )
+    connection: str | None = Field(description="online/offline as last said on its status topic")
+    clock_skew_s: float | None = Field(
+        description="Arrival minus event time of its newest reading, seconds (+ = late)"
+    )
     created_at: datetime
 
 
@@ -55,6 +61,13 @@ class ReadingRead(BaseModel):
     unit: str
     quality: str
     received_at: datetime
+
+
+class LatestRead(BaseModel):
+    device_id: str
+    readings: list[ReadingRead] = Field(
+        description="Per metric, the reading with the newest event time (not the last to arrive)"
+    )
 
 
 class BucketRead(BaseModel):

@@ -128,6 +128,10 @@ class Device(Base):
     status: Mapped[str] = mapped_column(String(16), default=DeviceStatus.active)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+    # arrival minus event time of the newest reading in its last message, in seconds
+    clock_skew_s: Mapped[float | None] = mapped_column(Float)
+    # "online"/"offline" as the device last said on its status topic (birth / last will)
+    connection: Mapped[str | None] = mapped_column(String(16))
 
 
 class Reading(Base):

@@ -79,10 +79,22 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
-    batch_max_size: int = Field(2000, ge=1, description="Readings per write batch, at most")
+    batch_max_messages: int = Field(2000, ge=1, description="Messages per write batch, at most")
+    batch_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Payload bytes per write batch, at most"
+    )
     batch_max_age_ms: int = Field(200, ge=1, description="Longest a reading waits for its batch")
     queue_max_messages: int = Field(
         10000, ge=1, description="Bound of the queue between the MQTT thread and the writer"
+    )
+    spool_max_messages: int = Field(
+        2_000_000, ge=1, description="Bound of the local spool used while the database is away"
+    )
+    spool_file: Path | None = Field(
+        None, description="Spool file (SQLite); unset = <data dir>/spool.sqlite"
+    )
+    metrics_port: int = Field(
+        9108, description="Port of /metrics for `envmon ingest` (the API serves its own)"
     )
     max_payload_bytes: int = Field(
         256 * 1024, ge=64, description="Larger messages are dead letters"
@@ -120,6 +132,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'envmon.db').resolve()}"
 
     @property
+    def spool_path(self) -> Path:
+        return self.spool_file or self.data_dir / "spool.sqlite"
+
+    @property
     def embedded_broker(self) -> bool:
         return not self.mqtt_url
 
@@ -131,3 +147,18 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def markdown_table() -> str:
+    """The settings table of README.md (`python -m monitor.core.settings` prints it)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        default = getattr(default, "value", default)
+        shown = "unset" if default is None else f"`{default}`"
+        lines.append(f"| `ENVMON_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -9,14 +9,16 @@ from sqlalchemy import Select, select, update
 from monitor.api.deps import SessionDep, SettingsDep
 from monitor.api.filters import District, Kind, SiteId
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from monitor.api.schemas import DeviceRead, DeviceUpdate
+from monitor.api.schemas import DeviceRead, DeviceUpdate, LatestRead, ReadingRead
+from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import NotFound
-from monitor.core.models import Device, DeviceStatus, Site, table
+from monitor.core.models import Device, DeviceStatus, Reading, Site, table
 from monitor.registry import DeviceCreate, upsert_device
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 devices = table(Device)
 sites = table(Site)
+readings = table(Reading)
 
 
 def _select() -> Select[Any]:
@@ -26,7 +28,11 @@ def _select() -> Select[Any]:
 def _read(row: Any, offline_after: timedelta) -> DeviceRead:
     m = dict(row._mapping)
     seen = m["last_seen_at"]
-    m["online"] = seen is not None and datetime.now(UTC) - seen <= offline_after
+    m["online"] = (
+        seen is not None
+        and datetime.now(UTC) - seen <= offline_after
+        and m["connection"] != "offline"
+    )
     return DeviceRead.model_validate(m)
 
 
@@ -86,3 +92,21 @@ def update_device(
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
     return get_device(session, settings, device_id)
+
+
+@router.get("/{device_id}/latest", response_model=LatestRead)
+def latest_readings(session: SessionDep, settings: SettingsDep, device_id: str) -> LatestRead:
+    """The newest reading of each metric by event time: a late upload of old data never
+    replaces a newer value."""
+    device = get_device(session, settings, device_id)
+    out = []
+    for metric in metrics_for(DeviceKind(device.kind)):
+        row = session.execute(
+            select(readings)
+            .where(readings.c.device_id == device_id, readings.c.metric == metric.name)
+            .order_by(readings.c.ts.desc())
+            .limit(1)
+        ).first()
+        if row is not None:
+            out.append(ReadingRead(**row._mapping, unit=metric.unit))
+    return LatestRead(device_id=device_id, readings=out)

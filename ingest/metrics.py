@@ -1,0 +1,30 @@
+"""Prometheus metrics of the write path (served at /metrics by the API, or by `envmon ingest`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter("envmon_messages_received", "MQTT messages taken from the broker")
+STORED = Counter("envmon_readings_stored", "Readings stored (new)")
+DUPLICATES = Counter("envmon_readings_duplicate", "Readings already stored (redelivery/repeat)")
+DEAD = Counter("envmon_dead_letters", "Messages or parts not stored, by reason", ["reason"])
+BATCH_SIZE = Histogram(
+    "envmon_batch_messages",
+    "Messages per write batch",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+COMMIT_SECONDS = Histogram(
+    "envmon_batch_commit_seconds",
+    "Time to store, evaluate and commit one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+QUEUE_DEPTH = Gauge("envmon_queue_depth", "Messages waiting between the MQTT thread and writer")
+SPOOL_DEPTH = Gauge("envmon_spool_depth", "Messages in the local spool awaiting the database")
+SPOOL_FULL = Counter("envmon_spool_full", "Times the spool was full and intake was held back")
+DB_UP = Gauge("envmon_database_up", "1 while the writer can reach the database")
+ALERTS_OPENED = Counter("envmon_alerts_opened", "Alerts opened by the evaluator")
+LAST_SEEN = Gauge(
+    "envmon_device_last_seen_timestamp_seconds",
+    "When a device's last message arrived",
+    ["device_id"],
+)
