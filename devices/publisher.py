@@ -34,6 +34,13 @@ def _now() -> datetime:
     return (datetime.now(UTC) + timedelta(milliseconds=500)).replace(microsecond=0)
 
 
+def _now_ms() -> datetime:
+    # sub-second intervals (load tests) need sub-second timestamps, or rounds would collide
+    # on the (device, metric, ts) key and be stored once
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 class FleetPublisher:
     """Publishes a fleet's readings: a history backfill in batches, then live reading sets.
 
@@ -139,7 +146,7 @@ class FleetPublisher:
         while not stop.is_set() and (count is None or rounds < count):
             if duration_s is not None and time.monotonic() - started >= duration_s:
                 break
-            ts = _now()
+            ts = _now() if self.interval_s >= 1 else _now_ms()
             for sim in self.simulators:
                 reading_set = sim.sample(ts)
                 self._publish(sim.device_id, reading_set, [reading_set])
