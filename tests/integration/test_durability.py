@@ -49,7 +49,7 @@ def stored(engine: Engine) -> int:
 
 def assert_exactly_once(engine: Engine, pub: FleetPublisher, sets_per_device: int) -> None:
     with engine.connect() as conn:
-        per_device = dict(
+        per_device: dict[str, int] = dict(
             conn.execute(
                 select(readings.c.device_id, func.count(func.distinct(readings.c.ts))).group_by(
                     readings.c.device_id
