@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -19,6 +19,9 @@ from ingest.contract import STATUS, TELEMETRY, ReadingSet, parse_topic, same_uni
 from monitor.core.catalogue import METRICS, DeviceKind
 
 PAYLOAD_EXCERPT = 4096
+# No field sensor of ours reports from before this; earlier stamps are unit mistakes
+# (epoch seconds read as milliseconds land in January 1970).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class Reason(StrEnum):
@@ -126,7 +129,7 @@ def parse_message(
     if where is None or where[1] not in (TELEMETRY, STATUS):
         return dead(
             Reason.bad_topic,
-            f"topic is not {limits.prefix}/v1/devices/{{device_id}}/telemetry",
+            f"topic is not {limits.prefix}/v1/devices/{{device_id}}/telemetry (or /status)",
             _excerpt(payload),
         )
     device_id = where[0]
@@ -160,7 +163,8 @@ def parse_message(
             _excerpt(payload),
         )
 
-    if isinstance(doc, dict) and "batch" in doc:
+    is_batch = isinstance(doc, dict) and "batch" in doc
+    if is_batch:
         items = doc["batch"]
         if set(doc) != {"batch"} or not isinstance(items, list) or not items:
             return dead(
@@ -180,7 +184,7 @@ def parse_message(
 
     latest = received_at + limits.future_tolerance
     for index, item in enumerate(items):
-        label = f"batch[{index}]" if len(items) > 1 or "batch" in doc else "message"
+        label = f"batch[{index}]" if is_batch else "message"
         _reading_set(item, label, device_id, device.kind, received_at, latest, out, topic)
     return out
 
@@ -209,6 +213,13 @@ def _reading_set(
     except ValidationError as exc:
         rs = _salvage(item, exc, dead)
     if rs is None:
+        return
+    if rs.ts < EARLIEST:
+        dead(
+            Reason.bad_timestamp,
+            f"ts {rs.ts.isoformat()} is before 2000: epoch seconds sent as milliseconds?",
+            item,
+        )
         return
     if rs.ts > latest:
         dead(

@@ -94,6 +94,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="envmon-writer", daemon=True)
         self.stats = Stats()
         self.idle = threading.Event()
+        self._retry_delay = 0.5
 
     @property
     def spool_depth(self) -> int:
@@ -131,21 +132,31 @@ class Writer:
         return batch
 
     def _run(self) -> None:
-        delay = 0.5
         while True:
-            batch = self._collect()
-            if self._spool.depth:
-                if batch.messages:
-                    self._spool_or_hold(batch)
-                if self._drain_spool():
-                    delay = 0.5
-                else:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            elif batch.messages:
-                self._store_or_spool(batch)
-            elif self._stopping.is_set():
-                return
+            try:
+                if self._step():
+                    return
+            except Exception:
+                # Never let the writer thread die: un-acknowledged messages stay with the broker
+                log.exception("writer step failed; retrying in 2 s")
+                time.sleep(2)
+
+    def _step(self) -> bool:
+        """One batch; True once stopping and everything is written."""
+        batch = self._collect()
+        if self._spool.depth:
+            if batch.messages:
+                self._spool_or_hold(batch)
+            if self._drain_spool():
+                self._retry_delay = 0.5
+            else:
+                time.sleep(self._retry_delay)
+                self._retry_delay = min(self._retry_delay * 2, 5.0)
+        elif batch.messages:
+            self._store_or_spool(batch)
+        elif self._stopping.is_set():
+            return True
+        return False
 
     # --- the two destinations -------------------------------------------------------------
 
@@ -233,6 +244,33 @@ class Writer:
             )
             with self._engine.begin() as conn:
                 insert_dead_letters(conn, [record], msg.received_at)
+
+    def _parse(self, m: Message) -> Parsed:
+        try:
+            return parse_message(
+                m.topic,
+                m.payload,
+                lookup=self._lookup,
+                limits=self._limits,
+                received_at=m.received_at,
+            )
+        except OperationalError:
+            raise
+        except Exception as exc:
+            # A bug in validation must not stop the writer (the redelivered message would stop
+            # it again after every restart): keep the message as a dead letter and go on.
+            log.exception("validating a message on %s failed", m.topic)
+            out = Parsed()
+            out.dead.append(
+                DeadLetterRecord(
+                    m.topic,
+                    None,
+                    Reason.store_failed,
+                    f"validation failed: {type(exc).__name__}: {exc}",
+                    m.payload[:4096].decode("utf-8", errors="replace"),
+                )
+            )
+            return out
 
     def _store(self, conn: Connection, messages: list[Message]) -> Summary:
         parsed: list[Parsed] = [

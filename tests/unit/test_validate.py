@@ -48,7 +48,8 @@ def test_epoch_milliseconds_and_flags_are_accepted() -> None:
 
 def test_batch_keeps_good_sets_beside_a_bad_one() -> None:
     good = {"ts": "2026-11-25T07:00:00Z", "values": {"pm10": 60}}
-    p = parse({"batch": [good, {"ts": "yesterday", "values": {"pm10": 1}}, good | {"ts": 0}]})
+    ms = int((NOW - timedelta(minutes=2)).timestamp() * 1000)
+    p = parse({"batch": [good, {"ts": "yesterday", "values": {"pm10": 1}}, good | {"ts": ms}]})
     assert len(p.rows) == 2
     assert reasons(p) == [Reason.bad_timestamp]
     assert "batch[1]" in p.dead[0].detail
@@ -80,6 +81,9 @@ def test_string_and_unknown_values_are_rejected_one_by_one() -> None:
         ({"ts": "2026-11-25T07:00:00Z", "values": {}}, Reason.bad_payload),
         ({"ts": "2026-11-25T07:00:00", "values": {"pm10": 1}}, Reason.bad_timestamp),
         ({"ts": True, "values": {"pm10": 1}}, Reason.bad_timestamp),
+        ({"ts": 1764057600, "values": {"pm10": 1}}, Reason.bad_timestamp),  # seconds, not ms
+        (b"42", Reason.bad_payload),
+        (b"null", Reason.bad_payload),
         ({"ts": "2026-11-25T09:00:00Z", "values": {"pm10": 1}}, Reason.future_timestamp),
         ({"batch": []}, Reason.bad_payload),
         ({"batch": [{"ts": 1, "values": {"pm10": 1}}] * 11}, Reason.batch_too_long),
