@@ -132,6 +132,44 @@ class Device(Base):
     clock_skew_s: Mapped[float | None] = mapped_column(Float)
     # "online"/"offline" as the device last said on its status topic (birth / last will)
     connection: Mapped[str | None] = mapped_column(String(16))
+    # the device's MQTT password, hashed in Mosquitto's own format (PBKDF2-SHA512, "$7$...")
+    # so the broker's password file can be written from it; the password itself is shown once
+    mqtt_password_hash: Mapped[str | None] = mapped_column(String(255))
+
+
+class Role(StrEnum):
+    admin = "admin"  # devices, sites, rules, users; every district
+    inspector = "inspector"  # read, acknowledge, resolve, comment within scope
+    viewer = "viewer"  # read within scope
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # None = every district (admins, city-wide inspectors)
+    district: Mapped[str | None] = mapped_column(String(100))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer token, stored only as a SHA-256 hash (the token is 32 random bytes, so a slow
+    password hash buys nothing); `prefix` finds the row without revealing the secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(100))
+    demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class Reading(Base):
