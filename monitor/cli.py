@@ -7,16 +7,19 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from monitor import __version__
-from monitor.core.settings import Settings
+from monitor.core.exceptions import EnvmonError, NotFound
+from monitor.core.settings import Environment, Settings
 
 log = logging.getLogger("envmon")
+DEMO_ADMIN = "demo-admin"
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -26,6 +29,14 @@ def _settings(**overrides: Any) -> Settings:
 
     logs.configure(settings.log_level, settings.log_format)
     return settings
+
+
+def _check_production(settings: Settings) -> None:
+    problems = settings.production_problems()
+    if problems:
+        raise click.UsageError(
+            "ENVMON_ENV=production refuses to start:\n  - " + "\n  - ".join(problems)
+        )
 
 
 def _migrate(settings: Settings) -> None:
@@ -81,6 +92,11 @@ def up(
     from monitor.broker import EmbeddedBroker
 
     settings = _settings(api_port=port, api_host=host, mqtt_port=mqtt_port, data_dir=data_dir)
+    if simulate and settings.env == Environment.production:
+        raise click.UsageError(
+            "--simulate registers a demo fleet and a demo key: not in production"
+        )
+    _check_production(settings)
     broker = None
     if settings.embedded_broker:
         broker = EmbeddedBroker(settings.data_dir, settings.mqtt_port)
@@ -88,9 +104,7 @@ def up(
     stoppers: list[Any] = []
     try:
         _migrate(settings)
-        fleet = None
-        if simulate:
-            fleet = _register_demo(settings)
+        demo = _register_demo(settings) if simulate else None
         from monitor.core.db import make_engine
 
         engine = make_engine(settings.sqlalchemy_url)
@@ -99,13 +113,22 @@ def up(
         ingestor = Ingestor(settings, engine)
         ingestor.start()
         stoppers.append(ingestor.stop)
-        if fleet is not None:
-            stoppers.insert(0, _start_simulator(settings, fleet))
+        if demo is not None:
+            stoppers.insert(0, _start_simulator(settings, demo.fleet))
         base = f"http://{settings.api_host}:{settings.api_port}"
+        auth_hint = '  -H "Authorization: Bearer $(cat KEYFILE)"'.replace(
+            "KEYFILE", str(demo.admin_key_file) if demo else "<your key file>"
+        )
         click.echo(
             f"\nenvmon is up.  API {base}/v1/docs   broker {settings.mqtt.host}:"
             f"{settings.mqtt.port}   data {settings.data_dir.resolve()}\n"
-            f"  curl '{base}/v1/readings?limit=20'\n  curl '{base}/v1/alerts'\n"
+            + (
+                f"Demo admin key (also in {demo.admin_key_file}):\n  {demo.admin_key}\n"
+                if demo
+                else ""
+            )
+            + f"  curl{auth_hint} '{base}/v1/readings?limit=20'\n"
+            f"  curl{auth_hint} '{base}/v1/alerts'\n"
             "Ctrl-C stops everything.\n",
             err=True,
         )
@@ -127,18 +150,34 @@ def up(
             broker.stop()
 
 
-def _register_demo(settings: Settings) -> Any:
+class Demo(NamedTuple):
+    fleet: Any
+    admin_key: str
+    admin_key_file: Path
+
+
+def _register_demo(settings: Settings) -> Demo:
     from devices.fleet import demo_fleet
+    from monitor import auth
     from monitor.core.db import make_engine
+    from monitor.core.models import Role
     from monitor.registry import import_fleet
 
     fleet = demo_fleet(datetime.now(UTC))
     engine = make_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:
         n_sites, n_devices = import_fleet(conn, {"sites": fleet.sites, "devices": fleet.devices})
+        try:
+            user_id = auth.find_user(conn, DEMO_ADMIN).id
+        except NotFound:
+            user_id = auth.create_user(conn, auth.UserCreate(name=DEMO_ADMIN, role=Role.admin))
+        _, key = auth.create_key(conn, user_id, label="demo", demo=True)
     engine.dispose()
+    key_file = settings.data_dir / "demo-admin.key"
+    key_file.write_text(key + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
     log.info("demo fleet registered: %d sites, %d devices", n_sites, n_devices)
-    return fleet
+    return Demo(fleet, key, key_file)
 
 
 def _start_simulator(settings: Settings, fleet: Any) -> Any:
@@ -189,6 +228,7 @@ def api(port: int | None, host: str | None) -> None:
     from monitor.api.app import create_app
 
     settings = _settings(api_port=port, api_host=host)
+    _check_production(settings)
     uvicorn.run(
         create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
     )
@@ -203,6 +243,7 @@ def ingest() -> None:
     settings = _settings()
     if settings.embedded_broker:
         raise click.UsageError("`envmon ingest` needs ENVMON_MQTT_URL (a running broker)")
+    _check_production(settings)
     from prometheus_client import start_http_server
 
     engine = make_engine(settings.sqlalchemy_url)
@@ -327,3 +368,126 @@ def devices_import(file: Path) -> None:
         n_sites, n_devices = import_fleet(conn, doc)
     engine.dispose()
     click.echo(f"registered {n_sites} sites and {n_devices} devices from {file}")
+
+
+@main.group()
+def users() -> None:
+    """People who use the API: roles admin, inspector, viewer; scoped by district."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "inspector", "viewer"]), required=True)
+@click.option("--district", help="Scope of an inspector or viewer (unset = every district)")
+@click.option("--key/--no-key", default=True, show_default=True, help="Issue an API key too")
+def users_add(name: str, role: str, district: str | None, key: bool) -> None:
+    """Create a user (and print a first API key, shown this once)."""
+    from monitor import auth
+    from monitor.core.models import Role
+
+    with _connection() as conn:
+        try:
+            user_id = auth.create_user(
+                conn, auth.UserCreate(name=name, role=Role(role), district=district)
+            )
+        except EnvmonError as exc:
+            raise click.ClickException(exc.message) from exc
+        token = auth.create_key(conn, user_id, label="first")[1] if key else None
+    click.echo(f"user {name} ({role}{', ' + district if district else ''}) created")
+    if token:
+        click.echo(f"API key (shown once): {token}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every user with role, district and state."""
+    from sqlalchemy import select
+
+    from monitor.core.models import User, table
+
+    with _connection() as conn:
+        rows = conn.execute(select(table(User)).order_by("name")).all()
+    for r in rows:
+        state = "disabled" if r.disabled else "active"
+        click.echo(f"{r.name:24} {r.role:10} {r.district or '(all districts)':20} {state}")
+
+
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable a user: every key of theirs stops working at once."""
+    from monitor import auth
+
+    with _connection() as conn:
+        try:
+            auth.set_disabled(conn, name, True)
+        except EnvmonError as exc:
+            raise click.ClickException(exc.message) from exc
+    click.echo(f"user {name} disabled")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (bearer tokens), stored only as hashes."""
+
+
+@keys.command("create")
+@click.argument("user")
+@click.option("--label", help="What the key is for")
+def keys_create(user: str, label: str | None) -> None:
+    """Issue a key for USER; it is printed this once."""
+    from monitor import auth
+
+    with _connection() as conn:
+        try:
+            key_id, token = auth.create_key(conn, auth.find_user(conn, user).id, label=label)
+        except EnvmonError as exc:
+            raise click.ClickException(exc.message) from exc
+    click.echo(f"key {key_id} for {user} (shown once): {token}")
+
+
+@keys.command("list")
+@click.argument("user", required=False)
+def keys_list(user: str | None) -> None:
+    """Keys (id, prefix, owner, state), never their secrets."""
+    from sqlalchemy import select
+
+    from monitor.core.models import ApiKey, User, table
+
+    k, u = table(ApiKey), table(User)
+    q = select(k, u.c.name).join(u, u.c.id == k.c.user_id).order_by(k.c.id)
+    if user:
+        q = q.where(u.c.name == user)
+    with _connection() as conn:
+        rows = conn.execute(q).all()
+    for r in rows:
+        state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
+        demo = " demo" if r.demo else ""
+        click.echo(f"{r.id:5} envmon_{r.prefix}_…  {r.name:20} {r.label or '':16} {state}{demo}")
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key by id; it stops working at once."""
+    from monitor import auth
+
+    with _connection() as conn:
+        try:
+            auth.revoke_key(conn, key_id)
+        except EnvmonError as exc:
+            raise click.ClickException(exc.message) from exc
+    click.echo(f"key {key_id} revoked")
+
+
+@contextlib.contextmanager
+def _connection() -> Iterator[Any]:
+    from monitor.core.db import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()

@@ -114,3 +114,21 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine = make_engine(pg_url)
     yield engine
     engine.dispose()
+
+
+def make_key(
+    engine: Engine, name: str = "admin", role: str = "admin", district: str | None = None
+) -> str:
+    """A user with an API key; returns the key."""
+    from monitor import auth
+    from monitor.core.models import Role
+
+    with engine.begin() as conn:
+        user_id = auth.create_user(
+            conn, auth.UserCreate(name=name, role=Role(role), district=district)
+        )
+        return auth.create_key(conn, user_id)[1]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

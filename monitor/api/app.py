@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import __version__
 from monitor.api import errors
-from monitor.api.routes import alerts, dead_letters, devices, health, readings, rules, sites
+from monitor.api.deps import PrincipalDep
+from monitor.api.routes import (
+    alerts,
+    dead_letters,
+    devices,
+    health,
+    readings,
+    rules,
+    sites,
+    users,
+)
 from monitor.core.db import make_engine, make_sessionmaker
 from monitor.core.settings import Settings, get_settings
 
@@ -48,9 +60,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     v1 = APIRouter(prefix="/v1")
-    for module in (health, sites, devices, readings, alerts, dead_letters, rules):
+    for module in (health, users, sites, devices, readings, alerts, dead_letters, rules):
         v1.include_router(module.router)
     app.include_router(v1)
-    # Prometheus text format; in `envmon up` this includes the ingestor's metrics
-    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics(principal: PrincipalDep) -> PlainTextResponse:
+        """Prometheus metrics (any authenticated caller); in `envmon up` with the ingestor's."""
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        # Bodies here are small JSON documents; refuse big or unsized ones before reading.
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None and request.headers.get("transfer-encoding"):
+                return errors.problem(411, "Length required", "send a Content-Length header")
+            if length is not None and int(length) > settings.api_max_body_bytes:
+                return errors.problem(
+                    413,
+                    "Body too large",
+                    f"the body is {length} bytes; the limit is {settings.api_max_body_bytes}",
+                    [{"field": "body", "message": "too large"}],
+                )
+        return await call_next(request)
+
     return app

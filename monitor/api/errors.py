@@ -17,7 +17,11 @@ PROBLEM = "application/problem+json"
 
 
 def problem(
-    status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -27,22 +31,20 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        # keep the location: "query.start" tells the caller where to look
-        return ".".join(parts)
-    return ".".join(parts)
+    # keep the location: "query.start" tells the caller where to look
+    return ".".join(str(p) for p in loc)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(EnvmonError)
     async def _domain(_: Request, exc: EnvmonError) -> JSONResponse:
         errors = [{"field": exc.field, "message": exc.message}] if exc.field else None
-        return problem(exc.status_code, exc.title, exc.message, errors)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return problem(exc.status_code, exc.title, exc.message, errors, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

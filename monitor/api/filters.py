@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Query
@@ -21,6 +22,18 @@ District = Annotated[str | None, Query(description="Only sites in this district"
 Kind = Annotated[DeviceKind | None, Query(description="Only this device kind")]
 
 
-def check_range(start: AwareDatetime | None, end: AwareDatetime | None) -> None:
+def check_range(
+    start: AwareDatetime | None, end: AwareDatetime | None, max_days: int | None = None
+) -> None:
     if start is not None and end is not None and end <= start:
         raise InvalidInput("end must be after start", field="query.end")
+    if (
+        max_days
+        and start is not None
+        and end is not None
+        and end - start > timedelta(days=max_days)
+    ):
+        raise InvalidInput(
+            f"the range may span {max_days} days at most; page through shorter ranges",
+            field="query.end",
+        )

@@ -119,9 +119,10 @@ class AlertDetail(AlertRead):
 
 
 class AlertAction(BaseModel):
+    """The actor is the authenticated caller, never a name from the body."""
+
     model_config = ConfigDict(extra="forbid")
 
-    actor: str = Field(min_length=1, max_length=100, description="Who acts (an inspector)")
     note: str | None = Field(None, max_length=4000)
 
 

@@ -9,6 +9,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# Passwords nobody should run production with (the empty one included).
+WEAK_SECRETS = frozenset(
+    {None, "", "postgres", "password", "changeme", "change-me", "envmon", "secret", "admin", "x"}
+)
 
 
 class Environment(StrEnum):
@@ -79,6 +85,10 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
+    api_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest API request body")
+    api_max_range_days: int = Field(
+        400, ge=1, description="Longest time range one API query may ask for"
+    )
     batch_max_messages: int = Field(2000, ge=1, description="Messages per write batch, at most")
     batch_max_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Payload bytes per write batch, at most"
@@ -130,6 +140,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'envmon.db').resolve()}"
+
+    def production_problems(self) -> list[str]:
+        """What keeps this configuration from being a production one (empty when none)."""
+        if self.env != Environment.production:
+            return []
+        problems = []
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            problems.append("ENVMON_DATABASE_URL must point at PostgreSQL")
+        elif make_url(self.database_url).password in WEAK_SECRETS:
+            problems.append("the database password in ENVMON_DATABASE_URL is a default one")
+        if not self.mqtt_url:
+            problems.append("ENVMON_MQTT_URL must point at the production broker")
+        elif self.mqtt.password in WEAK_SECRETS:
+            problems.append("the broker password in ENVMON_MQTT_URL is missing or a default one")
+        return problems
 
     @property
     def spool_path(self) -> Path:

@@ -14,14 +14,18 @@ from ingest.validate import Row
 from monitor.api.app import create_app
 from monitor.core.db import make_engine
 from monitor.core.settings import Settings
+from tests.conftest import bearer, make_key
 
 
 @pytest.fixture
-async def api(pg_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def api(pg_url: str, pg_engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(database_url=pg_url))
+    key = make_key(pg_engine)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=bearer(key)
+        ) as client,
     ):
         yield client
 
@@ -80,8 +84,21 @@ async def test_bad_requests_get_problem_objects_naming_the_field(api: httpx.Asyn
     r = await api.get("/v1/alerts/999999")
     assert r.status_code == 404 and r.json()["errors"][0]["field"] == "path.alert_id"
 
-    r = await api.post("/v1/alerts/1/acknowledge", json={"note": "no actor"})
+    r = await api.post("/v1/alerts/999/acknowledge", json={"actor": "someone else"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.actor"
+
+    r = await api.post(
+        "/v1/sites", content=b"{}" + b" " * 70_000, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
+
+    r = await api.get(
+        "/v1/readings", params={"start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"}
+    )
+    assert r.status_code == 422 and "400 days" in r.json()["detail"]
+
+    r = await api.get("/v1/alerts", params={"limit": 5000})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.limit"
 
 
 async def test_readings_paginate_by_cursor_without_gaps_or_repeats(

@@ -24,11 +24,18 @@ from tests.conftest import free_port
 
 
 class Demo:
-    def __init__(self, proc: subprocess.Popen[bytes], api: str, mqtt_port: int, log: Path):
+    def __init__(
+        self, proc: subprocess.Popen[bytes], api: str, mqtt_port: int, log: Path, data: Path
+    ) -> None:
         self.proc, self.api, self.mqtt_port, self.log = proc, api, mqtt_port, log
+        self.key_file = data / "demo-admin.key"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key_file.read_text().strip()}"}
 
     def get(self, path: str, **params: Any) -> Any:
-        r = httpx.get(f"{self.api}{path}", params=params, timeout=5)
+        r = httpx.get(f"{self.api}{path}", params=params, headers=self.headers, timeout=5)
         r.raise_for_status()
         return r.json()
 
@@ -42,7 +49,7 @@ def eventually(check: Callable[[], Any], timeout_s: float, what: str, demo: Demo
             result = check()
             if result:
                 return result
-        except (httpx.HTTPError, KeyError, IndexError):
+        except (httpx.HTTPError, KeyError, IndexError, FileNotFoundError):
             pass
         time.sleep(0.5)
     pytest.fail(f"{what} not seen within {timeout_s}s:\n{demo.log.read_text()[-3000:]}")
@@ -72,7 +79,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    d = Demo(proc, f"http://127.0.0.1:{api_port}", mqtt_port, log)
+    d = Demo(proc, f"http://127.0.0.1:{api_port}", mqtt_port, log, tmp_path / "data")
     try:
         yield d
     finally:
@@ -148,14 +155,19 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     alert_id = alerts[0]["id"]
     r = httpx.post(
         f"{demo.api}/v1/alerts/{alert_id}/acknowledge",
-        json={"actor": "inspector.zhang", "note": "on my way"},
+        json={"note": "on my way"},
+        headers=demo.headers,
     )
     assert r.status_code == 200 and r.json()["status"] == "acknowledged"
     r = httpx.post(
-        f"{demo.api}/v1/alerts/{alert_id}/resolve",
-        json={"actor": "inspector.zhang", "note": "fixed"},
+        f"{demo.api}/v1/alerts/{alert_id}/resolve", json={"note": "fixed"}, headers=demo.headers
     )
     assert r.json()["status"] == "resolved"
+    assert r.json()["events"][-1]["actor"] == "user:demo-admin"
+    # the printed key is the one in the file; without it the API says 401
+    assert demo.key_file.read_text().strip() in demo.log.read_text()
+    assert httpx.get(f"{demo.api}/v1/alerts").status_code == 401
+    assert httpx.get(f"{demo.api}/v1/health").status_code == 200
 
     # Ctrl-C stops everything, the embedded broker included
     demo.proc.send_signal(signal.SIGINT)

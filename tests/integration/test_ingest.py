@@ -18,7 +18,7 @@ from ingest.service import Ingestor
 from monitor.api.app import create_app
 from monitor.core.models import DeadLetter, HourlyRollup, Reading, table
 from monitor.core.settings import MqttEndpoint, Settings
-from tests.conftest import register
+from tests.conftest import bearer, make_key, register
 from tests.integration.services import wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -188,7 +188,7 @@ def test_out_of_order_day_gives_the_same_rollups_as_in_order(
 
 
 async def test_latest_is_by_event_time_and_status_and_skew_show_in_the_api(
-    ingestor: Ingestor, pub: Publisher, pg_url: str, prefix: str
+    ingestor: Ingestor, pub: Publisher, pg_url: str, pg_engine: Engine, prefix: str
 ) -> None:
     newer = NOW - timedelta(seconds=30)
     older = NOW - timedelta(hours=3)
@@ -204,7 +204,11 @@ async def test_latest_is_by_event_time_and_status_and_skew_show_in_the_api(
     app = create_app(Settings(database_url=pg_url))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers=bearer(make_key(pg_engine)),
+        ) as api,
     ):
         latest = (await api.get("/v1/devices/dust-1/latest")).json()["readings"]
         assert [(r["metric"], r["value"]) for r in latest] == [("pm10", 55.0)]
@@ -216,6 +220,6 @@ async def test_latest_is_by_event_time_and_status_and_skew_show_in_the_api(
         assert d2["connection"] == "offline" and d2["online"] is False
         dead = (await api.get("/v1/dead-letters", params={"reason": "bad_status"})).json()
         assert len(dead["items"]) == 1
-        text = (await api.get("/metrics/")).text
+        text = (await api.get("/metrics")).text
         assert "envmon_readings_stored_total" in text
         assert 'envmon_dead_letters_total{reason="bad_status"}' in text

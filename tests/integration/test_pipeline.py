@@ -19,7 +19,7 @@ from ingest.service import Ingestor
 from monitor.api.app import create_app
 from monitor.core.models import Reading, table
 from monitor.core.settings import MqttEndpoint, Settings
-from tests.conftest import register
+from tests.conftest import bearer, make_key, register
 
 
 def wait_until_idle(ingestor: Ingestor, messages: int, timeout_s: float = 30) -> None:
@@ -79,9 +79,14 @@ async def test_dust_episode_opens_alert_that_inspector_acknowledges_and_resolves
 
     settings = Settings(database_url=pg_url)
     app = create_app(settings)
+    wang = bearer(make_key(pg_engine, "wang", "inspector", "Lanshan"))
+    li = bearer(make_key(pg_engine, "li", "inspector"))
+    viewer = bearer(make_key(pg_engine, "zhao", "viewer", "Lanshan"))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as api,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=wang
+        ) as api,
     ):
         dead = (await api.get("/v1/dead-letters", params={"device_id": "dust-1"})).json()
         assert [d["reason"] for d in dead["items"]] == ["bad_timestamp"]
@@ -100,22 +105,26 @@ async def test_dust_episode_opens_alert_that_inspector_acknowledges_and_resolves
 
         r = await api.post(
             f"/v1/alerts/{hourly['id']}/acknowledge",
-            json={"actor": "inspector.wang", "note": "spraying ordered"},
+            json={"note": "spraying ordered"},
+            headers=viewer,
+        )
+        assert r.status_code == 403  # a viewer reads, does not act
+        r = await api.post(
+            f"/v1/alerts/{hourly['id']}/acknowledge", json={"note": "spraying ordered"}
         )
         assert r.status_code == 200 and r.json()["status"] == "acknowledged"
-        again = await api.post(
-            f"/v1/alerts/{hourly['id']}/acknowledge", json={"actor": "inspector.wang"}
-        )
+        again = await api.post(f"/v1/alerts/{hourly['id']}/acknowledge", json={})
         assert again.status_code == 409
         r = await api.post(
             f"/v1/alerts/{hourly['id']}/resolve",
-            json={"actor": "inspector.li", "note": "site inspected"},
+            json={"note": "site inspected"},
+            headers=li,
         )
         detail = r.json()
         assert detail["status"] == "resolved" and detail["resolved_at"]
         assert [(e["kind"], e["actor"]) for e in detail["events"]][-2:] == [
-            ("acknowledged", "inspector.wang"),
-            ("resolved", "inspector.li"),
+            ("acknowledged", "user:wang"),
+            ("resolved", "user:li"),
         ]
         assert detail["events"][0]["kind"] == "opened"
 

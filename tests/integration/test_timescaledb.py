@@ -39,7 +39,7 @@ from monitor.api.app import create_app
 from monitor.core.db import downgrade, has_timescaledb, make_engine, upgrade
 from monitor.core.models import Alert, AlertEvent, HourlyRollup, Reading, Rule, metadata, table
 from monitor.core.settings import Settings
-from tests.conftest import register
+from tests.conftest import bearer, make_key, register
 
 SERVER_DIR = Path(__file__).resolve().parents[1] / "timescale"
 READY = re.compile(rb"envmon-pglite ready 127\.0\.0\.1:(\d+)")
@@ -474,10 +474,15 @@ def test_evaluation_opens_one_alert_also_over_compressed_chunks(engine: Engine) 
 
 @pytest.fixture
 async def api(ts_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    engine = make_engine(ts_url, poolclass=NullPool)
+    key = make_key(engine)
+    engine.dispose()
     app = create_app(Settings(database_url=ts_url))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=bearer(key)
+        ) as client,
     ):
         yield client
 
@@ -551,7 +556,7 @@ async def test_api_on_timescaledb(api_data: Model, api: httpx.AsyncClient) -> No
     assert (alert["status"], alert["severity"], alert["metric"]) == ("firing", "alarm", "pressure")
     assert datetime.fromisoformat(alert["fired_at"]) == T0 - timedelta(minutes=28)
 
-    r = await api.post(f"/v1/alerts/{alert['id']}/acknowledge", json={"actor": "inspector-7"})
+    r = await api.post(f"/v1/alerts/{alert['id']}/acknowledge", json={"note": "seen"})
     assert r.status_code == 200, r.text
     assert [e["kind"] for e in r.json()["events"]] == ["opened", "acknowledged"]
     r = await api.get("/v1/alerts", params={"status": "acknowledged"})

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Query
 from sqlalchemy import Select, select
 
 from alerts import service
-from monitor.api.deps import SessionDep
+from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from monitor.api.schemas import AlertAction, AlertDetail, AlertEventRead, AlertRead
+from monitor.api.scope import district_clause
+from monitor.auth import Principal
 from monitor.core.exceptions import NotFound
 from monitor.core.models import Alert, AlertEvent, AlertStatus, Device, Rule, Severity, Site, table
 
@@ -21,7 +23,7 @@ devices = table(Device)
 sites = table(Site)
 
 
-def _select() -> Select[Any]:
+def _select(principal: Principal) -> Select[Any]:
     return (
         select(
             alerts,
@@ -35,12 +37,15 @@ def _select() -> Select[Any]:
         .join(rules, rules.c.id == alerts.c.rule_id)
         .join(devices, devices.c.id == alerts.c.device_id)
         .join(sites, sites.c.id == devices.c.site_id)
+        .where(district_clause(principal, sites.c.district))
     )
 
 
 @router.get("", response_model=Page[AlertRead])
 def list_alerts(
     session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
     severity: Severity | None = None,
     kind: Kind = None,
@@ -54,8 +59,8 @@ def list_alerts(
     cursor: Cursor = None,
 ) -> Page[AlertRead]:
     """Alerts, newest first; the time range applies to when they fired (event time)."""
-    check_range(start, end)
-    q = _select().order_by(alerts.c.id.desc()).limit(limit + 1)
+    check_range(start, end, settings.api_max_range_days)
+    q = _select(principal).order_by(alerts.c.id.desc()).limit(limit + 1)
     for column, value in (
         (alerts.c.status, alert_status),
         (alerts.c.severity, severity),
@@ -80,9 +85,9 @@ def list_alerts(
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(session: SessionDep, alert_id: int) -> AlertDetail:
+def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> AlertDetail:
     """One alert with its history of events."""
-    row = session.execute(_select().where(alerts.c.id == alert_id)).first()
+    row = session.execute(_select(principal).where(alerts.c.id == alert_id)).first()
     if row is None:
         raise NotFound(f"alert {alert_id} does not exist", field="path.alert_id")
     history = session.execute(
@@ -94,14 +99,20 @@ def get_alert(session: SessionDep, alert_id: int) -> AlertDetail:
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertDetail)
-def acknowledge_alert(session: SessionDep, alert_id: int, body: AlertAction) -> AlertDetail:
-    """Acknowledge a firing alert: an inspector has taken it on."""
-    service.acknowledge(session.connection(), alert_id, body.actor, body.note)
-    return get_alert(session, alert_id)
+def acknowledge_alert(
+    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+) -> AlertDetail:
+    """Acknowledge a firing alert: an inspector has taken it on (recorded as the caller)."""
+    get_alert(session, inspector, alert_id)  # in scope, or 404
+    service.acknowledge(session.connection(), alert_id, inspector.actor, body.note)
+    return get_alert(session, inspector, alert_id)
 
 
 @router.post("/{alert_id}/resolve", response_model=AlertDetail)
-def resolve_alert(session: SessionDep, alert_id: int, body: AlertAction) -> AlertDetail:
-    """Resolve an alert; a later violation opens a new one."""
-    service.resolve(session.connection(), alert_id, body.actor, body.note)
-    return get_alert(session, alert_id)
+def resolve_alert(
+    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+) -> AlertDetail:
+    """Resolve an alert (recorded as the caller); a later violation opens a new one."""
+    get_alert(session, inspector, alert_id)  # in scope, or 404
+    service.resolve(session.connection(), alert_id, inspector.actor, body.note)
+    return get_alert(session, inspector, alert_id)

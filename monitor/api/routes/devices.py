@@ -6,10 +6,12 @@ from typing import Any
 from fastapi import APIRouter, status
 from sqlalchemy import Select, select, update
 
-from monitor.api.deps import SessionDep, SettingsDep
+from monitor.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, Kind, SiteId
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from monitor.api.schemas import DeviceRead, DeviceUpdate, LatestRead, ReadingRead
+from monitor.api.scope import district_clause
+from monitor.auth import Principal
 from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import NotFound
 from monitor.core.models import Device, DeviceStatus, Reading, Site, table
@@ -21,8 +23,12 @@ sites = table(Site)
 readings = table(Reading)
 
 
-def _select() -> Select[Any]:
-    return select(devices, sites.c.district).join(sites, sites.c.id == devices.c.site_id)
+def _select(principal: Principal) -> Select[Any]:
+    return (
+        select(devices, sites.c.district)
+        .join(sites, sites.c.id == devices.c.site_id)
+        .where(district_clause(principal, sites.c.district))
+    )
 
 
 def _read(row: Any, offline_after: timedelta) -> DeviceRead:
@@ -40,6 +46,7 @@ def _read(row: Any, offline_after: timedelta) -> DeviceRead:
 def list_devices(
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     site_id: SiteId = None,
     district: District = None,
     kind: Kind = None,
@@ -48,7 +55,7 @@ def list_devices(
     cursor: Cursor = None,
 ) -> Page[DeviceRead]:
     """Devices with their last-seen time and online state."""
-    q = _select().order_by(devices.c.id).limit(limit + 1)
+    q = _select(principal).order_by(devices.c.id).limit(limit + 1)
     if site_id:
         q = q.where(devices.c.site_id == site_id)
     if district:
@@ -67,16 +74,20 @@ def list_devices(
 
 
 @router.post("", response_model=DeviceRead, status_code=status.HTTP_201_CREATED)
-def create_device(session: SessionDep, settings: SettingsDep, body: DeviceCreate) -> DeviceRead:
-    """Register a device (its id is its MQTT identity), or update the one with this id."""
+def create_device(
+    session: SessionDep, settings: SettingsDep, admin: AdminDep, body: DeviceCreate
+) -> DeviceRead:
+    """Register a device (its id is its MQTT identity), or update the one with this id (admin)."""
     upsert_device(session.connection(), body)
-    return get_device(session, settings, body.id)
+    return get_device(session, settings, admin, body.id)
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
-def get_device(session: SessionDep, settings: SettingsDep, device_id: str) -> DeviceRead:
+def get_device(
+    session: SessionDep, settings: SettingsDep, principal: PrincipalDep, device_id: str
+) -> DeviceRead:
     """One device."""
-    row = session.execute(_select().where(devices.c.id == device_id)).first()
+    row = session.execute(_select(principal).where(devices.c.id == device_id)).first()
     if row is None:
         raise NotFound(f"device {device_id!r} does not exist", field="path.device_id")
     return _read(row, timedelta(seconds=settings.offline_after_s))
@@ -84,21 +95,27 @@ def get_device(session: SessionDep, settings: SettingsDep, device_id: str) -> De
 
 @router.patch("/{device_id}", response_model=DeviceRead)
 def update_device(
-    session: SessionDep, settings: SettingsDep, device_id: str, body: DeviceUpdate
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminDep,
+    device_id: str,
+    body: DeviceUpdate,
 ) -> DeviceRead:
-    """Rename a device or retire it (a retired device's messages become dead letters)."""
-    get_device(session, settings, device_id)
+    """Rename a device or retire it (admin; a retired device's messages become dead letters)."""
+    get_device(session, settings, admin, device_id)
     values = body.model_dump(exclude_unset=True)
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
-    return get_device(session, settings, device_id)
+    return get_device(session, settings, admin, device_id)
 
 
 @router.get("/{device_id}/latest", response_model=LatestRead)
-def latest_readings(session: SessionDep, settings: SettingsDep, device_id: str) -> LatestRead:
+def latest_readings(
+    session: SessionDep, settings: SettingsDep, principal: PrincipalDep, device_id: str
+) -> LatestRead:
     """The newest reading of each metric by event time: a late upload of old data never
     replaces a newer value."""
-    device = get_device(session, settings, device_id)
+    device = get_device(session, settings, principal, device_id)
     out = []
     for metric in metrics_for(DeviceKind(device.kind)):
         row = session.execute(

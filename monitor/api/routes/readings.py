@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlalchemy import bindparam, select, tuple_
 
-from monitor.api.deps import SessionDep
+from monitor.api.deps import PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from monitor.api.schemas import BucketRead, ReadingRead
+from monitor.api.scope import devices_in_scope
 from monitor.core.catalogue import METRICS
 from monitor.core.exceptions import InvalidInput
 from monitor.core.models import Device, HourlyRollup, Reading, Site, table
@@ -30,6 +31,8 @@ class Bucket(StrEnum):
 @router.get("", response_model=Page[ReadingRead] | Page[BucketRead])
 def list_readings(
     session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     device_id: Annotated[str | None, Query(description="Only this device")] = None,
     metric: Annotated[str | None, Query(description="Only this metric")] = None,
     site_id: SiteId = None,
@@ -44,13 +47,15 @@ def list_readings(
     cursor: Cursor = None,
 ) -> Page[ReadingRead] | Page[BucketRead]:
     """Readings, newest event time first; raw or bucketed by hour."""
-    check_range(start, end)
+    check_range(start, end, settings.api_max_range_days)
     if metric is not None and metric not in METRICS:
         raise InvalidInput(f"unknown metric {metric!r}", field="query.metric")
     table = readings if bucket == Bucket.raw else rollups
     time_col = table.c.ts if bucket == Bucket.raw else table.c.hour
     key = (time_col, table.c.device_id, table.c.metric)
     q = select(table).order_by(*(k.desc() for k in key)).limit(limit + 1)
+    if principal.district is not None:
+        q = q.where(table.c.device_id.in_(devices_in_scope(principal)))
     if device_id:
         q = q.where(table.c.device_id == device_id)
     if metric:

@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy import select
 
-from monitor.api.deps import SessionDep
+from monitor.api.deps import AdminDep, PrincipalDep, SessionDep
 from monitor.api.filters import District
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from monitor.api.schemas import SiteRead
+from monitor.api.scope import district_clause
 from monitor.core.catalogue import SiteKind
 from monitor.core.exceptions import NotFound
 from monitor.core.models import Site, table
@@ -19,13 +20,19 @@ sites = table(Site)
 @router.get("", response_model=Page[SiteRead])
 def list_sites(
     session: SessionDep,
+    principal: PrincipalDep,
     district: District = None,
     kind: SiteKind | None = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[SiteRead]:
     """Sites, by id; filter by district and kind."""
-    q = select(sites).order_by(sites.c.id).limit(limit + 1)
+    q = (
+        select(sites)
+        .where(district_clause(principal, sites.c.district))
+        .order_by(sites.c.id)
+        .limit(limit + 1)
+    )
     if district:
         q = q.where(sites.c.district == district)
     if kind:
@@ -39,16 +46,18 @@ def list_sites(
 
 
 @router.post("", response_model=SiteRead, status_code=status.HTTP_201_CREATED)
-def create_site(session: SessionDep, body: SiteCreate) -> SiteRead:
-    """Register a site, or update the one with this id."""
+def create_site(session: SessionDep, admin: AdminDep, body: SiteCreate) -> SiteRead:
+    """Register a site, or update the one with this id (admin)."""
     upsert_site(session.connection(), body)
-    return get_site(session, body.id)
+    return get_site(session, admin, body.id)
 
 
 @router.get("/{site_id}", response_model=SiteRead)
-def get_site(session: SessionDep, site_id: str) -> SiteRead:
+def get_site(session: SessionDep, principal: PrincipalDep, site_id: str) -> SiteRead:
     """One site."""
-    row = session.execute(select(sites).where(sites.c.id == site_id)).first()
+    row = session.execute(
+        select(sites).where(sites.c.id == site_id, district_clause(principal, sites.c.district))
+    ).first()
     if row is None:
         raise NotFound(f"site {site_id!r} does not exist", field="path.site_id")
     return SiteRead.model_validate(row._mapping)

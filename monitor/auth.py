@@ -1,0 +1,156 @@
+"""People and their API keys: who may do what, in which district. Never commits.
+
+A key is `envmon_<prefix>_<secret>`; the database keeps the prefix (to find the row) and a
+SHA-256 of the whole key. Keys are 256-bit random strings, so a fast hash is enough (a slow
+password hash protects guessable secrets; these are not guessable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, insert, select, update
+
+from monitor.core.exceptions import Conflict, EnvmonError, NotFound
+from monitor.core.models import ApiKey, Role, User, table, utcnow
+
+users_t = table(User)
+keys_t = table(ApiKey)
+
+KEY_PREFIX = "envmon_"
+
+
+class Unauthenticated(EnvmonError):
+    status_code = 401
+    title = "Unauthenticated"
+
+
+class Forbidden(EnvmonError):
+    status_code = 403
+    title = "Forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. `district` None means every district."""
+
+    user_id: int
+    name: str
+    role: Role
+    district: str | None
+    key_id: int
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.name}"
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            allowed = " or ".join(r.value for r in roles)
+            raise Forbidden(f"this needs the {allowed} role; {self.name} is {self.role.value}")
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    role: Role
+    district: str | None = Field(
+        None, max_length=100, description="Scope; unset = every district (admins must be unset)"
+    )
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(conn: Connection, user: UserCreate) -> int:
+    if user.role == Role.admin and user.district is not None:
+        raise Conflict("an admin is city-wide: leave district unset", field="district")
+    exists = conn.execute(select(users_t.c.id).where(users_t.c.name == user.name)).first()
+    if exists is not None:
+        raise Conflict(f"user {user.name!r} exists already", field="name")
+    result = conn.execute(
+        insert(users_t)
+        .values(
+            name=user.name,
+            role=user.role.value,
+            district=user.district,
+            disabled=False,
+            created_at=utcnow(),
+        )
+        .returning(users_t.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def find_user(conn: Connection, name: str) -> Any:
+    row = conn.execute(select(users_t).where(users_t.c.name == name)).first()
+    if row is None:
+        raise NotFound(f"user {name!r} does not exist", field="name")
+    return row
+
+
+def create_key(
+    conn: Connection, user_id: int, *, label: str | None = None, demo: bool = False
+) -> tuple[int, str]:
+    """A new key for a user: (key id, the key). The key is shown this once, never stored."""
+    prefix = secrets.token_hex(4)
+    token = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    result = conn.execute(
+        insert(keys_t)
+        .values(
+            user_id=user_id,
+            prefix=prefix,
+            hash=_digest(token),
+            label=label,
+            demo=demo,
+            created_at=utcnow(),
+        )
+        .returning(keys_t.c.id)
+    )
+    return int(result.scalar_one()), token
+
+
+def revoke_key(conn: Connection, key_id: int) -> None:
+    done = conn.execute(
+        update(keys_t)
+        .where(keys_t.c.id == key_id, keys_t.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    if done.rowcount == 0:
+        raise NotFound(f"no active key {key_id}", field="key_id")
+
+
+def set_disabled(conn: Connection, name: str, disabled: bool) -> None:
+    find_user(conn, name)
+    conn.execute(update(users_t).where(users_t.c.name == name).values(disabled=disabled))
+
+
+def authenticate(conn: Connection, token: str | None, *, production: bool) -> Principal:
+    """The principal behind a bearer token, checked against the database on every call, so a
+    revoked key or a disabled user stops working at once."""
+    if not token:
+        raise Unauthenticated("send an API key: Authorization: Bearer envmon_...")
+    parts = token.split("_")
+    if len(parts) < 3 or not token.startswith(KEY_PREFIX):
+        raise Unauthenticated("malformed API key")
+    row = conn.execute(
+        select(keys_t, users_t.c.name, users_t.c.role, users_t.c.district, users_t.c.disabled)
+        .join(users_t, users_t.c.id == keys_t.c.user_id)
+        .where(keys_t.c.prefix == parts[1])
+    ).first()
+    if row is None or not hmac.compare_digest(row.hash, _digest(token)):
+        raise Unauthenticated("unknown API key")
+    if row.revoked_at is not None:
+        raise Unauthenticated("this API key was revoked")
+    if row.disabled:
+        raise Unauthenticated(f"user {row.name} is disabled")
+    if production and row.demo:
+        raise Unauthenticated("demo keys are refused when ENVMON_ENV=production")
+    return Principal(row.user_id, row.name, Role(row.role), row.district, row.id)
