@@ -7,12 +7,28 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select, update
 
 from monitor.core.exceptions import Conflict, NotFound
-from monitor.core.models import Alert, AlertEvent, AlertEventKind, AlertStatus, table, utcnow
+from monitor.core.models import (
+    Alert,
+    AlertEvent,
+    AlertEventKind,
+    AlertStatus,
+    Device,
+    Notification,
+    NotificationStatus,
+    table,
+    utcnow,
+)
 
 alerts = table(Alert)
 alert_events = table(AlertEvent)
+devices = table(Device)
+notifications = table(Notification)
 
 SYSTEM_ACTOR = "system:evaluator"
+
+
+# Changes that reach people outside envmon (webhooks); the rest stay in the alert's history.
+NOTIFIED = frozenset({AlertEventKind.opened, AlertEventKind.escalated, AlertEventKind.resolved})
 
 
 def record_event(
@@ -25,18 +41,43 @@ def record_event(
     severity: str | None = None,
     value: float | None = None,
     at: datetime | None = None,
-) -> None:
-    conn.execute(
-        insert(alert_events).values(
+) -> int:
+    """Append to an alert's history; notifiable changes also go to the outbox, in the same
+    transaction, so a crash can neither lose a notification nor send one for a change that
+    was rolled back."""
+    at = at or utcnow()
+    event_id = conn.execute(
+        insert(alert_events)
+        .values(
             alert_id=alert_id,
             kind=kind.value,
             actor=actor,
             note=note,
             severity=severity,
             value=value,
-            at=at or utcnow(),
+            at=at,
         )
-    )
+        .returning(alert_events.c.id)
+    ).scalar_one()
+    if kind in NOTIFIED:
+        row = conn.execute(
+            select(alerts.c.suppressed, devices.c.site_id)
+            .join(devices, devices.c.id == alerts.c.device_id)
+            .where(alerts.c.id == alert_id)
+        ).one()
+        if not row.suppressed:
+            conn.execute(
+                insert(notifications).values(
+                    alert_id=alert_id,
+                    event_id=event_id,
+                    site_id=row.site_id,
+                    status=NotificationStatus.pending,
+                    attempts=0,
+                    next_attempt_at=at,
+                    created_at=at,
+                )
+            )
+    return int(event_id)
 
 
 def _load(conn: Connection, alert_id: int) -> tuple[str, str]:

@@ -84,6 +84,7 @@ class DeviceStatus(StrEnum):
 
 
 class AlertStatus(StrEnum):
+    pending = "pending"  # a "for" window in progress: violating, not yet long enough
     firing = "firing"
     acknowledged = "acknowledged"
     resolved = "resolved"
@@ -100,10 +101,29 @@ class Aggregate(StrEnum):
 
 
 class AlertEventKind(StrEnum):
+    pending = "pending"
     opened = "opened"
     escalated = "escalated"
     acknowledged = "acknowledged"
     resolved = "resolved"
+    comment = "comment"
+    assigned = "assigned"
+
+
+class RuleKind(StrEnum):
+    threshold = "threshold"  # a value (raw, window mean, calendar-period mean) against tiers
+    no_data = "no_data"  # nothing from a device for params.minutes
+    rate_of_change = "rate_of_change"  # change over params.window_s (pressure falling fast)
+    flag_held = "flag_held"  # a quality flag (D, B, ...) held longer than params.minutes
+    daily_count = "daily_count"  # more than params.max_hours exceeding hours in a local day
+    reference_diff = "reference_diff"  # hourly mean minus the reference stations' mean
+    composite = "composite"  # params.all / params.any of other rules' states
+
+
+class NotificationStatus(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"  # gave up after the last retry
 
 
 class Site(Base):
@@ -128,6 +148,9 @@ class Device(Base):
     status: Mapped[str] = mapped_column(String(16), default=DeviceStatus.active)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+    # seconds between the device's readings (HJ 212 RtdInterval): what "expected samples" and
+    # "no data" are measured against
+    interval_s: Mapped[int] = mapped_column(Integer, default=60)
     # arrival minus event time of the newest reading in its last message, in seconds
     clock_skew_s: Mapped[float | None] = mapped_column(Float)
     # "online"/"offline" as the device last said on its status topic (birth / last will)
@@ -235,6 +258,16 @@ class Rule(Base):
     for_s: Mapped[int] = mapped_column(Integer, default=0)
     auto_resolve: Mapped[bool] = mapped_column(Boolean, default=True)
     quiet_s: Mapped[int] = mapped_column(Integer, default=600)
+    kind: Mapped[str] = mapped_column(String(20), default=RuleKind.threshold)
+    # type-specific settings of the non-threshold kinds (see alerts/schemas.py)
+    params: Mapped[dict[str, Any] | None] = mapped_column()
+    # hysteresis: an open alert clears only once the value is back past these
+    clear_above: Mapped[float | None] = mapped_column(Float)
+    clear_below: Mapped[float | None] = mapped_column(Float)
+    # local-time window the rule is active in, "HH:MM" (22:00-06:00 wraps midnight)
+    active_from: Mapped[str | None] = mapped_column(String(5))
+    active_to: Mapped[str | None] = mapped_column(String(5))
+    site_districts: Mapped[list[str] | None] = mapped_column()
     basis: Mapped[str] = mapped_column(Text, default="")
     legal_limit: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -262,6 +295,9 @@ class Alert(Base):
     peak_value: Mapped[float] = mapped_column(Float)
     violations: Mapped[int] = mapped_column(Integer, default=1)
     message: Mapped[str] = mapped_column(Text)
+    assignee: Mapped[str | None] = mapped_column(String(100))
+    # opened during a maintenance window: kept as evidence, not notified
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
     acknowledged_at: Mapped[datetime | None] = mapped_column()
     resolved_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -291,6 +327,40 @@ class AlertEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
     severity: Mapped[str | None] = mapped_column(String(16))
     value: Mapped[float | None] = mapped_column(Float)
+
+
+class MaintenanceWindow(Base):
+    """Planned work on a device or a whole site: alerts opened in it are marked suppressed."""
+
+    __tablename__ = "maintenance_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), index=True)
+    starts_at: Mapped[datetime] = mapped_column()
+    ends_at: Mapped[datetime] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """The outbox: written in the transaction that changes an alert, sent after commit."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("alert_events.id", ondelete="CASCADE"), unique=True
+    )
+    site_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def table(model: type[Base]) -> Table:
