@@ -8,7 +8,7 @@ answers into alert changes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -88,10 +88,15 @@ def evaluated_values(rule: Thresholds, points: Sequence[Point]) -> list[Point]:
 
 def evaluate(rule: Thresholds, points: Sequence[Point]) -> list[Step]:
     """Steps for points sorted by event time (only readings flagged N belong here)."""
+    return steps_of(rule, evaluated_values(rule, points))
+
+
+def steps_of(rule: Thresholds, values: Sequence[Point]) -> list[Step]:
+    """Tiers and "for" runs over already-derived values (a mean, a change, a count ...)."""
     hold = timedelta(seconds=rule.for_s)
     run_start: dict[Severity, datetime | None] = {Severity.warning: None, Severity.alarm: None}
     steps: list[Step] = []
-    for p in evaluated_values(rule, points):
+    for p in values:
         level = level_of(rule, p.value)
         held: Severity | None = None
         since: datetime | None = None
@@ -117,3 +122,115 @@ def more_extreme(rule: Thresholds, a: float, b: float) -> float:
     hi = rule.alarm_above if rule.alarm_above is not None else rule.warn_above
     mid = ((lo or 0.0) + (hi or 0.0)) / 2
     return a if abs(a - mid) >= abs(b - mid) else b
+
+
+def changes(points: Sequence[Point], window_s: int) -> list[Point]:
+    """Value now minus the value `window_s` earlier (the latest reading at or before then);
+    no value until the series reaches back that far."""
+    window = timedelta(seconds=window_s)
+    out: list[Point] = []
+    j = -1
+    for p in points:
+        while j + 1 < len(points) and points[j + 1].ts <= p.ts - window:
+            j += 1
+        if j >= 0:
+            out.append(Point(p.ts, p.value - points[j].value))
+    return out
+
+
+class FlaggedPoint(NamedTuple):
+    ts: datetime
+    quality: str
+
+
+def flag_runs(points: Sequence[FlaggedPoint], flags: frozenset[str]) -> list[Point]:
+    """Minutes the current run of readings flagged with one of `flags` has lasted, at each
+    reading (0 when the reading is not so flagged)."""
+    out: list[Point] = []
+    start: datetime | None = None
+    for p in points:
+        if p.quality in flags:
+            start = start or p.ts
+            out.append(Point(p.ts, (p.ts - start).total_seconds() / 60))
+        else:
+            start = None
+            out.append(Point(p.ts, 0.0))
+    return out
+
+
+def exceeding_hours_per_day(
+    hourly: Sequence[Point], above: float, day_of: Callable[[datetime], object]
+) -> list[Point]:
+    """For hourly means stamped at the end of their hour: how many hours of the same local
+    day so far had a mean above `above`."""
+    out: list[Point] = []
+    day: object = None
+    count = 0
+    for p in hourly:
+        d = day_of(p.ts - timedelta(seconds=1))  # an hour ending at midnight is yesterday's
+        if d != day:
+            day, count = d, 0
+        if p.value > above:
+            count += 1
+        out.append(Point(p.ts, float(count)))
+    return out
+
+
+def differences(
+    site: Sequence[Point], reference: dict[datetime, float], cap: float | None
+) -> list[Point]:
+    """Hourly site mean minus the same hour's reference mean (capped, as the difference-method
+    dust standards do: DB13/2934-2019 caps the county mean at 150 µg/m³). Hours without a
+    reference value are not judged."""
+    out: list[Point] = []
+    for p in site:
+        ref = reference.get(p.ts)
+        if ref is None:
+            continue
+        out.append(Point(p.ts, p.value - (min(ref, cap) if cap is not None else ref)))
+    return out
+
+
+def in_window(local_hhmm: str, start: str | None, end: str | None) -> bool:
+    """Whether a local "HH:MM" falls in [start, end); a window may wrap midnight."""
+    if start is None or end is None:
+        return True
+    if start <= end:
+        return start <= local_hhmm < end
+    return local_hhmm >= start or local_hhmm < end
+
+
+def cleared(
+    rule: Thresholds, value: float, clear_above: float | None, clear_below: float | None
+) -> bool:
+    """Back within limits, and past the clearing thresholds where the rule has them
+    (hysteresis: a value hovering at the limit does not open and close alerts)."""
+    if level_of(rule, value) is not None:
+        return False
+    if clear_above is not None and value > clear_above:
+        return False
+    return not (clear_below is not None and value < clear_below)
+
+
+def period_means(
+    points: Sequence[Point],
+    period_s: int,
+    expected: float,
+    period_of: Callable[[datetime], datetime],
+    until: datetime,
+) -> list[Point]:
+    """Calendar-period means (15 min, hour, day in the city's time zone), stamped at the end
+    of their period, for complete periods (ending by `until`) that are valid: at least 75% of
+    the `expected` samples present (only N-flagged readings are passed in)."""
+    sums: dict[datetime, list[float]] = {}
+    for p in points:
+        acc = sums.setdefault(period_of(p.ts), [0, 0.0])
+        acc[0] += 1
+        acc[1] += p.value
+    out = []
+    for start in sorted(sums):
+        end = start + timedelta(seconds=period_s)
+        count, total = sums[start]
+        if end <= until and count >= MIN_COVERAGE * expected:
+            out.append(Point(end, total / count))
+    return out

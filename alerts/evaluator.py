@@ -1,9 +1,10 @@
-"""Evaluate rules on each stored batch, in the batch's transaction.
+"""Evaluate rules on each stored batch, in the batch's transaction, and on a timer.
 
-For every (rule, device) the batch touched, the evaluator reads the N-flagged readings the
-rule's window and "for" duration need, runs `evaluation.evaluate`, and folds the steps after
-the alert's watermark (`evaluated_until`) into the alert: a redelivered or late reading is
-never counted twice.
+For every (rule, device) a batch touched, the evaluator derives the rule's series from the
+database (readings, flags or hourly rollups, by rule kind), runs the pure functions of
+`alerts.evaluation` over it, and folds the steps after the alert's watermark
+(`evaluated_until`) into the alert: a redelivered or late reading is never counted twice, and
+a late reading re-evaluates the windows it falls in. "No data" rules run on a timer instead.
 """
 
 from __future__ import annotations
@@ -12,21 +13,44 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
-from alerts.evaluation import RANK, Point, Step, evaluate, more_extreme
+from alerts.evaluation import (
+    RANK,
+    FlaggedPoint,
+    Point,
+    Step,
+    changes,
+    cleared,
+    differences,
+    evaluate,
+    exceeding_hours_per_day,
+    flag_runs,
+    in_window,
+    level_of,
+    more_extreme,
+    period_means,
+    steps_of,
+)
 from alerts.service import SYSTEM_ACTOR, record_event
 from monitor.core.catalogue import METRICS
 from monitor.core.models import (
+    Aggregate,
     Alert,
     AlertEventKind,
     AlertStatus,
     Device,
+    DeviceStatus,
+    HourlyRollup,
+    MaintenanceWindow,
     Reading,
     Rule,
+    RuleKind,
     Severity,
     Site,
     table,
@@ -38,8 +62,20 @@ log = logging.getLogger(__name__)
 rules_t = table(Rule)
 alerts_t = table(Alert)
 readings_t = table(Reading)
+rollups_t = table(HourlyRollup)
 devices_t = table(Device)
 sites_t = table(Site)
+maintenance_t = table(MaintenanceWindow)
+
+DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
+READING_KINDS = (
+    RuleKind.threshold,
+    RuleKind.rate_of_change,
+    RuleKind.flag_held,
+    RuleKind.daily_count,
+    RuleKind.reference_diff,
+)
+HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +94,40 @@ class Outcome:
     resolved: int = 0
 
 
-def _applies(rule: Row[Any], device: Any) -> bool:
-    r = rule._mapping
-    d = device._mapping
+def _devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, Any]:
+    q = select(
+        devices_t.c.id,
+        devices_t.c.kind,
+        devices_t.c.site_id,
+        devices_t.c.status,
+        devices_t.c.interval_s,
+        devices_t.c.last_seen_at,
+        devices_t.c.created_at,
+        sites_t.c.kind.label("site_kind"),
+        sites_t.c.district,
+    ).join(sites_t, sites_t.c.id == devices_t.c.site_id)
+    if ids is not None:
+        q = q.where(devices_t.c.id.in_(list(ids)))
+    return {row.id: row for row in conn.execute(q)}
+
+
+def applies(rule: Any, device: Any) -> bool:
+    """Whether a rule's selectors (kind, site kind, site, district, device) take a device."""
+    r, d = rule._mapping, device._mapping
     return (
         r["device_kind"] == d["kind"]
         and (not r["site_kinds"] or d["site_kind"] in r["site_kinds"])
         and (not r["site_ids"] or d["site_id"] in r["site_ids"])
+        and (not r["site_districts"] or d["district"] in r["site_districts"])
         and (not r["device_ids"] or d["id"] in r["device_ids"])
     )
 
 
-def evaluate_batch(conn: Connection, touched: Iterable[Touched]) -> Outcome:
-    """Apply every enabled rule to what a stored batch touched."""
+def evaluate_batch(
+    conn: Connection, touched: Iterable[Touched], tz: ZoneInfo = DEFAULT_TZ
+) -> Outcome:
+    """Apply every enabled reading-driven rule to what a stored batch touched, then the
+    composite rules over their results."""
     earliest: dict[tuple[str, str], datetime] = {}
     for t in touched:
         key = (t.device_id, t.metric)
@@ -81,63 +138,96 @@ def evaluate_batch(conn: Connection, touched: Iterable[Touched]) -> Outcome:
         return outcome
     metrics = {m for _, m in earliest}
     rules = conn.execute(
-        select(rules_t).where(rules_t.c.enabled.is_(True), rules_t.c.metric.in_(metrics))
+        select(rules_t)
+        .where(
+            rules_t.c.enabled.is_(True),
+            or_(rules_t.c.metric.in_(metrics), rules_t.c.metric == "*"),
+        )
+        .order_by(rules_t.c.id)
     ).all()
     if not rules:
         return outcome
-    device_ids = {d for d, _ in earliest}
-    devices = {
-        row.id: row
-        for row in conn.execute(
-            select(
-                devices_t.c.id,
-                devices_t.c.kind,
-                devices_t.c.site_id,
-                sites_t.c.kind.label("site_kind"),
-            )
-            .join(sites_t, sites_t.c.id == devices_t.c.site_id)
-            .where(devices_t.c.id.in_(device_ids))
-        )
-    }
+    devices = _devices(conn, {d for d, _ in earliest})
+    touched_devices: dict[str, datetime] = {}
+    for (d, _), ts in earliest.items():
+        touched_devices[d] = min(ts, touched_devices.get(d, ts))
     for rule in rules:
-        targets = {
-            d: since
-            for (d, m), since in earliest.items()
-            if m == rule.metric and d in devices and _applies(rule, devices[d])
-        }
+        if rule.kind == RuleKind.composite:
+            continue
+        targets: dict[str, datetime] = {}
+        for (d, m), since in earliest.items():
+            if d in devices and (rule.metric in (m, "*")) and applies(rule, devices[d]):
+                targets[d] = min(since, targets.get(d, since))
         if targets:
-            _evaluate_rule(conn, rule, targets, outcome)
+            _evaluate_rule(conn, rule, targets, devices, outcome, tz)
+    for rule in rules:
+        if rule.kind == RuleKind.composite:
+            targets = {d: ts for d, ts in touched_devices.items() if applies(rule, devices[d])}
+            _evaluate_composite(conn, rule, targets, outcome)
     return outcome
+
+
+def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) -> Outcome:
+    """ "No data" rules: how long each active device has been silent, at wall time `now`."""
+    outcome = Outcome()
+    rules = conn.execute(
+        select(rules_t).where(rules_t.c.enabled.is_(True), rules_t.c.kind == RuleKind.no_data)
+    ).all()
+    if not rules:
+        return outcome
+    devices = _devices(conn)
+    for rule in rules:
+        params = rule.params or {}
+        for device in devices.values():
+            if device.status != DeviceStatus.active or not applies(rule, device):
+                continue
+            silent_s = (now - (device.last_seen_at or device.created_at)).total_seconds()
+            value = silent_s / device.interval_s if params.get("per_interval") else silent_s / 60
+            level = level_of(rule, value)
+            if level == Severity.alarm and silent_s < params.get("alarm_min_s", 0):
+                level = Severity.warning if level_of(rule, value) else None
+            step = Step(now, value, level, level, (device.last_seen_at or device.created_at))
+            if not in_window(_hhmm(now, tz), rule.active_from, rule.active_to):
+                continue
+            state = _open_alert(conn, rule.id, device.id)
+            if state is None and level is None:
+                continue
+            _fold(conn, rule, device.id, state, [step], outcome)
+    return outcome
+
+
+def _hhmm(ts: datetime, tz: ZoneInfo) -> str:
+    return ts.astimezone(tz).strftime("%H:%M")
+
+
+def _open_alert(conn: Connection, rule_id: int, device_id: str) -> Row[Any] | None:
+    return conn.execute(
+        select(alerts_t).where(
+            alerts_t.c.rule_id == rule_id,
+            alerts_t.c.device_id == device_id,
+            alerts_t.c.status != AlertStatus.resolved,
+        )
+    ).first()
 
 
 def _evaluate_rule(
     conn: Connection,
     rule: Row[Any],
     targets: Mapping[str, datetime],
+    devices: Mapping[str, Row[Any]],
     outcome: Outcome,
+    tz: ZoneInfo,
 ) -> None:
     r = rule._mapping
-    lookback = timedelta(seconds=int(r["window_s"]) + int(r["for_s"]))
-    lo = min(targets.values()) - lookback
-    series: dict[str, list[Point]] = defaultdict(list)
-    for row in conn.execute(
-        select(readings_t.c.device_id, readings_t.c.ts, readings_t.c.value)
-        .where(
-            readings_t.c.metric == r["metric"],
-            readings_t.c.device_id.in_(list(targets)),
-            readings_t.c.ts >= lo,
-            readings_t.c.quality == "N",
-        )
-        .order_by(readings_t.c.device_id, readings_t.c.ts)
-    ):
-        series[row.device_id].append(Point(row.ts, row.value))
-
+    params: dict[str, Any] = r["params"] or {}
+    series = _series(conn, rule, targets, devices, tz)
+    ids = list(targets)
     open_alerts = {
         row.device_id: row
         for row in conn.execute(
             select(alerts_t).where(
                 alerts_t.c.rule_id == r["id"],
-                alerts_t.c.device_id.in_(list(targets)),
+                alerts_t.c.device_id.in_(ids),
                 alerts_t.c.status != AlertStatus.resolved,
             )
         )
@@ -146,29 +236,246 @@ def _evaluate_rule(
         device_id: until
         for device_id, until in conn.execute(
             select(alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
-            .where(alerts_t.c.rule_id == r["id"], alerts_t.c.device_id.in_(list(targets)))
+            .where(alerts_t.c.rule_id == r["id"], alerts_t.c.device_id.in_(ids))
             .group_by(alerts_t.c.device_id)
         )
     }
     for device_id, since in targets.items():
-        steps = evaluate(rule, series.get(device_id, []))
+        steps = series.get(device_id, [])
+        # a calendar period or an hour is judged at its end: a reading early in it
+        # re-evaluates the period it belongs to
+        start = since - timedelta(seconds=int(r["window_s"])) if _periodic(rule) else since
         mark = watermarks.get(device_id)
-        fresh = [s for s in steps if s.ts >= since and (mark is None or s.ts > mark)]
+        fresh = [
+            s
+            for s in steps
+            if s.ts >= start
+            and (mark is None or s.ts > mark)
+            and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
+        ]
+        if params.get("hour_above") is not None and not fresh:
+            continue
         if fresh:
             _fold(conn, rule, device_id, open_alerts.get(device_id), fresh, outcome)
 
 
+def _periodic(rule: Row[Any]) -> bool:
+    return rule.aggregate == Aggregate.period_mean or rule.kind in (
+        RuleKind.daily_count,
+        RuleKind.reference_diff,
+    )
+
+
+def _series(
+    conn: Connection,
+    rule: Row[Any],
+    targets: Mapping[str, datetime],
+    devices: Mapping[str, Row[Any]],
+    tz: ZoneInfo,
+) -> dict[str, list[Step]]:
+    """The rule's steps per device, from readings or rollups as its kind needs."""
+    r = rule._mapping
+    params: dict[str, Any] = r["params"] or {}
+    kind = r["kind"]
+    ids = list(targets)
+    if kind in (RuleKind.daily_count, RuleKind.reference_diff):
+        day = min(targets.values()).astimezone(tz).replace(hour=0, minute=0, second=0)
+        lo = day.astimezone(UTC) - timedelta(days=1)
+        refs = list(params.get("reference_device_ids", []))
+        hourly = _hourly(conn, str(r["metric"]), ids + refs, lo)
+        until = max(targets.values()) + HOUR
+        out: dict[str, list[Step]] = {}
+        if kind == RuleKind.daily_count:
+            for d in ids:
+                complete = [p for p in hourly.get(d, []) if p.ts <= until]
+                counts = exceeding_hours_per_day(
+                    complete, float(params["hour_above"]), lambda t: t.astimezone(tz).date()
+                )
+                out[d] = steps_of(rule, counts)
+        else:
+            per_hour: dict[datetime, list[float]] = defaultdict(list)
+            for ref in refs:
+                for p in hourly.get(ref, []):
+                    per_hour[p.ts].append(p.value)
+            reference = {ts: sum(v) / len(v) for ts, v in per_hour.items()}
+            cap = params.get("reference_cap")
+            for d in ids:
+                diffs = differences(hourly.get(d, []), reference, cap)
+                out[d] = steps_of(rule, diffs)
+        return out
+
+    lookback = timedelta(
+        seconds=int(r["window_s"]) + int(r["for_s"]) + int(params.get("window_s", 0))
+    )
+    lo = min(targets.values()) - lookback
+    q = select(
+        readings_t.c.device_id,
+        readings_t.c.metric,
+        readings_t.c.ts,
+        readings_t.c.value,
+        readings_t.c.quality,
+    ).where(readings_t.c.device_id.in_(ids), readings_t.c.ts >= lo)
+    if r["metric"] != "*":
+        q = q.where(readings_t.c.metric == r["metric"])
+    if kind != RuleKind.flag_held:
+        q = q.where(readings_t.c.quality == "N")
+    rows = conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)).all()
+    by_device: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_device[row.device_id].append(row)
+    out = {}
+    for d in ids:
+        got = by_device.get(d, [])
+        if kind == RuleKind.flag_held:
+            flags = frozenset(params.get("flags", ["D", "B"]))
+            per_metric: dict[str, list[FlaggedPoint]] = defaultdict(list)
+            for row in got:
+                per_metric[row.metric].append(FlaggedPoint(row.ts, row.quality))
+            longest: dict[datetime, float] = {}
+            for pts in per_metric.values():
+                for p in flag_runs(pts, flags):
+                    longest[p.ts] = max(p.value, longest.get(p.ts, 0.0))
+            out[d] = steps_of(rule, [Point(ts, v) for ts, v in sorted(longest.items())])
+            continue
+        points = [Point(row.ts, row.value) for row in got]
+        if kind == RuleKind.rate_of_change:
+            out[d] = steps_of(rule, changes(points, int(params["window_s"])))
+        elif r["aggregate"] == Aggregate.period_mean:
+            period = int(r["window_s"])
+            expected = period / max(1, int(devices[d].interval_s))
+            means = period_means(
+                points,
+                period,
+                expected,
+                lambda t, period=period: _period_start(t, period, tz),  # type: ignore[misc]
+                until=max(p.ts for p in points) if points else lo,
+            )
+            out[d] = steps_of(rule, means)
+        else:
+            out[d] = evaluate(rule, points)
+    return out
+
+
+def _period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
+    """Start of the calendar period (in the city's time zone) that holds `ts`."""
+    local = ts.astimezone(tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    offset = (local - midnight).total_seconds() // period_s * period_s
+    return (midnight + timedelta(seconds=offset)).astimezone(UTC)
+
+
+def _hourly(
+    conn: Connection, metric: str, device_ids: list[str], lo: datetime
+) -> dict[str, list[Point]]:
+    """Hourly means of N-flagged readings, stamped at the end of their hour."""
+    out: dict[str, list[Point]] = defaultdict(list)
+    for row in conn.execute(
+        select(rollups_t)
+        .where(
+            rollups_t.c.metric == metric,
+            rollups_t.c.device_id.in_(device_ids),
+            rollups_t.c.hour >= lo,
+        )
+        .order_by(rollups_t.c.device_id, rollups_t.c.hour)
+    ):
+        out[row.device_id].append(Point(row.hour + HOUR, row.sum / row.count))
+    return out
+
+
+def _evaluate_composite(
+    conn: Connection, rule: Row[Any], targets: Mapping[str, datetime], outcome: Outcome
+) -> None:
+    """AND/OR of other rules: e.g. a burst is a pressure drop AND an inflow rise."""
+    params: dict[str, Any] = rule.params or {}
+    names = list(params.get("rules", []))
+    if not names or not targets:
+        return
+    ids = dict(conn.execute(select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))))
+    for device_id in targets:
+        severities = {
+            row.rule_id: row.severity
+            for row in conn.execute(
+                select(alerts_t.c.rule_id, alerts_t.c.severity).where(
+                    alerts_t.c.device_id == device_id,
+                    alerts_t.c.rule_id.in_(list(ids.values())),
+                    alerts_t.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+                )
+            )
+        }
+        ranks = [RANK[Severity(severities[i])] if i in severities else 0 for i in ids.values()]
+        rank = min(ranks) if params.get("op", "all") == "all" else max(ranks)
+        level = {1: Severity.warning, 2: Severity.alarm}.get(rank)
+        latest = conn.execute(
+            select(func.max(readings_t.c.ts)).where(readings_t.c.device_id == device_id)
+        ).scalar_one()
+        step = Step(latest, float(rank), level, level, latest)
+        state = _open_alert(conn, rule.id, device_id)
+        if state is not None and state.evaluated_until >= latest:
+            continue
+        if state is None and level is None:
+            continue
+        _fold(conn, rule, device_id, state, [step], outcome)
+
+
 def _describe(rule: Row[Any], severity: str, value: float) -> str:
     r = rule._mapping
-    unit = METRICS[str(r["metric"])].unit
-    how = "" if r["aggregate"] == "raw" else f" {int(r['window_s']) // 60}-min mean"
-    limits = []
+    kind = r["kind"]
     prefix = "alarm" if severity == Severity.alarm else "warn"
+    limits = []
     if r[f"{prefix}_above"] is not None:
         limits.append(f"> {r[f'{prefix}_above']:g}")
     if r[f"{prefix}_below"] is not None:
         limits.append(f"< {r[f'{prefix}_below']:g}")
-    return f"{r['metric']}{how} {value:.4g} {unit} ({severity}: {' or '.join(limits)} {unit})"
+    limit = " or ".join(limits)
+    if kind == RuleKind.no_data:
+        unit = "intervals" if (r["params"] or {}).get("per_interval") else "min"
+        return f"no data for {value:.1f} {unit} ({severity}: {limit} {unit})"
+    if kind == RuleKind.composite:
+        params = r["params"] or {}
+        joiner = " AND " if params.get("op", "all") == "all" else " OR "
+        return f"{joiner.join(params.get('rules', []))} ({severity})"
+    if kind == RuleKind.flag_held:
+        return f"{r['metric']} flagged {value:.0f} min ({severity}: {limit} min)"
+    if kind == RuleKind.daily_count:
+        return f"{value:.0f} exceeding hours today ({severity}: {limit})"
+    unit = METRICS[str(r["metric"])].unit
+    change_min = int((r["params"] or {}).get("window_s", 0)) // 60
+    how = {
+        RuleKind.rate_of_change: f" change over {change_min} min",
+        RuleKind.reference_diff: " hourly mean minus reference",
+    }.get(kind, "")
+    if not how and r["aggregate"] != Aggregate.raw:
+        how = f" {int(r['window_s']) // 60}-min mean"
+    return f"{r['metric']}{how} {value:.4g} {unit} ({severity}: {limit} {unit})"
+
+
+def _in_maintenance(conn: Connection, device_id: str, at: datetime) -> str | None:
+    row = conn.execute(
+        select(maintenance_t.c.reason)
+        .join(devices_t, devices_t.c.id == device_id)
+        .where(
+            or_(
+                maintenance_t.c.device_id == device_id,
+                maintenance_t.c.site_id == devices_t.c.site_id,
+            ),
+            maintenance_t.c.starts_at <= at,
+            maintenance_t.c.ends_at > at,
+        )
+        .limit(1)
+    ).first()
+    return None if row is None else str(row.reason)
+
+
+def _insert_alert(conn: Connection, values: dict[str, Any]) -> int | None:
+    """Insert an open alert; None if another evaluator opened one for the same rule and
+    device first (the database allows one open alert per pair)."""
+    try:
+        with conn.begin_nested():
+            return int(
+                conn.execute(insert(alerts_t).values(values).returning(alerts_t.c.id)).scalar_one()
+            )
+    except IntegrityError:
+        return None
 
 
 def _fold(
@@ -184,41 +491,33 @@ def _fold(
     changed = False
     for step in steps:
         if state is None:
-            if step.held is None:
+            if step.level is None:
                 continue
-            now = utcnow()
-            values = {
-                "rule_id": r["id"],
-                "device_id": device_id,
-                "status": AlertStatus.firing,
-                "severity": step.held,
-                "started_at": step.since or step.ts,
-                "fired_at": step.ts,
-                "last_violation_at": step.ts,
-                "evaluated_until": step.ts,
-                "last_value": step.value,
-                "peak_value": step.value,
-                "violations": 1,
-                "message": _describe(rule, step.held, step.value),
-                "created_at": now,
-                "updated_at": now,
-            }
-            alert_id = conn.execute(insert(alerts_t).values(values).returning(alerts_t.c.id))
-            state = {**values, "id": alert_id.scalar_one()}
-            record_event(
-                conn,
-                state["id"],
-                AlertEventKind.opened,
-                SYSTEM_ACTOR,
-                note=state["message"],
-                severity=step.held,
-                value=step.value,
-            )
-            outcome.opened += 1
+            if step.held is None and not r["for_s"]:
+                continue
+            state = _open(conn, rule, device_id, step, outcome)
             changed = False
-            continue
+            if state is None:  # another evaluator holds the open alert: fold into it
+                existing = _open_alert(conn, r["id"], device_id)
+                if existing is None:
+                    continue
+                state = dict(existing._mapping)
+            else:
+                continue
         state["evaluated_until"] = step.ts
         changed = True
+        if state["status"] == AlertStatus.pending:
+            if step.level is not None and step.held is None:
+                state["violations"] += 1
+                state["last_violation_at"] = step.ts
+                state["last_value"] = step.value
+            if step.held is not None:
+                _fire(conn, rule, state, step, outcome)
+            elif step.level is None:
+                # it never fired: a pending alert that clears leaves no alert behind
+                conn.execute(delete(alerts_t).where(alerts_t.c.id == state["id"]))
+                state, changed = None, False
+            continue
         if step.level is not None:
             state["violations"] += 1
             state["last_violation_at"] = step.ts
@@ -238,7 +537,7 @@ def _fold(
                 value=step.value,
             )
             outcome.escalated += 1
-        if step.level is None and r["auto_resolve"]:
+        if r["auto_resolve"] and cleared(rule, step.value, r["clear_above"], r["clear_below"]):
             since = state.get("clear_since") or step.ts
             state["clear_since"] = since
             if step.ts - since >= timedelta(seconds=int(r["quiet_s"])):
@@ -249,21 +548,106 @@ def _fold(
                     state["id"],
                     AlertEventKind.resolved,
                     SYSTEM_ACTOR,
-                    note=f"condition clear since {since.isoformat()}: {r['metric']} "
-                    f"back to {step.value:.4g}",
+                    note=f"condition clear since {since.isoformat()}: value back to "
+                    f"{step.value:.4g}",
                     value=step.value,
                 )
                 outcome.resolved += 1
                 _save(conn, state)
                 state, changed = None, False
+        elif step.level is None:
+            state["clear_since"] = None  # back inside the limits but not past the clearing line
     if state is not None and changed:
         _save(conn, state)
 
 
-def _save(conn: Connection, state: dict[str, object]) -> None:
+def _open(
+    conn: Connection, rule: Row[Any], device_id: str, step: Step, outcome: Outcome
+) -> dict[str, Any] | None:
+    r = rule._mapping
+    severity = step.held or step.level
+    assert severity is not None
+    maintenance = _in_maintenance(conn, device_id, step.ts)
+    message = _describe(rule, severity, step.value)
+    if maintenance:
+        message = f"[maintenance: {maintenance}] {message}"
+    now = utcnow()
+    values: dict[str, Any] = {
+        "rule_id": r["id"],
+        "device_id": device_id,
+        "status": AlertStatus.firing if step.held else AlertStatus.pending,
+        "severity": severity,
+        "started_at": step.since or step.ts,
+        "fired_at": step.ts,
+        "last_violation_at": step.ts,
+        "evaluated_until": step.ts,
+        "last_value": step.value,
+        "peak_value": step.value,
+        "violations": 1,
+        "message": message,
+        "suppressed": maintenance is not None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    alert_id = _insert_alert(conn, values)
+    if alert_id is None:
+        return None
+    state = {**values, "id": alert_id, "clear_since": None, "resolved_at": None}
+    if step.held:
+        record_event(
+            conn,
+            alert_id,
+            AlertEventKind.opened,
+            SYSTEM_ACTOR,
+            note=message,
+            severity=severity,
+            value=step.value,
+        )
+        outcome.opened += 1
+    else:
+        record_event(
+            conn,
+            alert_id,
+            AlertEventKind.pending,
+            SYSTEM_ACTOR,
+            note=message,
+            severity=severity,
+            value=step.value,
+        )
+    return state
+
+
+def _fire(
+    conn: Connection, rule: Row[Any], state: dict[str, Any], step: Step, outcome: Outcome
+) -> None:
+    assert step.held is not None
+    state.update(
+        status=AlertStatus.firing,
+        severity=step.held,
+        fired_at=step.ts,
+        last_violation_at=step.ts,
+        last_value=step.value,
+        peak_value=more_extreme(rule, state["peak_value"], step.value),
+        violations=state["violations"] + 1,
+        message=_describe(rule, step.held, step.value),
+    )
+    record_event(
+        conn,
+        state["id"],
+        AlertEventKind.opened,
+        SYSTEM_ACTOR,
+        note=state["message"],
+        severity=step.held,
+        value=step.value,
+    )
+    outcome.opened += 1
+
+
+def _save(conn: Connection, state: dict[str, Any]) -> None:
     fields = (
         "status",
         "severity",
+        "fired_at",
         "last_violation_at",
         "evaluated_until",
         "last_value",

@@ -97,7 +97,8 @@ class Severity(StrEnum):
 
 class Aggregate(StrEnum):
     raw = "raw"
-    mean = "mean"
+    mean = "mean"  # rolling mean over (t - window_s, t]
+    period_mean = "period_mean"  # calendar 15 min / hour / day in the city's time zone
 
 
 class AlertEventKind(StrEnum):

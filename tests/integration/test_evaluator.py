@@ -72,10 +72,11 @@ def test_value_hovering_at_the_threshold_keeps_one_alert(engine: Engine) -> None
         feed(engine, hover[i : i + 5], start_min=i)
     [alert] = alerts(engine)
     assert alert["status"] == "firing" and alert["severity"] == "warning"
-    # fired at minute 4 (2 minutes into the run that began at minute 2); every violating
-    # minute after it is counted on the same alert: 1 + 17
+    # pending from minute 2, fired at minute 4 (2 minutes into that run); every violating
+    # minute of the run and after it is counted on the same alert: 3 + 17
     assert alert["fired_at"] == T0 + timedelta(minutes=4)
-    assert alert["violations"] == 18
+    assert alert["started_at"] == T0 + timedelta(minutes=2)
+    assert alert["violations"] == 20
 
 
 def test_alert_escalates_resolves_after_quiet_period_and_reopens(engine: Engine) -> None:
@@ -99,7 +100,7 @@ def test_alert_escalates_resolves_after_quiet_period_and_reopens(engine: Engine)
                 .order_by("id")
             )
         ]
-    assert kinds == ["opened", "escalated", "resolved"]
+    assert kinds == ["pending", "opened", "escalated", "resolved"]
 
 
 def test_redelivered_readings_are_not_counted_twice(engine: Engine) -> None:

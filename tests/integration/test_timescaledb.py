@@ -451,25 +451,25 @@ def test_evaluation_opens_one_alert_also_over_compressed_chunks(engine: Engine) 
     assert (alert["status"], alert["severity"]) == ("firing", "alarm")
     assert alert["started_at"] == T0 + timedelta(minutes=1)
     assert alert["fired_at"] == T0 + timedelta(minutes=3)  # for_s = 120
-    assert alert["violations"] == 3  # the firing step and minutes 4 and 5
+    assert alert["violations"] == 5  # minutes 1 and 2 pending, the firing step, 4 and 5
 
     assert feed(engine, pressure([0.30, 0.10, 0.10, 0.10, 0.10, 0.10])) == (0, 0)  # redelivery
     [again] = all_alerts(engine)
     assert (again["id"], again["violations"], again["last_violation_at"]) == (
         alert["id"],
-        3,
+        5,
         T0 + timedelta(minutes=5),
     )
 
     compress_all(engine)
     assert feed(engine, pressure([0.09, 0.10], start_min=6)) == (2, 0)
     [same] = all_alerts(engine)
-    assert same["id"] == alert["id"] and same["violations"] == 5
+    assert same["id"] == alert["id"] and same["violations"] == 7
     assert same["last_violation_at"] == T0 + timedelta(minutes=7)
     assert same["peak_value"] == pytest.approx(0.09)
     with engine.connect() as conn:
         kinds = conn.execute(select(table(AlertEvent).c.kind)).scalars().all()
-    assert kinds == ["opened"]
+    assert kinds == ["pending", "opened"]
 
 
 @pytest.fixture
@@ -558,6 +558,6 @@ async def test_api_on_timescaledb(api_data: Model, api: httpx.AsyncClient) -> No
 
     r = await api.post(f"/v1/alerts/{alert['id']}/acknowledge", json={"note": "seen"})
     assert r.status_code == 200, r.text
-    assert [e["kind"] for e in r.json()["events"]] == ["opened", "acknowledged"]
+    assert [e["kind"] for e in r.json()["events"]] == ["pending", "opened", "acknowledged"]
     r = await api.get("/v1/alerts", params={"status": "acknowledged"})
     assert [a["id"] for a in r.json()["items"]] == [alert["id"]]
