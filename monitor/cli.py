@@ -88,8 +88,9 @@ def up(
     """
     import uvicorn
 
+    from ingest.service import Ingestor
     from monitor.api.app import create_app
-    from monitor.broker import EmbeddedBroker
+    from monitor.core.db import make_engine
 
     settings = _settings(api_port=port, api_host=host, mqtt_port=mqtt_port, data_dir=data_dir)
     if simulate and settings.env == Environment.production:
@@ -97,24 +98,21 @@ def up(
             "--simulate registers a demo fleet and a demo key: not in production"
         )
     _check_production(settings)
-    broker = None
-    if settings.embedded_broker:
-        broker = EmbeddedBroker(settings.data_dir, settings.mqtt_port)
-        broker.start()
     stoppers: list[Any] = []
     try:
         _migrate(settings)
         demo = _register_demo(settings) if simulate else None
-        from monitor.core.db import make_engine
-
         engine = make_engine(settings.sqlalchemy_url)
-        from ingest.service import Ingestor
-
+        stoppers.append(engine.dispose)
+        broker = None
+        if settings.embedded_broker:
+            broker, settings = _embedded_broker(settings, engine)
+            stoppers.insert(0, broker.stop)
         ingestor = Ingestor(settings, engine)
         ingestor.start()
-        stoppers.append(ingestor.stop)
+        stoppers.insert(0, ingestor.stop)
         if demo is not None:
-            stoppers.insert(0, _start_simulator(settings, demo.fleet))
+            stoppers.insert(0, _start_simulator(settings, demo))
         base = f"http://{settings.api_host}:{settings.api_port}"
         auth_hint = '  -H "Authorization: Bearer $(cat KEYFILE)"'.replace(
             "KEYFILE", str(demo.admin_key_file) if demo else "<your key file>"
@@ -124,6 +122,7 @@ def up(
             f"{settings.mqtt.port}   data {settings.data_dir.resolve()}\n"
             + (
                 f"Demo admin key (also in {demo.admin_key_file}):\n  {demo.admin_key}\n"
+                f"Device MQTT passwords: {demo.credentials_file}\n"
                 if demo
                 else ""
             )
@@ -132,13 +131,11 @@ def up(
             "Ctrl-C stops everything.\n",
             err=True,
         )
+        app = create_app(settings)
+        if broker is not None:
+            app.state.on_devices_changed = lambda: _sync_broker(settings, engine, broker)
         server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings),
-                host=settings.api_host,
-                port=settings.api_port,
-                log_config=None,
-            )
+            uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None)
         )
         # uvicorn re-raises the Ctrl-C it handled; stopping is the normal way out
         with contextlib.suppress(KeyboardInterrupt):
@@ -146,14 +143,59 @@ def up(
     finally:
         for stop in stoppers:
             stop()
-        if broker is not None:
-            broker.stop()
+
+
+INGEST_USER = "envmon-ingest"
+
+
+def _embedded_broker(settings: Settings, engine: Any) -> tuple[Any, Settings]:
+    """Start the embedded Mosquitto with per-device accounts generated from the database, and
+    return it with the settings the ingestor needs to log in (its own generated password)."""
+    from monitor.broker import EmbeddedBroker
+    from monitor.broker_auth import new_password
+
+    folder = settings.data_dir / "mosquitto"
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / "ingest.password"
+    if not secret.exists():
+        secret.write_text(new_password(), encoding="utf-8")
+        secret.chmod(0o600)
+    password = secret.read_text(encoding="utf-8").strip()
+    settings = settings.model_copy(
+        update={"mqtt_url": f"mqtt://{INGEST_USER}:{password}@127.0.0.1:{settings.mqtt_port}"}
+    )
+    files = _sync_broker(settings, engine, None)
+    broker = EmbeddedBroker(settings.data_dir, settings.mqtt_port, auth=files)
+    broker.start()
+    return broker, settings
+
+
+def _sync_broker(settings: Settings, engine: Any, broker: Any) -> tuple[Path, Path]:
+    """Write the broker's password file and ACL from the registry; reload a running broker."""
+    from monitor.broker_auth import hash_password, write_broker_auth
+
+    endpoint = settings.mqtt
+    assert endpoint.username and endpoint.password
+    with engine.begin() as conn:
+        files = write_broker_auth(
+            conn,
+            settings.data_dir / "mosquitto",
+            prefix=settings.mqtt_topic_prefix,
+            ingest_user=endpoint.username,
+            ingest_password_hash=hash_password(endpoint.password),
+        )
+    if broker is not None:
+        broker.reload()
+        log.info("broker accounts reloaded")
+    return files
 
 
 class Demo(NamedTuple):
     fleet: Any
     admin_key: str
     admin_key_file: Path
+    credentials: dict[str, str]
+    credentials_file: Path
 
 
 def _register_demo(settings: Settings) -> Demo:
@@ -161,12 +203,14 @@ def _register_demo(settings: Settings) -> Demo:
     from monitor import auth
     from monitor.core.db import make_engine
     from monitor.core.models import Role
-    from monitor.registry import import_fleet
+    from monitor.registry import import_fleet, issue_credentials
 
     fleet = demo_fleet(datetime.now(UTC))
     engine = make_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:
-        n_sites, n_devices = import_fleet(conn, {"sites": fleet.sites, "devices": fleet.devices})
+        n_sites, n_devices, _ = import_fleet(conn, {"sites": fleet.sites, "devices": fleet.devices})
+        # fresh passwords at every start: the simulator needs them, and only hashes are kept
+        credentials = {d["id"]: issue_credentials(conn, d["id"]) for d in fleet.devices}
         try:
             user_id = auth.find_user(conn, DEMO_ADMIN).id
         except NotFound:
@@ -177,20 +221,30 @@ def _register_demo(settings: Settings) -> Demo:
     key_file.write_text(key + "\n", encoding="utf-8")
     key_file.chmod(0o600)
     log.info("demo fleet registered: %d sites, %d devices", n_sites, n_devices)
-    return Demo(fleet, key, key_file)
+    return Demo(fleet, key, key_file, credentials, _write_credentials(settings, credentials))
 
 
-def _start_simulator(settings: Settings, fleet: Any) -> Any:
+def _write_credentials(settings: Settings, credentials: dict[str, str]) -> Path:
+    """device=password lines, readable by the owner only (`grep ^dust-001= FILE`)."""
+    path = settings.data_dir / "device-credentials.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{d}={p}\n" for d, p in sorted(credentials.items())))
+    return path
+
+
+def _start_simulator(settings: Settings, demo: Demo) -> Any:
     from devices.publisher import FleetPublisher
 
     endpoint = settings.mqtt
     publisher = FleetPublisher(
-        fleet.simulators,
+        demo.fleet.simulators,
         host=endpoint.host,
         port=endpoint.port,
         prefix=settings.mqtt_topic_prefix,
-        username=endpoint.username,
-        password=endpoint.password,
+        credentials=demo.credentials,
+        announce_status=True,
         interval_s=10.0,
         backfill_s=2 * 3600,
         backfill_step_s=60,
@@ -255,8 +309,11 @@ def ingest() -> None:
         signal.signal(sig, lambda *_: done.set())
     ingestor.start()
     try:
-        while not done.wait(60):
-            log.info("ingest stats: %s", ingestor.stats)
+        while not done.wait(5):
+            if ingestor.intake.fatal is not None:
+                # e.g. the broker refused our login after a password rotation: retrying will
+                # not help, and an ingestor that silently idles is worse than one that exits
+                raise click.ClickException(str(ingestor.intake.fatal))
     finally:
         ingestor.stop()
         engine.dispose()
@@ -365,9 +422,63 @@ def devices_import(file: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     engine = make_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:
-        n_sites, n_devices = import_fleet(conn, doc)
+        n_sites, n_devices, issued = import_fleet(conn, doc)
     engine.dispose()
     click.echo(f"registered {n_sites} sites and {n_devices} devices from {file}")
+    if issued:
+        path = _write_credentials(settings, issued)
+        click.echo(
+            f"MQTT passwords for {len(issued)} new devices written to {path} (shown once; "
+            "regenerate the broker's files: envmon broker config)"
+        )
+
+
+@devices.command("credentials")
+@click.argument("device_id")
+def devices_credentials(device_id: str) -> None:
+    """Issue a new MQTT password for DEVICE_ID and print it once (the old one stops working
+    when the broker's files are regenerated: envmon broker config)."""
+    from monitor.registry import issue_credentials
+
+    with _connection() as conn:
+        try:
+            password = issue_credentials(conn, device_id)
+        except EnvmonError as exc:
+            raise click.ClickException(exc.message) from exc
+    click.echo(f"{device_id} MQTT username {device_id} password (shown once): {password}")
+
+
+@main.group()
+def broker() -> None:
+    """The production broker's accounts."""
+
+
+@broker.command("config")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for passwd and acl (e.g. deploy/mosquitto)",
+)
+def broker_config(out: Path) -> None:
+    """Write Mosquitto's password file and ACL from the registry: one account per active
+    device, and the ingestor's account from ENVMON_MQTT_URL. Reload the broker after
+    (docker compose kill -s SIGHUP mosquitto)."""
+    from monitor.broker_auth import hash_password, write_broker_auth
+
+    settings = _settings()
+    endpoint = settings.mqtt
+    if not settings.mqtt_url or not endpoint.username or not endpoint.password:
+        raise click.UsageError("ENVMON_MQTT_URL must carry the ingestor's user and password")
+    with _connection() as conn:
+        passwd, acl = write_broker_auth(
+            conn,
+            out,
+            prefix=settings.mqtt_topic_prefix,
+            ingest_user=endpoint.username,
+            ingest_password_hash=hash_password(endpoint.password),
+        )
+    click.echo(f"wrote {passwd} and {acl}; reload the broker (SIGHUP) to apply them")
 
 
 @main.group()

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.contract import DEVICE_ID_PATTERN
+from monitor.broker_auth import check_username, hash_password, new_password
 from monitor.core.catalogue import DeviceKind, SiteKind
-from monitor.core.exceptions import InvalidInput
+from monitor.core.exceptions import InvalidInput, NotFound
 from monitor.core.models import Device, DeviceStatus, Site, table
 
 sites_t = table(Site)
@@ -50,19 +51,49 @@ def upsert_site(conn: Connection, site: SiteCreate) -> None:
     _upsert(conn, sites_t, site.model_dump(mode="json"))
 
 
-def upsert_device(conn: Connection, device: DeviceCreate) -> None:
+def upsert_device(conn: Connection, device: DeviceCreate) -> str | None:
+    """Register or update a device. A device without broker credentials gets them: the new
+    MQTT password is returned (to be shown once); None when it had credentials already."""
     site = conn.execute(select(sites_t.c.id).where(sites_t.c.id == device.site_id)).first()
     if site is None:
         raise InvalidInput(f"site {device.site_id!r} does not exist", field="site_id")
+    try:
+        check_username(device.id)
+    except ValueError as exc:
+        raise InvalidInput(f"id: {exc}", field="id") from exc
     _upsert(conn, devices_t, device.model_dump(mode="json"))
+    has = conn.execute(
+        select(devices_t.c.mqtt_password_hash).where(devices_t.c.id == device.id)
+    ).scalar_one()
+    return None if has else issue_credentials(conn, device.id)
 
 
-def import_fleet(conn: Connection, doc: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
-    """Register (or update) every site and device of a fleet document; returns the counts."""
+def issue_credentials(conn: Connection, device_id: str) -> str:
+    """A new MQTT password for a device (replacing any old one); only its hash is stored.
+    The broker learns it when its password file is regenerated and reloaded."""
+    password = new_password()
+    done = conn.execute(
+        update(devices_t)
+        .where(devices_t.c.id == device_id)
+        .values(mqtt_password_hash=hash_password(password))
+    )
+    if done.rowcount == 0:
+        raise NotFound(f"device {device_id!r} does not exist", field="device_id")
+    return password
+
+
+def import_fleet(
+    conn: Connection, doc: dict[str, list[dict[str, Any]]]
+) -> tuple[int, int, dict[str, str]]:
+    """Register (or update) every site and device of a fleet document; returns the counts
+    and the MQTT passwords issued to devices that had none."""
     sites = [SiteCreate.model_validate(s) for s in doc["sites"]]
     devices = [DeviceCreate.model_validate(d) for d in doc["devices"]]
     for s in sites:
         upsert_site(conn, s)
+    issued: dict[str, str] = {}
     for d in devices:
-        upsert_device(conn, d)
-    return len(sites), len(devices)
+        password = upsert_device(conn, d)
+        if password:
+            issued[d.id] = password
+    return len(sites), len(devices), issued

@@ -16,8 +16,12 @@ from monitor.core.settings import Environment, Settings
 
 def get_session(request: Request) -> Iterator[Session]:
     factory = request.app.state.sessionmaker
-    with factory() as session, session.begin():
-        yield session
+    with factory() as session:
+        with session.begin():
+            yield session
+        # work that must see the committed state (the embedded broker re-reading accounts)
+        for hook in session.info.pop("after_commit", []):
+            hook()
 
 
 def get_settings(request: Request) -> Settings:

@@ -46,6 +46,19 @@ class DeviceRead(BaseModel):
     created_at: datetime
 
 
+class DeviceCreated(DeviceRead):
+    mqtt_password: str | None = Field(
+        description="The device's MQTT password (username = its id), issued when it had none. "
+        "Shown this once; only a hash is kept."
+    )
+
+
+class DeviceCredentials(BaseModel):
+    device_id: str
+    mqtt_username: str
+    mqtt_password: str = Field(description="Shown this once; the old password stops working")
+
+
 class DeviceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -106,6 +106,31 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9108, description="Port of /metrics for `envmon ingest` (the API serves its own)"
     )
+    webhook_url: str | None = Field(
+        None,
+        description="Where alert notifications are POSTed (JSON, HMAC-signed, see "
+        "docs/notifications.md); unset = they stay in the outbox, nothing is sent",
+    )
+    webhook_secret: str | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 signature in X-Envmon-Signature; "
+        "required when webhook_url is set",
+    )
+    notify_group_s: int = Field(
+        60, ge=0, description="One message per site per this many seconds (0 = send at once)"
+    )
+    notify_max_attempts: int = Field(
+        8, ge=1, description="Delivery attempts before a notification is marked failed"
+    )
+    notify_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        description="Delay before the first retry; doubles with each attempt "
+        "(capped at 1 hour, with jitter)",
+    )
+    notify_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of one webhook request (connect, and each read)"
+    )
     max_payload_bytes: int = Field(
         256 * 1024, ge=64, description="Larger messages are dead letters"
     )
@@ -125,6 +150,9 @@ class Settings(BaseSettings):
     timescale_retention: str | None = Field(
         None, description="TimescaleDB drops readings older than this (unset = keep all)"
     )
+    timezone: str = Field(
+        "Asia/Shanghai", description="The city's time zone: calendar periods, days, day/night"
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 
@@ -134,6 +162,21 @@ class Settings(BaseSettings):
         if value:
             MqttEndpoint(value)
         return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"ENVMON_WEBHOOK_URL must be an http:// or https:// URL: {value!r}")
+        return value or None
+
+    def model_post_init(self, context: object, /) -> None:
+        # pydantic reports a ValueError raised here as a ValidationError, like a validator's
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "ENVMON_WEBHOOK_SECRET must be set when ENVMON_WEBHOOK_URL is: every "
+                "notification is signed with it (`openssl rand -hex 32` makes a good one)"
+            )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -29,6 +29,11 @@ class Demo:
     ) -> None:
         self.proc, self.api, self.mqtt_port, self.log = proc, api, mqtt_port, log
         self.key_file = data / "demo-admin.key"
+        self.credentials = data / "device-credentials.txt"
+
+    def password(self, device_id: str) -> str:
+        lines = self.credentials.read_text().splitlines()
+        return next(line.split("=", 1)[1] for line in lines if line.startswith(f"{device_id}="))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -120,6 +125,10 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
                 "127.0.0.1",
                 "-p",
                 str(demo.mqtt_port),
+                "-u",
+                "leak-002",
+                "-P",
+                demo.password("leak-002"),
                 "-q",
                 "1",
                 "-t",
@@ -168,6 +177,60 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     assert demo.key_file.read_text().strip() in demo.log.read_text()
     assert httpx.get(f"{demo.api}/v1/alerts").status_code == 401
     assert httpx.get(f"{demo.api}/v1/health").status_code == 200
+
+    # the embedded broker enforces per-device accounts: leak-002 cannot speak for leak-001,
+    # and a wrong password is refused
+    spoof = subprocess.run(
+        [
+            mosquitto_pub,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(demo.mqtt_port),
+            "-u",
+            "leak-002",
+            "-P",
+            demo.password("leak-002"),
+            "-q",
+            "1",
+            "-t",
+            "envmon/v1/devices/leak-001/telemetry",
+            "-m",
+            good.replace("0.287", "0.111"),
+        ],
+        timeout=10,
+        capture_output=True,
+    )
+    wrong = subprocess.run(
+        [
+            mosquitto_pub,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(demo.mqtt_port),
+            "-u",
+            "leak-002",
+            "-P",
+            "guess",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            good,
+        ],
+        timeout=10,
+        capture_output=True,
+    )
+    assert wrong.returncode != 0
+    time.sleep(1)
+    assert not [
+        r
+        for r in demo.get("/v1/readings", device_id="leak-001", metric="pressure", start=ts)[
+            "items"
+        ]
+        if r["value"] == 0.111
+    ], spoof
 
     # Ctrl-C stops everything, the embedded broker included
     demo.proc.send_signal(signal.SIGINT)

@@ -3,19 +3,26 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from sqlalchemy import Select, select, update
 
 from monitor.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, Kind, SiteId
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from monitor.api.schemas import DeviceRead, DeviceUpdate, LatestRead, ReadingRead
+from monitor.api.schemas import (
+    DeviceCreated,
+    DeviceCredentials,
+    DeviceRead,
+    DeviceUpdate,
+    LatestRead,
+    ReadingRead,
+)
 from monitor.api.scope import district_clause
 from monitor.auth import Principal
 from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import NotFound
 from monitor.core.models import Device, DeviceStatus, Reading, Site, table
-from monitor.registry import DeviceCreate, upsert_device
+from monitor.registry import DeviceCreate, issue_credentials, upsert_device
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 devices = table(Device)
@@ -73,13 +80,43 @@ def list_devices(
     return Page(items=items, next_cursor=nxt)
 
 
-@router.post("", response_model=DeviceRead, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED)
 def create_device(
-    session: SessionDep, settings: SettingsDep, admin: AdminDep, body: DeviceCreate
-) -> DeviceRead:
-    """Register a device (its id is its MQTT identity), or update the one with this id (admin)."""
-    upsert_device(session.connection(), body)
-    return get_device(session, settings, admin, body.id)
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminDep,
+    body: DeviceCreate,
+) -> DeviceCreated:
+    """Register a device (its id is its MQTT identity), or update the one with this id
+    (admin). A new device gets MQTT credentials, shown in this response only."""
+    password = upsert_device(session.connection(), body)
+    _broker_changed(request, session)
+    device = get_device(session, settings, admin, body.id)
+    return DeviceCreated(**device.model_dump(), mqtt_password=password)
+
+
+@router.post("/{device_id}/credentials", response_model=DeviceCredentials)
+def rotate_credentials(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminDep,
+    device_id: str,
+) -> DeviceCredentials:
+    """Issue a new MQTT password for a device; the old one stops working once the broker's
+    files are regenerated and reloaded (at once with the embedded broker) (admin)."""
+    get_device(session, settings, admin, device_id)
+    password = issue_credentials(session.connection(), device_id)
+    _broker_changed(request, session)
+    return DeviceCredentials(device_id=device_id, mqtt_username=device_id, mqtt_password=password)
+
+
+def _broker_changed(request: Request, session: Any) -> None:
+    """Let the embedded broker (in `envmon up`) pick up changed accounts, after commit."""
+    hook = getattr(request.app.state, "on_devices_changed", None)
+    if hook is not None:
+        session.info.setdefault("after_commit", []).append(hook)
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
@@ -95,6 +132,7 @@ def get_device(
 
 @router.patch("/{device_id}", response_model=DeviceRead)
 def update_device(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     admin: AdminDep,
@@ -106,6 +144,8 @@ def update_device(
     values = body.model_dump(exclude_unset=True)
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
+        if "status" in values:
+            _broker_changed(request, session)
     return get_device(session, settings, admin, device_id)
 
 
