@@ -141,6 +141,7 @@ def evaluate_batch(
         select(rules_t)
         .where(
             rules_t.c.enabled.is_(True),
+            rules_t.c.kind.in_([*READING_KINDS, RuleKind.composite]),
             or_(rules_t.c.metric.in_(metrics), rules_t.c.metric == "*"),
         )
         .order_by(rules_t.c.id)
@@ -390,7 +391,12 @@ def _evaluate_composite(
     names = list(params.get("rules", []))
     if not names or not targets:
         return
-    ids = dict(conn.execute(select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))))
+    ids: dict[str, int] = {
+        name: rule_id
+        for name, rule_id in conn.execute(
+            select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))
+        )
+    }
     for device_id in targets:
         severities = {
             row.rule_id: row.severity

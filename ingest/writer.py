@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from alerts.evaluator import Touched, evaluate_batch
+from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
 from ingest import metrics
 from ingest.mqtt import Message
 from ingest.repository import insert_dead_letters, insert_readings, touch_devices
@@ -36,6 +37,7 @@ from ingest.validate import (
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
+TIMER_S = 30.0  # how often time-driven rules (no data) are evaluated
 
 
 @dataclass(slots=True)
@@ -95,6 +97,8 @@ class Writer:
         self.stats = Stats()
         self.idle = threading.Event()
         self._retry_delay = 0.5
+        self._tz = ZoneInfo(settings.timezone)
+        self._last_tick = 0.0
 
     @property
     def spool_depth(self) -> int:
@@ -143,6 +147,8 @@ class Writer:
 
     def _step(self) -> bool:
         """One batch; True once stopping and everything is written."""
+        if time.monotonic() - self._last_tick >= TIMER_S and not self._spool.depth:
+            self._tick()
         batch = self._collect()
         if self._spool.depth:
             if batch.messages:
@@ -157,6 +163,17 @@ class Writer:
         elif self._stopping.is_set():
             return True
         return False
+
+    def _tick(self) -> None:
+        """Rules that fire on the clock, not on data: "no data from a device"."""
+        self._last_tick = time.monotonic()
+        try:
+            with self._engine.begin() as conn:
+                outcome = evaluate_timers(conn, datetime.now(UTC), self._tz)
+        except OperationalError:
+            return
+        if outcome.opened or outcome.resolved:
+            log.info("timer rules: %d alerts opened, %d resolved", outcome.opened, outcome.resolved)
 
     # --- the two destinations -------------------------------------------------------------
 
@@ -308,7 +325,9 @@ class Writer:
                 key = (r.device_id, r.metric)
                 if key not in earliest or r.ts < earliest[key]:
                     earliest[key] = r.ts
-            outcome = evaluate_batch(conn, (Touched(d, m, t) for (d, m), t in earliest.items()))
+            outcome = evaluate_batch(
+                conn, (Touched(d, m, t) for (d, m), t in earliest.items()), self._tz
+            )
             opened = outcome.opened
         return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import click
+from pydantic import ValidationError
 
 from monitor import __version__
 from monitor.core.exceptions import EnvmonError, NotFound
@@ -24,7 +25,16 @@ DEMO_ADMIN = "demo-admin"
 
 def _settings(**overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
-    settings = Settings(**values)
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ENVMON_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+        )
+        raise click.UsageError(f"invalid settings: {problems}") from exc
     from monitor import logs
 
     logs.configure(settings.log_level, settings.log_format)
@@ -108,6 +118,11 @@ def up(
         if settings.embedded_broker:
             broker, settings = _embedded_broker(settings, engine)
             stoppers.insert(0, broker.stop)
+        from alerts.notify import Dispatcher
+
+        dispatcher = Dispatcher(settings, engine)
+        dispatcher.start()
+        stoppers.insert(0, dispatcher.stop)
         ingestor = Ingestor(settings, engine)
         ingestor.start()
         stoppers.insert(0, ingestor.stop)
@@ -308,6 +323,10 @@ def ingest() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     ingestor.start()
+    from alerts.notify import Dispatcher
+
+    dispatcher = Dispatcher(settings, engine)
+    dispatcher.start()
     try:
         while not done.wait(5):
             if ingestor.intake.fatal is not None:
@@ -316,6 +335,35 @@ def ingest() -> None:
                 raise click.ClickException(str(ingestor.intake.fatal))
     finally:
         ingestor.stop()
+        dispatcher.stop()
+        engine.dispose()
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+def notify(once: bool) -> None:
+    """Send pending alert notifications to ENVMON_WEBHOOK_URL (envmon up and envmon ingest
+    already do; run this for a separate sender, PostgreSQL only)."""
+    from alerts.notify import Dispatcher
+    from monitor.core.db import make_engine
+
+    settings = _settings()
+    _check_production(settings)
+    if not settings.webhook_url:
+        raise click.UsageError("`envmon notify` needs ENVMON_WEBHOOK_URL and ENVMON_WEBHOOK_SECRET")
+    engine = make_engine(settings.sqlalchemy_url)
+    dispatcher = Dispatcher(settings, engine)
+    try:
+        if once:
+            click.echo(f"sent {dispatcher.run_once()} notifications")
+            return
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        dispatcher.start()
+        done.wait()
+    finally:
+        dispatcher.stop()
         engine.dispose()
 
 

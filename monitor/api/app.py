@@ -19,6 +19,7 @@ from monitor.api.routes import (
     devices,
     health,
     readings,
+    reports,
     rules,
     sites,
     users,
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     v1 = APIRouter(prefix="/v1")
-    for module in (health, users, sites, devices, readings, alerts, dead_letters, rules):
+    for module in (health, users, sites, devices, readings, alerts, dead_letters, rules, reports):
         v1.include_router(module.router)
     app.include_router(v1)
 

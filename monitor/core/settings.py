@@ -197,6 +197,10 @@ class Settings(BaseSettings):
             problems.append("ENVMON_MQTT_URL must point at the production broker")
         elif self.mqtt.password in WEAK_SECRETS:
             problems.append("the broker password in ENVMON_MQTT_URL is missing or a default one")
+        if self.webhook_url and (
+            self.webhook_secret in WEAK_SECRETS or len(self.webhook_secret or "") < 16
+        ):
+            problems.append("ENVMON_WEBHOOK_SECRET is a default or shorter than 16 characters")
         return problems
 
     @property
