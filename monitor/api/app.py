@@ -18,6 +18,7 @@ from monitor.api.routes import (
     dead_letters,
     devices,
     health,
+    maintenance,
     readings,
     reports,
     rules,
@@ -61,7 +62,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     v1 = APIRouter(prefix="/v1")
-    for module in (health, users, sites, devices, readings, alerts, dead_letters, rules, reports):
+    for module in (
+        health,
+        users,
+        sites,
+        devices,
+        readings,
+        alerts,
+        dead_letters,
+        rules,
+        maintenance,
+        reports,
+    ):
         v1.include_router(module.router)
     app.include_router(v1)
 

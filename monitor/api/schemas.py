@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,7 +115,15 @@ class AlertRead(BaseModel):
     violations: int
     acknowledged_at: datetime | None
     resolved_at: datetime | None
+    assignee: str | None
+    suppressed: bool = Field(description="Opened during planned maintenance; not notified")
     basis: str
+
+
+class ReadingPoint(BaseModel):
+    ts: datetime
+    value: float
+    quality: str
 
 
 class AlertEventRead(BaseModel):
@@ -129,6 +138,10 @@ class AlertEventRead(BaseModel):
 
 class AlertDetail(AlertRead):
     events: list[AlertEventRead]
+    readings: list[ReadingPoint] = Field(
+        description="The rule's metric on the device from an hour before the alert started to "
+        "an hour after its last violation (or resolution)"
+    )
 
 
 class AlertAction(BaseModel):
@@ -154,18 +167,29 @@ class RuleRead(BaseModel):
     name: str
     description: str
     pack: str | None
+    kind: str
+    params: dict[str, Any] | None
     device_kind: str
     site_kinds: list[str] | None
+    site_ids: list[str] | None
+    site_districts: list[str] | None
+    device_ids: list[str] | None
     metric: str
     aggregate: str
     window_s: int
+    min_samples: int
     warn_above: float | None
     warn_below: float | None
     alarm_above: float | None
     alarm_below: float | None
+    clear_above: float | None
+    clear_below: float | None
     for_s: int
     quiet_s: int
     auto_resolve: bool
+    active_from: str | None
+    active_to: str | None
     basis: str
     legal_limit: bool
     enabled: bool
+    updated_at: datetime

@@ -364,6 +364,20 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AuditEntry(Base):
+    """Who changed which configuration, when: sites, devices, credentials, users, keys, rules,
+    maintenance windows. The actor is always the authenticated principal."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(50))
+    object: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any] | None] = mapped_column()
+
+
 def table(model: type[Base]) -> Table:
     """The Core table of a model, for bulk statements (typed, unlike `Model.__table__`)."""
     return cast(Table, model.__table__)

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from sqlalchemy import Select, select
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
 
 from alerts import service
 from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep, SettingsDep
@@ -12,8 +22,22 @@ from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cu
 from monitor.api.schemas import AlertAction, AlertDetail, AlertEventRead, AlertRead
 from monitor.api.scope import district_clause
 from monitor.auth import Principal
+from monitor.core.catalogue import DeviceKind
 from monitor.core.exceptions import NotFound
-from monitor.core.models import Alert, AlertEvent, AlertStatus, Device, Rule, Severity, Site, table
+from monitor.core.models import (
+    Alert,
+    AlertEvent,
+    AlertEventKind,
+    AlertStatus,
+    Device,
+    Reading,
+    Rule,
+    Severity,
+    Site,
+    table,
+    utcnow,
+)
+from monitor.core.settings import Settings
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 alerts = table(Alert)
@@ -21,6 +45,10 @@ events = table(AlertEvent)
 rules = table(Rule)
 devices = table(Device)
 sites = table(Site)
+readings = table(Reading)
+
+EXPORT_MAX = 100_000
+READINGS_AROUND = timedelta(hours=1)
 
 
 def _select(principal: Principal) -> Select[Any]:
@@ -41,11 +69,41 @@ def _select(principal: Principal) -> Select[Any]:
     )
 
 
-@router.get("", response_model=Page[AlertRead])
-def list_alerts(
-    session: SessionDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
+@dataclass
+class AlertFilter:
+    """The filters every alert listing takes: list, export, bulk acknowledge."""
+
+    status: AlertStatus | None
+    severity: Severity | None
+    kind: DeviceKind | None
+    site_id: str | None
+    district: str | None
+    device_id: str | None
+    rule_id: int | None
+    start: AwareDatetime | None
+    end: AwareDatetime | None
+
+    def apply(self, q: Select[Any], settings: Settings) -> Select[Any]:
+        check_range(self.start, self.end, settings.api_max_range_days)
+        for column, value in (
+            (alerts.c.status, self.status),
+            (alerts.c.severity, self.severity),
+            (devices.c.kind, self.kind),
+            (devices.c.site_id, self.site_id),
+            (sites.c.district, self.district),
+            (alerts.c.device_id, self.device_id),
+            (alerts.c.rule_id, self.rule_id),
+        ):
+            if value is not None:
+                q = q.where(column == value)
+        if self.start:
+            q = q.where(alerts.c.fired_at >= self.start)
+        if self.end:
+            q = q.where(alerts.c.fired_at < self.end)
+        return q
+
+
+def alert_filter(
     alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
     severity: Severity | None = None,
     kind: Kind = None,
@@ -55,27 +113,26 @@ def list_alerts(
     rule_id: Annotated[int | None, Query(alias="rule", description="Only this rule")] = None,
     start: Start = None,
     end: End = None,
+) -> AlertFilter:
+    return AlertFilter(
+        alert_status, severity, kind, site_id, district, device_id, rule_id, start, end
+    )
+
+
+FilterDep = Annotated[AlertFilter, Depends(alert_filter)]
+
+
+@router.get("", response_model=Page[AlertRead])
+def list_alerts(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    filters: FilterDep,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[AlertRead]:
     """Alerts, newest first; the time range applies to when they fired (event time)."""
-    check_range(start, end, settings.api_max_range_days)
-    q = _select(principal).order_by(alerts.c.id.desc()).limit(limit + 1)
-    for column, value in (
-        (alerts.c.status, alert_status),
-        (alerts.c.severity, severity),
-        (devices.c.kind, kind),
-        (devices.c.site_id, site_id),
-        (sites.c.district, district),
-        (alerts.c.device_id, device_id),
-        (alerts.c.rule_id, rule_id),
-    ):
-        if value is not None:
-            q = q.where(column == value)
-    if start:
-        q = q.where(alerts.c.fired_at >= start)
-    if end:
-        q = q.where(alerts.c.fired_at < end)
+    q = filters.apply(_select(principal), settings).order_by(alerts.c.id.desc()).limit(limit + 1)
     if cursor:
         q = q.where(alerts.c.id < int(decode_cursor(cursor, 1)[0]))
     rows = session.execute(q).all()
@@ -84,17 +141,152 @@ def list_alerts(
     return Page(items=items, next_cursor=nxt)
 
 
+CSV_FIELDS = list(AlertRead.model_fields)
+
+
+@router.get("/export.csv", response_class=StreamingResponse)
+def export_alerts(
+    session: SessionDep, settings: SettingsDep, principal: PrincipalDep, filters: FilterDep
+) -> StreamingResponse:
+    """The filtered alerts as CSV (at most 100,000 rows), newest first."""
+    q = filters.apply(_select(principal), settings).order_by(alerts.c.id.desc()).limit(EXPORT_MAX)
+    rows = [
+        AlertRead.model_validate(r._mapping).model_dump(mode="json") for r in session.execute(q)
+    ]
+
+    def lines() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="alerts.csv"'},
+    )
+
+
+class BulkResult(BaseModel):
+    acknowledged: list[int]
+
+
+@router.post("/acknowledge", response_model=BulkResult)
+def acknowledge_by_filter(
+    session: SessionDep,
+    settings: SettingsDep,
+    inspector: InspectorDep,
+    filters: FilterDep,
+    body: AlertAction,
+) -> BulkResult:
+    """Acknowledge every firing alert that matches the filters (in the caller's scope)."""
+    filters.status = AlertStatus.firing
+    q = filters.apply(_select(inspector), settings).order_by(alerts.c.id).limit(EXPORT_MAX)
+    ids = [r.id for r in session.execute(q)]
+    for alert_id in ids:
+        service.acknowledge(session.connection(), alert_id, inspector.actor, body.note)
+    return BulkResult(acknowledged=ids)
+
+
+def _events(session: Session, principal: Principal, after: int, limit: int) -> list[Any]:
+    q = (
+        select(
+            events,
+            alerts.c.device_id,
+            alerts.c.status,
+            alerts.c.severity.label("alert_severity"),
+            rules.c.name.label("rule_name"),
+            devices.c.site_id,
+            sites.c.district,
+        )
+        .join(alerts, alerts.c.id == events.c.alert_id)
+        .join(rules, rules.c.id == alerts.c.rule_id)
+        .join(devices, devices.c.id == alerts.c.device_id)
+        .join(sites, sites.c.id == devices.c.site_id)
+        .where(events.c.id > after, district_clause(principal, sites.c.district))
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in session.execute(q)]
+
+
+@router.get("/stream", response_class=StreamingResponse)
+async def stream_alert_events(
+    request: Request,
+    principal: PrincipalDep,
+    last_event_id: Annotated[int | None, Header()] = None,
+    after: Annotated[int | None, Query(description="Resume after this event id")] = None,
+    follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
+) -> StreamingResponse:
+    """Server-Sent Events: every alert event in the caller's scope as it happens (resumable
+    with Last-Event-ID)."""
+    factory = request.app.state.sessionmaker
+    position = after if after is not None else last_event_id
+    if position is None:
+        with factory() as s:
+            position = int(s.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+
+    def fetch(since: int) -> list[Any]:
+        with factory() as s:
+            return _events(s, principal, since, 500)
+
+    async def stream() -> AsyncIterator[bytes]:
+        since = position
+        yield b": envmon alert events\n\n"
+        while True:
+            batch = await asyncio.to_thread(fetch, since)
+            for e in batch:
+                since = e["id"]
+                data = orjson.dumps(e, default=str)
+                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (since, e["kind"].encode(), data)
+            if not follow and len(batch) < 500:
+                return
+            if not batch:
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(1.0)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
 @router.get("/{alert_id}", response_model=AlertDetail)
 def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> AlertDetail:
-    """One alert with its history of events."""
+    """One alert with its history of events and the readings around it."""
     row = session.execute(_select(principal).where(alerts.c.id == alert_id)).first()
     if row is None:
         raise NotFound(f"alert {alert_id} does not exist", field="path.alert_id")
+    a = row._mapping
     history = session.execute(
         select(events).where(events.c.alert_id == alert_id).order_by(events.c.id)
     ).all()
+    around: list[dict[str, Any]] = []
+    if a["metric"] != "*":
+        until = (a["resolved_at"] or a["last_violation_at"]) + READINGS_AROUND
+        around = [
+            dict(r._mapping)
+            for r in session.execute(
+                select(readings.c.ts, readings.c.value, readings.c.quality)
+                .where(
+                    readings.c.device_id == a["device_id"],
+                    readings.c.metric == a["metric"],
+                    readings.c.ts >= a["started_at"] - READINGS_AROUND,
+                    readings.c.ts <= until,
+                )
+                .order_by(readings.c.ts)
+                .limit(2000)
+            )
+        ]
     return AlertDetail(
-        **row._mapping, events=[AlertEventRead.model_validate(e._mapping) for e in history]
+        **a,
+        events=[AlertEventRead.model_validate(e._mapping) for e in history],
+        readings=around,
     )
 
 
@@ -115,4 +307,47 @@ def resolve_alert(
     """Resolve an alert (recorded as the caller); a later violation opens a new one."""
     get_alert(session, inspector, alert_id)  # in scope, or 404
     service.resolve(session.connection(), alert_id, inspector.actor, body.note)
+    return get_alert(session, inspector, alert_id)
+
+
+class CommentBody(BaseModel):
+    note: str = Field(min_length=1, max_length=4000)
+
+
+class AssignBody(BaseModel):
+    assignee: str | None = Field(max_length=100, description="A user name; null unassigns")
+    note: str | None = Field(None, max_length=4000)
+
+
+@router.post("/{alert_id}/comment", response_model=AlertDetail)
+def comment_alert(
+    session: SessionDep, inspector: InspectorDep, alert_id: int, body: CommentBody
+) -> AlertDetail:
+    """Add a note to an alert's history."""
+    get_alert(session, inspector, alert_id)
+    service.record_event(
+        session.connection(), alert_id, AlertEventKind.comment, inspector.actor, note=body.note
+    )
+    return get_alert(session, inspector, alert_id)
+
+
+@router.post("/{alert_id}/assign", response_model=AlertDetail)
+def assign_alert(
+    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AssignBody
+) -> AlertDetail:
+    """Assign an alert to a person (or unassign it)."""
+    get_alert(session, inspector, alert_id)
+    session.execute(
+        update(alerts)
+        .where(alerts.c.id == alert_id)
+        .values(assignee=body.assignee, updated_at=utcnow())
+    )
+    note = f"assigned to {body.assignee}" if body.assignee else "unassigned"
+    service.record_event(
+        session.connection(),
+        alert_id,
+        AlertEventKind.assigned,
+        inspector.actor,
+        note=f"{note}: {body.note}" if body.note else note,
+    )
     return get_alert(session, inspector, alert_id)

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from sqlalchemy import Select, select, update
 
+from monitor import audit
 from monitor.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, Kind, SiteId
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -91,6 +92,13 @@ def create_device(
     """Register a device (its id is its MQTT identity), or update the one with this id
     (admin). A new device gets MQTT credentials, shown in this response only."""
     password = upsert_device(session.connection(), body)
+    audit.record(
+        session.connection(),
+        admin.actor,
+        "device.upsert",
+        f"device:{body.id}",
+        {**body.model_dump(mode="json"), "credentials_issued": password is not None},
+    )
     _broker_changed(request, session)
     device = get_device(session, settings, admin, body.id)
     return DeviceCreated(**device.model_dump(), mqtt_password=password)
@@ -108,6 +116,7 @@ def rotate_credentials(
     files are regenerated and reloaded (at once with the embedded broker) (admin)."""
     get_device(session, settings, admin, device_id)
     password = issue_credentials(session.connection(), device_id)
+    audit.record(session.connection(), admin.actor, "device.credentials", f"device:{device_id}")
     _broker_changed(request, session)
     return DeviceCredentials(device_id=device_id, mqtt_username=device_id, mqtt_password=password)
 
@@ -144,6 +153,9 @@ def update_device(
     values = body.model_dump(exclude_unset=True)
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
+        audit.record(
+            session.connection(), admin.actor, "device.update", f"device:{device_id}", values
+        )
         if "status" in values:
             _broker_changed(request, session)
     return get_device(session, settings, admin, device_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy import select
 
+from monitor import audit
 from monitor.api.deps import AdminDep, PrincipalDep, SessionDep
 from monitor.api.filters import District
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -49,6 +50,13 @@ def list_sites(
 def create_site(session: SessionDep, admin: AdminDep, body: SiteCreate) -> SiteRead:
     """Register a site, or update the one with this id (admin)."""
     upsert_site(session.connection(), body)
+    audit.record(
+        session.connection(),
+        admin.actor,
+        "site.upsert",
+        f"site:{body.id}",
+        body.model_dump(mode="json"),
+    )
     return get_site(session, admin, body.id)
 
 
