@@ -483,16 +483,27 @@ def devices_import(file: Path) -> None:
 
 @devices.command("credentials")
 @click.argument("device_id")
-def devices_credentials(device_id: str) -> None:
-    """Issue a new MQTT password for DEVICE_ID and print it once (the old one stops working
-    when the broker's files are regenerated: envmon broker config)."""
+@click.option("--rotate", is_flag=True, help="Replace the password of a device that has one")
+def devices_credentials(device_id: str, rotate: bool) -> None:
+    """Issue an MQTT password for DEVICE_ID and print it once. The broker learns it when its
+    files are regenerated (envmon broker config) and reloaded."""
+    from sqlalchemy import select
+
+    from monitor.core.models import Device, table
     from monitor.registry import issue_credentials
 
     with _connection() as conn:
-        try:
-            password = issue_credentials(conn, device_id)
-        except EnvmonError as exc:
-            raise click.ClickException(exc.message) from exc
+        devices_t = table(Device)
+        row = conn.execute(
+            select(devices_t.c.mqtt_password_hash).where(devices_t.c.id == device_id)
+        ).first()
+        if row is None:
+            raise click.ClickException(f"device {device_id!r} does not exist")
+        if row.mqtt_password_hash and not rotate:
+            raise click.ClickException(
+                f"{device_id} has credentials already; --rotate replaces them"
+            )
+        password = issue_credentials(conn, device_id)
     click.echo(f"{device_id} MQTT username {device_id} password (shown once): {password}")
 
 
