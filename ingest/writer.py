@@ -98,6 +98,7 @@ class Writer:
         self.idle = threading.Event()
         self._retry_delay = 0.5
         self._tz = ZoneInfo(settings.timezone)
+        self._horizon = timedelta(seconds=settings.lateness_horizon_s)
         self._last_tick = 0.0
 
     @property
@@ -322,9 +323,11 @@ class Writer:
         if inserted:
             earliest: dict[tuple[str, str], datetime] = {}
             for r in rows:
+                # beyond the lateness horizon a reading is kept but re-opens no window
+                ts = max(r.ts, r.received_at - self._horizon)
                 key = (r.device_id, r.metric)
-                if key not in earliest or r.ts < earliest[key]:
-                    earliest[key] = r.ts
+                if key not in earliest or ts < earliest[key]:
+                    earliest[key] = ts
             outcome = evaluate_batch(
                 conn, (Touched(d, m, t) for (d, m), t in earliest.items()), self._tz
             )

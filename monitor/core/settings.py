@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     timescale_retention: str | None = Field(
         None, description="TimescaleDB drops readings older than this (unset = keep all)"
     )
+    lateness_horizon_s: int = Field(
+        7200,
+        ge=0,
+        description="Readings later than this (event time behind arrival) are stored and "
+        "reported but no longer re-evaluate alert windows",
+    )
     timezone: str = Field(
         "Asia/Shanghai", description="The city's time zone: calendar periods, days, day/night"
     )
