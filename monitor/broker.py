@@ -6,12 +6,15 @@ persistent session (see shared/reference/measurements.md: amqtt 0.12.1 did not).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import getpass
 import logging
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +52,17 @@ acl_file {acl}"""
 
 class BrokerError(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the broker's child process: on Linux, ask for SIGTERM when envmon dies, so a killed
+    `envmon up` does not leave its broker holding the port."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def find_mosquitto() -> str | None:
@@ -116,7 +130,10 @@ class EmbeddedBroker:
             )
         )
         self._proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

@@ -81,6 +81,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             ],
             cwd=tmp_path,
             env=env,
+            start_new_session=True,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -89,7 +90,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         yield d
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # envmon and its broker
             proc.wait()
 
 
