@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -55,14 +55,21 @@ class Step:
     since: datetime | None  # start of the run that makes `held` hold
 
 
-def _violates(value: float, above: float | None, below: float | None) -> bool:
+def _violates(
+    value: float, above: float | None, below: float | None, inclusive: bool = False
+) -> bool:
+    if inclusive:  # "a drop of 0.05 MPa or more"
+        return (above is not None and value >= above) or (below is not None and value <= below)
     return (above is not None and value > above) or (below is not None and value < below)
 
 
 def level_of(rule: Thresholds, value: float) -> Severity | None:
-    if _violates(value, rule.alarm_above, rule.alarm_below):
+    """The tier a value violates. Limits are exclusive ("<= 1 NTU" is violated above 1), but
+    for a rate of change they are inclusive ("a drop of 0.05 MPa or more")."""
+    inclusive = getattr(rule, "kind", None) == "rate_of_change"
+    if _violates(value, rule.alarm_above, rule.alarm_below, inclusive):
         return Severity.alarm
-    if _violates(value, rule.warn_above, rule.warn_below):
+    if _violates(value, rule.warn_above, rule.warn_below, inclusive):
         return Severity.warning
     return None
 
@@ -86,17 +93,30 @@ def evaluated_values(rule: Thresholds, points: Sequence[Point]) -> list[Point]:
     return out
 
 
-def evaluate(rule: Thresholds, points: Sequence[Point]) -> list[Step]:
+def evaluate(
+    rule: Thresholds, points: Sequence[Point], max_gap: timedelta | None = None
+) -> list[Step]:
     """Steps for points sorted by event time (only readings flagged N belong here)."""
-    return steps_of(rule, evaluated_values(rule, points))
+    return steps_of(rule, evaluated_values(rule, points), max_gap)
 
 
-def steps_of(rule: Thresholds, values: Sequence[Point]) -> list[Step]:
-    """Tiers and "for" runs over already-derived values (a mean, a change, a count ...)."""
+def steps_of(
+    rule: Thresholds, values: Sequence[Point], max_gap: timedelta | None = None
+) -> list[Step]:
+    """Tiers and "for" runs over already-derived values (a mean, a change, a count ...).
+
+    A run holds only on evidence: where two values are more than `max_gap` apart, nothing is
+    known in between, so the run starts again. (Otherwise two violating readings with the
+    readings between them still on their way would "hold" for the whole gap, and the late
+    readings could show that it never did.)"""
     hold = timedelta(seconds=rule.for_s)
     run_start: dict[Severity, datetime | None] = {Severity.warning: None, Severity.alarm: None}
     steps: list[Step] = []
+    previous: datetime | None = None
     for p in values:
+        if max_gap is not None and previous is not None and p.ts - previous > max_gap:
+            run_start = {Severity.warning: None, Severity.alarm: None}
+        previous = p.ts
         level = level_of(rule, p.value)
         held: Severity | None = None
         since: datetime | None = None
@@ -134,7 +154,8 @@ def changes(points: Sequence[Point], window_s: int) -> list[Point]:
         while j + 1 < len(points) and points[j + 1].ts <= p.ts - window:
             j += 1
         if j >= 0:
-            out.append(Point(p.ts, p.value - points[j].value))
+            # rounded: 0.30 - 0.25 is -0.04999999999999999 in binary floating point
+            out.append(Point(p.ts, round(p.value - points[j].value, 9)))
     return out
 
 
@@ -233,4 +254,90 @@ def period_means(
         count, total = sums[start]
         if end <= until and count >= MIN_COVERAGE * expected:
             out.append(Point(end, total / count))
+    return out
+
+
+@dataclass(slots=True)
+class Episode:
+    """One alert's worth of steps: from the first violation to its resolution (or now)."""
+
+    started_at: datetime
+    severity: Severity
+    first_value: float
+    peak: float
+    last_value: float
+    last_violation_at: datetime
+    violations: int = 1
+    fired_at: datetime | None = None  # None: still pending (its "for" not met yet)
+    clear_since: datetime | None = None
+    resolved_at: datetime | None = None  # event time of the step that resolved it
+    until: datetime | None = None  # the last step folded in
+    escalations: list[tuple[datetime, Severity, float]] = field(default_factory=list)
+
+
+def episodes(
+    rule: Thresholds,
+    steps: Sequence[Step],
+    *,
+    clear_above: float | None,
+    clear_below: float | None,
+    quiet_s: int,
+    auto_resolve: bool,
+) -> list[Episode]:
+    """The alert lifecycle over a step series, as a pure function of it: the same steps give
+    the same episodes whatever order the readings arrived in. A pending episode that clears
+    before its "for" is met leaves nothing."""
+    out: list[Episode] = []
+    cur: Episode | None = None
+    quiet = timedelta(seconds=quiet_s)
+    for s in steps:
+        if cur is None:
+            if s.level is None:
+                continue
+            cur = Episode(
+                started_at=s.since or s.ts,
+                severity=s.held or s.level,
+                first_value=s.value,
+                peak=s.value,
+                last_value=s.value,
+                last_violation_at=s.ts,
+                until=s.ts,
+            )
+            if s.held is not None:
+                cur.fired_at = s.ts
+            continue
+        cur.until = s.ts
+        if cur.fired_at is None:  # pending
+            if s.level is None:
+                cur = None
+                continue
+            cur.violations += 1
+            cur.last_violation_at, cur.last_value = s.ts, s.value
+            cur.peak = more_extreme(rule, cur.peak, s.value)
+            cur.severity = (
+                s.held or s.level if RANK[s.held or s.level] > RANK[cur.severity] else cur.severity
+            )
+            if s.held is not None:
+                cur.fired_at = s.ts
+                cur.severity = s.held
+            continue
+        if s.level is not None:
+            cur.violations += 1
+            cur.last_violation_at, cur.last_value = s.ts, s.value
+            cur.peak = more_extreme(rule, cur.peak, s.value)
+            cur.clear_since = None
+        if s.held is not None and RANK[s.held] > RANK[cur.severity]:
+            cur.severity = s.held
+            cur.escalations.append((s.ts, s.held, s.value))
+        if auto_resolve and cleared(rule, s.value, clear_above, clear_below):
+            cur.clear_since = cur.clear_since or s.ts
+            if s.ts - cur.clear_since >= quiet:
+                cur.resolved_at = s.ts
+                cur.last_value = s.value
+                out.append(cur)
+                cur = None
+        elif s.level is None:
+            cur.clear_since = None  # inside the limits, not yet past the clearing line
+    if cur is not None:
+        out.append(cur)
     return out

@@ -22,12 +22,14 @@ from sqlalchemy.exc import IntegrityError
 
 from alerts.evaluation import (
     RANK,
+    Episode,
     FlaggedPoint,
     Point,
     Step,
     changes,
     cleared,
     differences,
+    episodes,
     evaluate,
     exceeding_hours_per_day,
     flag_runs,
@@ -76,6 +78,11 @@ READING_KINDS = (
     RuleKind.reference_diff,
 )
 HOUR = timedelta(hours=1)
+# readings of a device further apart than this many reporting intervals (a missed reading)
+# break a "for" run: it must be shown to hold by consecutive readings
+GAP_INTERVALS = 1.5
+# how far back an open alert is rebuilt from its readings at most
+MAX_REBUILD = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,7 @@ def evaluate_batch(
     touched_devices: dict[str, datetime] = {}
     for (d, _), ts in earliest.items():
         touched_devices[d] = min(ts, touched_devices.get(d, ts))
+    everyone: dict[str, Any] | None = None
     for rule in rules:
         if rule.kind == RuleKind.composite:
             continue
@@ -159,6 +167,15 @@ def evaluate_batch(
         for (d, m), since in earliest.items():
             if d in devices and (rule.metric in (m, "*")) and applies(rule, devices[d]):
                 targets[d] = min(since, targets.get(d, since))
+        refs = set((rule.params or {}).get("reference_device_ids", []))
+        late_refs = [ts for (d, m), ts in earliest.items() if d in refs and m == rule.metric]
+        if rule.kind == RuleKind.reference_diff and late_refs:
+            # a reference station's hour changes every site's difference for that hour
+            everyone = everyone if everyone is not None else _devices(conn)
+            for d, device in everyone.items():
+                if d not in refs and applies(rule, device):
+                    targets[d] = min(min(late_refs), targets.get(d, min(late_refs)))
+                    devices = {**devices, d: device}
         if targets:
             _evaluate_rule(conn, rule, targets, devices, outcome, tz)
     for rule in rules:
@@ -211,6 +228,20 @@ def _open_alert(conn: Connection, rule_id: int, device_id: str) -> Row[Any] | No
     ).first()
 
 
+def _lookback(rule: Row[Any]) -> timedelta:
+    """How far before the earliest new reading a rule's series must start to judge it."""
+    r = rule._mapping
+    params: dict[str, Any] = r["params"] or {}
+    seconds = int(r["window_s"]) + int(r["for_s"]) + int(params.get("window_s", 0))
+    if r["aggregate"] == Aggregate.period_mean:
+        seconds = 2 * int(r["window_s"]) + int(r["for_s"])  # back to the period's start
+    if r["kind"] == RuleKind.flag_held:
+        # the run of flags may have begun up to the highest tier (minutes) ago
+        tiers = [t for t in (r["warn_above"], r["alarm_above"]) if t is not None]
+        seconds = int(max(tiers, default=0) * 60) + int(r["for_s"]) + 3600
+    return timedelta(seconds=seconds)
+
+
 def _evaluate_rule(
     conn: Connection,
     rule: Row[Any],
@@ -219,9 +250,10 @@ def _evaluate_rule(
     outcome: Outcome,
     tz: ZoneInfo,
 ) -> None:
+    """Rebuild the rule's episodes over each device's series and reconcile them with the
+    alerts: the series reaches back before the open alert's start, so late, out-of-order and
+    redelivered readings all give the alert the values in-order data would have."""
     r = rule._mapping
-    params: dict[str, Any] = r["params"] or {}
-    series = _series(conn, rule, targets, devices, tz)
     ids = list(targets)
     open_alerts = {
         row.device_id: row
@@ -233,31 +265,227 @@ def _evaluate_rule(
             )
         )
     }
-    watermarks: dict[str, datetime] = {
+    # A resolved alert is evidence: what it covered is not judged again.
+    resolved_until: dict[str, datetime] = {
         device_id: until
         for device_id, until in conn.execute(
             select(alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
-            .where(alerts_t.c.rule_id == r["id"], alerts_t.c.device_id.in_(ids))
+            .where(
+                alerts_t.c.rule_id == r["id"],
+                alerts_t.c.device_id.in_(ids),
+                alerts_t.c.status == AlertStatus.resolved,
+            )
             .group_by(alerts_t.c.device_id)
         )
     }
+    lookback = _lookback(rule)
+    starts: dict[str, datetime] = {}
     for device_id, since in targets.items():
-        steps = series.get(device_id, [])
-        # a calendar period or an hour is judged at its end: a reading early in it
-        # re-evaluates the period it belongs to
-        start = since - timedelta(seconds=int(r["window_s"])) if _periodic(rule) else since
-        mark = watermarks.get(device_id)
-        fresh = [
+        lo = since - lookback
+        alert = open_alerts.get(device_id)
+        if alert is not None:
+            lo = min(lo, alert.started_at - lookback)
+        starts[device_id] = max(lo, since - MAX_REBUILD)
+    series = _series(conn, rule, starts, devices, tz)
+    for device_id in targets:
+        mark = resolved_until.get(device_id)
+        steps = [
             s
-            for s in steps
-            if s.ts >= start
-            and (mark is None or s.ts > mark)
+            for s in series.get(device_id, [])
+            if (mark is None or s.ts > mark)
             and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
         ]
-        if params.get("hour_above") is not None and not fresh:
-            continue
-        if fresh:
-            _fold(conn, rule, device_id, open_alerts.get(device_id), fresh, outcome)
+        found = episodes(
+            rule,
+            steps,
+            clear_above=r["clear_above"],
+            clear_below=r["clear_below"],
+            quiet_s=int(r["quiet_s"]),
+            auto_resolve=bool(r["auto_resolve"]),
+        )
+        _reconcile(conn, rule, device_id, open_alerts.get(device_id), found, outcome)
+
+
+def _reconcile(
+    conn: Connection,
+    rule: Row[Any],
+    device_id: str,
+    alert: Row[Any] | None,
+    found: list[Episode],
+    outcome: Outcome,
+) -> None:
+    if alert is not None:
+        # episodes that ended before the open alert began are the past: not raised now
+        found = [e for e in found if (e.until or e.started_at) >= alert.started_at]
+        if not found:
+            if alert.status == AlertStatus.pending:
+                conn.execute(delete(alerts_t).where(alerts_t.c.id == alert.id))
+            return
+        _update(conn, rule, dict(alert._mapping), found[0], outcome)
+        found = found[1:]
+    for episode in found:
+        alert_id = _insert_episode(conn, rule, device_id, episode, outcome)
+        if alert_id is None:
+            # another evaluator opened this alert first: bring it to the same state instead
+            existing = _open_alert(conn, rule.id, device_id)
+            if existing is not None:
+                _update(conn, rule, dict(existing._mapping), episode, outcome)
+
+
+def _insert_episode(
+    conn: Connection, rule: Row[Any], device_id: str, e: Episode, outcome: Outcome
+) -> int | None:
+    maintenance = _in_maintenance(conn, device_id, e.started_at)
+    severity = e.severity
+    message = _describe(rule, severity, e.peak)
+    if maintenance:
+        message = f"[maintenance: {maintenance}] {message}"
+    status = (
+        AlertStatus.resolved
+        if e.resolved_at
+        else AlertStatus.firing
+        if e.fired_at
+        else AlertStatus.pending
+    )
+    now = utcnow()
+    values: dict[str, Any] = {
+        "rule_id": rule.id,
+        "device_id": device_id,
+        "status": status,
+        "severity": severity,
+        "started_at": e.started_at,
+        "fired_at": e.fired_at or e.started_at,
+        "last_violation_at": e.last_violation_at,
+        "evaluated_until": e.until or e.started_at,
+        "last_value": e.last_value,
+        "peak_value": e.peak,
+        "violations": e.violations,
+        "message": message,
+        "suppressed": maintenance is not None,
+        "clear_since": e.clear_since,
+        "resolved_at": now if e.resolved_at else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    alert_id = _insert_alert(conn, values)
+    if alert_id is None:
+        return None
+    if e.fired_at is None or rule.for_s:
+        # the history is the same however the readings were batched: a rule with a "for"
+        # window always shows its pending phase
+        record_event(
+            conn,
+            alert_id,
+            AlertEventKind.pending,
+            SYSTEM_ACTOR,
+            note=message,
+            severity=severity,
+            value=e.first_value,
+        )
+    if e.fired_at is None:
+        return alert_id
+    # escalations only go up, so an episode that escalated was first a warning
+    first_severity = Severity.warning if e.escalations else severity
+    record_event(
+        conn,
+        alert_id,
+        AlertEventKind.opened,
+        SYSTEM_ACTOR,
+        note=_describe(rule, first_severity, e.first_value),
+        severity=first_severity,
+        value=e.first_value,
+    )
+    outcome.opened += 1
+    for _, sev, value in e.escalations:
+        record_event(
+            conn,
+            alert_id,
+            AlertEventKind.escalated,
+            SYSTEM_ACTOR,
+            note=_describe(rule, sev, value),
+            severity=sev,
+            value=value,
+        )
+        outcome.escalated += 1
+    if e.resolved_at:
+        record_event(
+            conn,
+            alert_id,
+            AlertEventKind.resolved,
+            SYSTEM_ACTOR,
+            note=f"condition clear since {e.clear_since.isoformat() if e.clear_since else ''}"
+            f": value back to {e.last_value:.4g}",
+            value=e.last_value,
+        )
+        outcome.resolved += 1
+    return alert_id
+
+
+def _update(
+    conn: Connection, rule: Row[Any], state: dict[str, Any], e: Episode, outcome: Outcome
+) -> None:
+    """Bring an open alert to its episode's state. Derived fields are recomputed, not
+    incremented, so evaluating the same readings twice changes nothing."""
+    changes: dict[str, Any] = {
+        "started_at": min(state["started_at"], e.started_at),
+        "last_violation_at": e.last_violation_at,
+        "last_value": e.last_value,
+        "peak_value": e.peak,
+        "violations": e.violations,
+        "clear_since": e.clear_since,
+        "evaluated_until": max(state["evaluated_until"], e.until or e.started_at),
+    }
+    if state["status"] == AlertStatus.pending:
+        # nothing has been said about a pending alert yet: it is exactly its episode
+        changes["started_at"] = e.started_at
+        changes["severity"] = e.severity
+        changes["fired_at"] = e.fired_at or e.started_at  # while pending: when it began
+        if e.fired_at is not None:
+            changes.update(
+                status=AlertStatus.firing,
+                fired_at=e.fired_at,
+                message=_describe(rule, e.severity, e.peak),
+            )
+            record_event(
+                conn,
+                state["id"],
+                AlertEventKind.opened,
+                SYSTEM_ACTOR,
+                note=changes["message"],
+                severity=e.severity,
+                value=e.peak,
+            )
+            outcome.opened += 1
+    else:
+        if e.fired_at is not None and e.fired_at < state["fired_at"]:
+            changes["fired_at"] = e.fired_at
+        if RANK[e.severity] > RANK[Severity(state["severity"])]:
+            changes.update(severity=e.severity, message=_describe(rule, e.severity, e.peak))
+            record_event(
+                conn,
+                state["id"],
+                AlertEventKind.escalated,
+                SYSTEM_ACTOR,
+                note=changes["message"],
+                severity=e.severity,
+                value=e.peak,
+            )
+            outcome.escalated += 1
+    if e.resolved_at is not None and state["status"] != AlertStatus.pending:
+        changes.update(status=AlertStatus.resolved, resolved_at=utcnow())
+        since = e.clear_since.isoformat() if e.clear_since else ""
+        record_event(
+            conn,
+            state["id"],
+            AlertEventKind.resolved,
+            SYSTEM_ACTOR,
+            note=f"condition clear since {since}: value back to {e.last_value:.4g}",
+            value=e.last_value,
+        )
+        outcome.resolved += 1
+    conn.execute(
+        update(alerts_t).where(alerts_t.c.id == state["id"]).values(**changes, updated_at=utcnow())
+    )
 
 
 def _periodic(rule: Row[Any]) -> bool:
@@ -270,24 +498,35 @@ def _periodic(rule: Row[Any]) -> bool:
 def _series(
     conn: Connection,
     rule: Row[Any],
-    targets: Mapping[str, datetime],
+    starts: Mapping[str, datetime],
     devices: Mapping[str, Row[Any]],
     tz: ZoneInfo,
 ) -> dict[str, list[Step]]:
-    """The rule's steps per device, from readings or rollups as its kind needs."""
+    """The rule's steps per device from `starts[device]` on, from readings or rollups as its
+    kind needs."""
     r = rule._mapping
     params: dict[str, Any] = r["params"] or {}
     kind = r["kind"]
-    ids = list(targets)
+    ids = list(starts)
     if kind in (RuleKind.daily_count, RuleKind.reference_diff):
-        day = min(targets.values()).astimezone(tz).replace(hour=0, minute=0, second=0)
+        day = min(starts.values()).astimezone(tz).replace(hour=0, minute=0, second=0)
         lo = day.astimezone(UTC) - timedelta(days=1)
         refs = list(params.get("reference_device_ids", []))
         hourly = _hourly(conn, str(r["metric"]), ids + refs, lo)
-        until = max(targets.values()) + HOUR
+        # an hour is judged once it is over by the data: the device's last reading (plus its
+        # reporting interval) reaches the hour's end, so a half-uploaded hour is not judged
+        latest = dict(
+            (d, ts)
+            for d, ts in conn.execute(
+                select(readings_t.c.device_id, func.max(readings_t.c.ts))
+                .where(readings_t.c.device_id.in_(ids), readings_t.c.metric == r["metric"])
+                .group_by(readings_t.c.device_id)
+            )
+        )
         out: dict[str, list[Step]] = {}
         if kind == RuleKind.daily_count:
             for d in ids:
+                until = latest.get(d, lo) + timedelta(seconds=devices[d].interval_s)
                 complete = [p for p in hourly.get(d, []) if p.ts <= until]
                 counts = exceeding_hours_per_day(
                     complete, float(params["hour_above"]), lambda t: t.astimezone(tz).date()
@@ -301,14 +540,12 @@ def _series(
             reference = {ts: sum(v) / len(v) for ts, v in per_hour.items()}
             cap = params.get("reference_cap")
             for d in ids:
-                diffs = differences(hourly.get(d, []), reference, cap)
-                out[d] = steps_of(rule, diffs)
+                until = latest.get(d, lo) + timedelta(seconds=devices[d].interval_s)
+                complete = [p for p in hourly.get(d, []) if p.ts <= until]
+                out[d] = steps_of(rule, differences(complete, reference, cap))
         return out
 
-    lookback = timedelta(
-        seconds=int(r["window_s"]) + int(r["for_s"]) + int(params.get("window_s", 0))
-    )
-    lo = min(targets.values()) - lookback
+    lo = min(starts.values())
     q = select(
         readings_t.c.device_id,
         readings_t.c.metric,
@@ -326,7 +563,9 @@ def _series(
         by_device[row.device_id].append(row)
     out = {}
     for d in ids:
-        got = by_device.get(d, [])
+        got = [row for row in by_device.get(d, []) if row.ts >= starts[d]]
+        # a missed reading breaks a "for" run (see steps_of)
+        gap = timedelta(seconds=GAP_INTERVALS * int(devices[d].interval_s))
         if kind == RuleKind.flag_held:
             flags = frozenset(params.get("flags", ["D", "B"]))
             per_metric: dict[str, list[FlaggedPoint]] = defaultdict(list)
@@ -336,11 +575,11 @@ def _series(
             for pts in per_metric.values():
                 for p in flag_runs(pts, flags):
                     longest[p.ts] = max(p.value, longest.get(p.ts, 0.0))
-            out[d] = steps_of(rule, [Point(ts, v) for ts, v in sorted(longest.items())])
+            out[d] = steps_of(rule, [Point(ts, v) for ts, v in sorted(longest.items())], gap)
             continue
         points = [Point(row.ts, row.value) for row in got]
         if kind == RuleKind.rate_of_change:
-            out[d] = steps_of(rule, changes(points, int(params["window_s"])))
+            out[d] = steps_of(rule, changes(points, int(params["window_s"])), gap)
         elif r["aggregate"] == Aggregate.period_mean:
             period = int(r["window_s"])
             expected = period / max(1, int(devices[d].interval_s))
@@ -353,7 +592,7 @@ def _series(
             )
             out[d] = steps_of(rule, means)
         else:
-            out[d] = evaluate(rule, points)
+            out[d] = evaluate(rule, points, gap)
     return out
 
 
@@ -505,7 +744,7 @@ def _fold(
             changed = False
             if state is None:  # another evaluator holds the open alert: fold into it
                 existing = _open_alert(conn, r["id"], device_id)
-                if existing is None:
+                if existing is None or step.ts <= existing.evaluated_until:
                     continue
                 state = dict(existing._mapping)
             else:
