@@ -196,21 +196,30 @@ def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) 
     devices = _devices(conn)
     for rule in rules:
         params = rule.params or {}
+        if not in_window(_hhmm(now, tz), rule.active_from, rule.active_to):
+            continue
+        # one query for the rule's open alerts, not one per device: this runs every 30 s
+        open_alerts = {
+            row.device_id: row
+            for row in conn.execute(
+                select(alerts_t).where(
+                    alerts_t.c.rule_id == rule.id, alerts_t.c.status != AlertStatus.resolved
+                )
+            )
+        }
         for device in devices.values():
             if device.status != DeviceStatus.active or not applies(rule, device):
                 continue
-            silent_s = (now - (device.last_seen_at or device.created_at)).total_seconds()
+            seen = device.last_seen_at or device.created_at
+            silent_s = (now - seen).total_seconds()
             value = silent_s / device.interval_s if params.get("per_interval") else silent_s / 60
             level = level_of(rule, value)
             if level == Severity.alarm and silent_s < params.get("alarm_min_s", 0):
-                level = Severity.warning if level_of(rule, value) else None
-            step = Step(now, value, level, level, (device.last_seen_at or device.created_at))
-            if not in_window(_hhmm(now, tz), rule.active_from, rule.active_to):
-                continue
-            state = _open_alert(conn, rule.id, device.id)
+                level = Severity.warning if rule.warn_above is not None else None
+            state = open_alerts.get(device.id)
             if state is None and level is None:
                 continue
-            _fold(conn, rule, device.id, state, [step], outcome)
+            _fold(conn, rule, device.id, state, [Step(now, value, level, level, seen)], outcome)
     return outcome
 
 
