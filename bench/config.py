@@ -1,0 +1,90 @@
+"""The sizes of a run: three presets (smoke, quick, full) that command-line options adjust."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.fleet import DEFAULT_MIX
+
+
+@dataclass
+class Plan:
+    mode: str
+    devices: int
+    mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # throughput: a backlog of this many messages, drained by each consumer in turn
+    backlog_messages: int = 100_000
+    sets_per_message: int = 1
+    interval_s: float = 10.0
+    naive_messages: int = 4_000
+    scale: tuple[int, ...] = (1, 2, 4)
+    scale_messages: int = 60_000
+    # live: a paced publisher, commit latency of every message, alert probes
+    live_rate: float = 5_000.0
+    live_seconds: float = 20.0
+    live_warmup_s: float = 3.0
+    # after the publisher stops, how long the ingestor may take to store what it still holds
+    live_catchup_s: float = 30.0
+    # API: a 30-day dataset, then 20 clients in a closed loop
+    api_readings: int = 2_000_000
+    api_alerts: int = 20_000
+    api_days: int = 30
+    api_step_s: int = 600
+    api_clients: int = 20
+    api_seconds: float = 5.0
+    profile: bool = False
+    profile_messages: int = 60_000
+
+    @property
+    def api_reduced(self) -> bool:
+        """Whether the API dataset is below the issue's 10M readings / 100k alerts."""
+        return self.api_readings < 10_000_000 or self.api_alerts < 100_000
+
+
+PRESETS: dict[str, Plan] = {
+    "smoke": Plan(
+        mode="smoke",
+        devices=100,
+        backlog_messages=2_000,
+        naive_messages=200,
+        scale_messages=2_000,
+        live_rate=300.0,
+        live_seconds=5.0,
+        live_warmup_s=1.0,
+        api_readings=100_000,
+        api_alerts=1_000,
+        api_seconds=1.5,
+        profile_messages=2_000,
+    ),
+    "quick": Plan(
+        mode="quick",
+        devices=5_000,
+        backlog_messages=25_000,
+        naive_messages=3_000,
+        scale_messages=10_000,
+        live_rate=5_000.0,
+        live_seconds=12.0,
+        live_warmup_s=2.0,
+        live_catchup_s=10.0,
+        api_readings=2_000_000,
+        api_alerts=20_000,
+        api_seconds=3.0,
+        profile_messages=15_000,
+    ),
+    "full": Plan(
+        mode="full",
+        devices=10_000,
+        backlog_messages=150_000,
+        naive_messages=10_000,
+        scale_messages=40_000,
+        live_rate=5_000.0,
+        live_seconds=60.0,
+        live_warmup_s=5.0,
+        live_catchup_s=60.0,
+        api_readings=10_000_000,
+        api_alerts=100_000,
+        api_seconds=20.0,
+        profile=True,
+        profile_messages=40_000,
+    ),
+}

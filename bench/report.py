@@ -1,0 +1,270 @@
+"""The final table (stdout), the goals of issue 6, and the machine description."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from typing import Any
+
+GOAL_INGEST_SHARE = 0.70
+GOAL_ALERT_P99_MS = 1000.0
+GOAL_API_P99_MS = 100.0
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            mem_kb = int(f.readline().split()[1])
+    except OSError:
+        mem_kb = 0
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    try:
+        version = subprocess.run(
+            [mosquitto, "-h"], capture_output=True, text=True, timeout=5
+        ).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        version = "?"
+    packages = {}
+    for name in ("paho-mqtt", "psycopg", "sqlalchemy", "fastapi", "uvicorn", "pydantic"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = "?"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mosquitto": version,
+        "packages": packages,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of issue 6: met or missed, by how much; absent when its stage did not run."""
+    out: list[dict[str, Any]] = []
+    ratios = r.get("ratios", {})
+    if "envmon_over_raw" in ratios:
+        share = ratios["envmon_over_raw"]
+        short = share < GOAL_INGEST_SHARE
+        out.append(
+            _goal(
+                "envmon sustained ingest >= 70% of the raw paho subscriber",
+                not short,
+                f"{share:.0%} of raw",
+                f"{GOAL_INGEST_SHARE / share:.1f}x faster needed" if short else "",
+            )
+        )
+    live = r.get("live")
+    if live:
+        p99 = live["alert_latency"]["p99_ms"]
+        unseen = live["alert_probe_timeouts"]
+        met = p99 < GOAL_ALERT_P99_MS and not unseen
+        gap = f"{p99 - GOAL_ALERT_P99_MS:,.0f} ms over" if p99 >= GOAL_ALERT_P99_MS else ""
+        if unseen:
+            gap = (gap + "; " if gap else "") + f"{unseen} probe alert(s) never seen"
+        out.append(
+            _goal(
+                f"alert latency p99 < 1 s at {live['target_msg_per_s']:,.0f} msg/s background",
+                met,
+                f"p99 {_n(p99)} ms",
+                gap,
+            )
+        )
+    api = r.get("api", {}).get("endpoints", {})
+    for name in ("alert list (newest 100)", "hourly readings, 1 device, 30 days"):
+        if name in api:
+            p99 = api[name]["p99_ms"]
+            out.append(
+                _goal(
+                    f"API p99 < 100 ms: {name}",
+                    p99 < GOAL_API_P99_MS,
+                    f"p99 {p99:,.1f} ms",
+                    f"{p99 / GOAL_API_P99_MS:.1f}x the goal" if p99 >= GOAL_API_P99_MS else "",
+                )
+            )
+    return out
+
+
+def _goal(name: str, met: bool, value: str, gap: str) -> dict[str, Any]:
+    return {"goal": name, "met": met, "value": value, "gap": gap}
+
+
+def _n(x: float | None, digits: int = 0) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def _throughput(lines: list[str], r: dict[str, Any]) -> None:
+    add = lines.append
+    add("INGEST THROUGHPUT: each consumer drains the same prefilled QoS 1 backlog")
+    add(
+        f"  {'consumer':<44}{'msg/s':>9}{'readings/s':>12}{'CPU s/100k rd':>15}"
+        f"{'cores':>7}  nothing lost?"
+    )
+    for d in r["throughput"].values():
+        lost = d.get("lost")
+        check = "yes" if lost == 0 else f"NO: {lost:,} missing"
+        if d["consumer"] == "raw":
+            check += " (counted)"
+        elif d.get("stored") is not None:
+            check += f" ({d['stored']:,} stored)"
+        label = {
+            "raw": "raw limit: bare paho subscriber, counts only",
+            "envmon": "envmon ingest, 1 process",
+            "naive": f"naive: 1 INSERT/reading ({d['messages']:,} msgs)",
+        }.get(d["consumer"], d["consumer"])
+        add(
+            f"  {label:<44}{_n(d['msg_per_s']):>9}{_n(d['readings_per_s']):>12}"
+            f"{_n(d['consumer_cpu_s_per_100k_readings'], 2):>15}"
+            f"{_n(d['machine_cores'], 2):>7}  {check}"
+        )
+    ratios = r.get("ratios", {})
+    parts = []
+    if "envmon_over_raw" in ratios:
+        parts.append(f"envmon/raw = {ratios['envmon_over_raw']:.2f}")
+    if "envmon_over_naive" in ratios:
+        parts.append(f"envmon/naive = {ratios['envmon_over_naive']:.2f}")
+    if parts:
+        add("  ratios (messages/s, same run): " + ", ".join(parts))
+    env = r["throughput"].get("envmon")
+    if env:
+        x = env["extra"]
+        add(
+            f"  envmon: {x['batches']} batches of {x['mean_batch_messages']:,.0f} msgs, "
+            f"{x['mean_batch_commit_ms']:,.0f} ms each to store+evaluate+commit "
+            f"({x['commit_share_of_wall']:.0%} of the wall time); CPU s: ingestor "
+            f"{env['consumer_cpu_s']:.1f}, PostgreSQL {env['postgres_cpu_s']:.1f}, "
+            f"broker {env['broker_cpu_s']:.1f}"
+        )
+    add("")
+
+
+def _scaling(lines: list[str], scaling: dict[str, Any]) -> None:
+    add = lines.append
+    add("SCALING: envmon ingest processes sharing one subscription ($share/...)")
+    add(f"  {'processes':<12}{'msg/s':>9}{'readings/s':>12}{'cores busy':>12}  nothing lost?")
+    for d in scaling.values():
+        ok = "yes" if d["lost"] == 0 else f"NO: {d['lost']:,} missing"
+        add(
+            f"  {d['processes']:<12}{_n(d['msg_per_s']):>9}{_n(d['readings_per_s']):>12}"
+            f"{_n(d['machine_cores'], 2):>12}  {ok} ({d['stored']:,} stored)"
+        )
+    add("")
+
+
+def _live(lines: list[str], live: dict[str, Any], title: str) -> None:
+    add = lines.append
+    cl, al = live["commit_latency"], live["alert_latency"]
+    add(
+        f"{title}: {live['offered_msg_per_s']:,.0f} msg/s offered "
+        f"(target {live['target_msg_per_s']:,.0f}) for {live['seconds']:.0f} s, 1 ingestor"
+    )
+    add(
+        f"  publish -> commit         p50 {_n(cl['p50_ms'])} ms   p99 {_n(cl['p99_ms'])} ms   "
+        f"max {_n(cl['max_ms'])} ms   ({cl['n']:,} msgs after {live['warmup_s']:g} s warm-up)"
+    )
+    add(
+        f"  publish -> alert in API   p50 {_n(al['p50_ms'])} ms   p99 {_n(al['p99_ms'])} ms   "
+        f"max {_n(al['max_ms'])} ms   ({al['n']} probes seen, "
+        f"{live['alert_probe_timeouts']} not seen by the end)"
+    )
+    if live["caught_up"]:
+        add(
+            f"  stored {live['stored_readings']:,} of {live['published_readings']:,} readings "
+            f"(nothing lost), caught up {live['caught_up_after_publisher_s']:.1f} s after "
+            "the publisher stopped"
+        )
+    else:
+        add(
+            f"  OVERLOADED: committed ~{live['committed_msg_per_s_during']:,.0f} msg/s; "
+            f"{live['unstored']:,} readings still queued {live['catchup_bound_s']:g} s "
+            "after the publisher stopped (with the broker, unacknowledged)"
+        )
+    add(
+        f"  cores: ingestor {live['ingestor_cores']:.2f}, PostgreSQL "
+        f"{live['postgres_cores']:.2f}, publisher {live['publisher_cores']:.2f}, broker "
+        f"{live['broker_cores']:.2f}, API {live['api_cores']:.2f}; machine "
+        f"{live['machine_cores']:.2f}"
+    )
+    add("")
+
+
+def _api(lines: list[str], api: dict[str, Any]) -> None:
+    add = lines.append
+    ds = api["dataset"]
+    note = " (REDUCED dataset: quick/smoke run)" if api["reduced"] else ""
+    add(
+        f"API: {api['clients']} clients, closed loop; database {ds['readings']:,} readings,"
+        f" {ds['rollups']:,} hourly rollups, {ds['alerts']:,} alerts{note}"
+    )
+    add(f"  {'endpoint':<40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>9}{'bytes':>9}")
+    for name, e in api["endpoints"].items():
+        add(
+            f"  {name:<40}{_n(e['p50_ms'], 1):>9}{_n(e['p99_ms'], 1):>9}"
+            f"{_n(e['max_ms'], 1):>9}{_n(e['requests_per_s']):>9}{e['response_bytes']:>9,}"
+        )
+    add("")
+
+
+def render(r: dict[str, Any]) -> str:
+    plan = r["plan"]
+    m = r["machine"]
+    lines: list[str] = []
+    add = lines.append
+    add(
+        f"envmon benchmark, {plan['mode']} run, {r['started']}  "
+        f"({m['cores']} cores {m['cpu']}, {m['memory_gib']} GiB, {m['mosquitto']})"
+    )
+    fleet = r.get("fleet", {})
+    if fleet:
+        add(
+            f"fleet: {fleet['devices']:,} devices ({fleet['mix']}), "
+            f"{fleet['readings_per_message']:.1f} readings/message, QoS 1; backlog "
+            f"{fleet['backlog_messages']:,} messages = {fleet['backlog_readings']:,} readings"
+        )
+    add("")
+    if r.get("throughput"):
+        _throughput(lines, r)
+    if r.get("scaling"):
+        _scaling(lines, r["scaling"])
+    for key, title in (("live", "LIVE"), ("live_sustainable", "LIVE, SUSTAINABLE LOAD")):
+        if r.get(key):
+            _live(lines, r[key], title)
+    if r.get("api"):
+        _api(lines, r["api"])
+    g = r.get("goals", [])
+    if g:
+        add("GOALS (issue 6)")
+        for goal in g:
+            state = "met   " if goal["met"] else "MISSED"
+            gap = f"  ({goal['gap']})" if goal["gap"] else ""
+            add(f"  {state} {goal['goal']}: {goal['value']}{gap}")
+        add("")
+    prof = r.get("profile")
+    if prof and prof.get("cpu"):
+        add("PROFILE of one ingestor draining the backlog (py-spy, share of CPU samples)")
+        for thread, cats in prof["cpu"].get("categories", {}).items():
+            share = prof["cpu"]["threads"].get(thread, 0)
+            if share < 0.03:
+                continue
+            top = ", ".join(f"{k} {v:.0%}" for k, v in list(cats.items())[:4])
+            add(f"  {thread} ({share:.0%}): {top}")
+        add("")
+    for failure in r.get("failures", []):
+        add(f"FAILED {failure}")
+    add(f"total {r.get('elapsed_s', 0):.0f} s; figures in {r.get('json_path', '-')}")
+    return "\n".join(lines)
