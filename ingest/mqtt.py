@@ -64,7 +64,8 @@ class MqttIntake:
         if self._endpoint.username:
             client.username_pw_set(self._endpoint.username, self._endpoint.password)
         if self._endpoint.tls:
-            client.tls_set()
+            ca = settings.mqtt_ca_file
+            client.tls_set(ca_certs=str(ca) if ca else None)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     mqtt_shared_group: str | None = Field(
         None, description="Subscribe through $share/<group>/... so several ingestors split the load"
     )
+    mqtt_ca_file: Path | None = Field(
+        None,
+        description="CA certificate that signed the broker's, for mqtts:// (unset = the "
+        "system trust store)",
+    )
     mqtt_receive_maximum: int = Field(
         5000, ge=1, le=65535, description="Un-acknowledged QoS 1 messages the broker may send us"
     )

@@ -4,6 +4,7 @@ on a local `mosquitto` with its password file and ACL."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import queue
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -147,7 +149,8 @@ def test_envmon_variables_in_compose_are_settings_and_parse(
     ingest = container_settings("ingest", monkeypatch)
     assert not ingest.embedded_broker
     endpoint = ingest.mqtt
-    assert (endpoint.host, endpoint.port, endpoint.tls) == ("mosquitto", 1883, False)
+    assert (endpoint.host, endpoint.port, endpoint.tls) == ("mosquitto", 8883, True)
+    assert str(ingest.mqtt_ca_file) == "/etc/envmon/mqtt-ca/ca.crt"
     assert (endpoint.username, endpoint.password) == ("envmon-ingest", "mq-secret")
 
 
@@ -179,7 +182,10 @@ def test_volumes_are_declared_and_bind_mounts_exist() -> None:
     for name in SERVICES:
         for source, target, mode in volume_mounts(name):
             assert target.startswith("/") and mode in ("ro", "rw"), (name, target, mode)
-            if source.startswith((".", "/")):
+            if source.startswith("./deploy/mosquitto/certs/"):
+                # made on the host by make-certs.sh, never committed: the script must be there
+                assert (ROOT / "deploy/mosquitto/make-certs.sh").exists()
+            elif source.startswith((".", "/")):
                 assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
             else:
                 assert source in declared, f"{name} uses volume {source}, not declared"
@@ -300,8 +306,19 @@ class Broker:
         self.conf = tmp / "mosquitto.conf"
         (tmp / "data").mkdir()
         shutil.copy(MOSQUITTO_DIR / "acl", tmp / "acl")
+        # the TLS listener, with certificates from the shipped script
+        self.tls_port = free_port()
+        self.certs = tmp / "certs"
+        subprocess.run(
+            ["sh", str(MOSQUITTO_DIR / "make-certs.sh"), str(self.certs), "localhost"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         local = {
-            "listener": f"{self.port} 127.0.0.1",
+            "cafile": str(self.certs / "ca.crt"),
+            "certfile": str(self.certs / "server.crt"),
+            "keyfile": str(self.certs / "server.key"),
             "persistence_location": f"{tmp / 'data'}/",
             "password_file": str(tmp / "passwd"),
             "acl_file": str(tmp / "acl"),
@@ -309,15 +326,22 @@ class Broker:
             # as root, mosquitto would switch to the `mosquitto` user, who cannot write here
             "user": getpass.getuser(),
         }
+        listeners = {"1883": f"{self.port} 127.0.0.1", "8883": f"{self.tls_port} 127.0.0.1"}
         lines, replaced = [], set()
         for line in (MOSQUITTO_DIR / "mosquitto.conf").read_text().splitlines():
             key = line.split(" ", 1)[0]
+            if key == "listener":
+                port = line.split()[1]
+                assert port in listeners, f"unexpected listener {line!r}"
+                lines.append(f"listener {listeners.pop(port)}")
+                continue
             if key in local:
                 assert key not in replaced, f"{key} appears twice in mosquitto.conf"
                 line = f"{key} {local[key]}"
                 replaced.add(key)
             lines.append(line)
         assert replaced >= set(local) - {"user"}, f"not in the config: {set(local) - replaced}"
+        assert not listeners, f"listeners missing from the config: {listeners}"
         if "user" not in replaced:
             lines.append(f"user {local['user']}")
         self.conf.write_text("\n".join(lines) + "\n")
@@ -498,3 +522,51 @@ def test_mosquitto_healthcheck_logs_in_as_the_ingestor(broker: Broker) -> None:
 
     assert run(PASSWORDS["envmon-ingest"]) == 0
     assert run("not-the-password") != 0
+
+
+def test_the_ingestor_reads_over_tls_with_the_ca_and_plain_mqtt_is_refused_there(
+    broker: Broker,
+) -> None:
+    """The compose ingestor's path: mqtts:// to the TLS listener, trusting the CA that
+    make-certs.sh made (ENVMON_MQTT_CA_FILE)."""
+    tls_url = f"mqtts://envmon-ingest:{PASSWORDS['envmon-ingest']}@localhost:{broker.tls_port}"
+    settings = Settings(
+        _env_file=None,
+        mqtt_url=tls_url,
+        mqtt_ca_file=broker.certs / "ca.crt",
+        mqtt_client_id=f"envmon-ingest-{uuid.uuid4().hex[:6]}",
+    )
+    inbox: queue.Queue[Message] = queue.Queue()
+    intake = MqttIntake(settings, inbox)
+    intake.start(timeout_s=10)
+    try:
+        device = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        device.username_pw_set("dust-001", PASSWORDS["dust-001"])
+        device.tls_set(ca_certs=str(broker.certs / "ca.crt"))
+        device.connect("localhost", broker.tls_port)
+        device.loop_start()
+        device.publish("envmon/v1/devices/dust-001/telemetry", "{}", qos=1).wait_for_publish(10)
+        got = inbox.get(timeout=10)
+        assert got.topic == "envmon/v1/devices/dust-001/telemetry"
+        intake.ack([got])
+        device.loop_stop()
+        device.disconnect()
+    finally:
+        intake.close()
+
+    # without the CA (the system trust store does not know it) the TLS handshake fails
+    untrusted = MqttIntake(
+        Settings(_env_file=None, mqtt_url=tls_url, mqtt_client_id="untrusted"), queue.Queue()
+    )
+    with pytest.raises((ConnectionError, OSError)):
+        untrusted.start(timeout_s=3)
+    # and plain MQTT on the TLS port gets nowhere
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    plain.username_pw_set("dust-001", PASSWORDS["dust-001"])
+    connected = threading.Event()
+    plain.on_connect = lambda *_: connected.set()
+    with contextlib.suppress(OSError):
+        plain.connect("localhost", broker.tls_port)
+        plain.loop_start()
+        assert not connected.wait(2)
+        plain.loop_stop()
