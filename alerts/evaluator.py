@@ -382,11 +382,10 @@ def _insert_episode(
     if e.fired_at is None or rule.for_s:
         # the history is the same however the readings were batched: a rule with a "for"
         # window always shows its pending phase
-        record_event(
+        _event(
             conn,
             alert_id,
             AlertEventKind.pending,
-            SYSTEM_ACTOR,
             note=message,
             severity=severity,
             value=e.first_value,
@@ -395,33 +394,30 @@ def _insert_episode(
         return alert_id
     # escalations only go up, so an episode that escalated was first a warning
     first_severity = Severity.warning if e.escalations else severity
-    record_event(
+    _event(
         conn,
         alert_id,
         AlertEventKind.opened,
-        SYSTEM_ACTOR,
         note=_describe(rule, first_severity, e.first_value),
         severity=first_severity,
         value=e.first_value,
     )
     outcome.opened += 1
     for _, sev, value in e.escalations:
-        record_event(
+        _event(
             conn,
             alert_id,
             AlertEventKind.escalated,
-            SYSTEM_ACTOR,
             note=_describe(rule, sev, value),
             severity=sev,
             value=value,
         )
         outcome.escalated += 1
     if e.resolved_at:
-        record_event(
+        _event(
             conn,
             alert_id,
             AlertEventKind.resolved,
-            SYSTEM_ACTOR,
             note=f"condition clear since {e.clear_since.isoformat() if e.clear_since else ''}"
             f": value back to {e.last_value:.4g}",
             value=e.last_value,
@@ -455,11 +451,10 @@ def _update(
                 fired_at=e.fired_at,
                 message=_describe(rule, e.severity, e.peak),
             )
-            record_event(
+            _event(
                 conn,
                 state["id"],
                 AlertEventKind.opened,
-                SYSTEM_ACTOR,
                 note=changes["message"],
                 severity=e.severity,
                 value=e.peak,
@@ -470,11 +465,10 @@ def _update(
             changes["fired_at"] = e.fired_at
         if RANK[e.severity] > RANK[Severity(state["severity"])]:
             changes.update(severity=e.severity, message=_describe(rule, e.severity, e.peak))
-            record_event(
+            _event(
                 conn,
                 state["id"],
                 AlertEventKind.escalated,
-                SYSTEM_ACTOR,
                 note=changes["message"],
                 severity=e.severity,
                 value=e.peak,
@@ -483,11 +477,10 @@ def _update(
     if e.resolved_at is not None and state["status"] != AlertStatus.pending:
         changes.update(status=AlertStatus.resolved, resolved_at=utcnow())
         since = e.clear_since.isoformat() if e.clear_since else ""
-        record_event(
+        _event(
             conn,
             state["id"],
             AlertEventKind.resolved,
-            SYSTEM_ACTOR,
             note=f"condition clear since {since}: value back to {e.last_value:.4g}",
             value=e.last_value,
         )
@@ -671,6 +664,19 @@ def _evaluate_composite(
         _fold(conn, rule, device_id, state, [step], outcome)
 
 
+def _event(
+    conn: Connection,
+    alert_id: int,
+    kind: AlertEventKind,
+    *,
+    note: str,
+    severity: str | None = None,
+    value: float | None = None,
+) -> None:
+    """An alert event by the evaluator itself."""
+    record_event(conn, alert_id, kind, SYSTEM_ACTOR, note=note, severity=severity, value=value)
+
+
 def _describe(rule: Row[Any], severity: str, value: float) -> str:
     r = rule._mapping
     kind = r["kind"]
@@ -781,11 +787,10 @@ def _fold(
         if step.held is not None and RANK[step.held] > RANK[Severity(state["severity"])]:
             state["severity"] = step.held
             state["message"] = _describe(rule, step.held, step.value)
-            record_event(
+            _event(
                 conn,
                 state["id"],
                 AlertEventKind.escalated,
-                SYSTEM_ACTOR,
                 note=state["message"],
                 severity=step.held,
                 value=step.value,
@@ -797,11 +802,10 @@ def _fold(
             if step.ts - since >= timedelta(seconds=int(r["quiet_s"])):
                 state["status"] = AlertStatus.resolved
                 state["resolved_at"] = utcnow()
-                record_event(
+                _event(
                     conn,
                     state["id"],
                     AlertEventKind.resolved,
-                    SYSTEM_ACTOR,
                     note=f"condition clear since {since.isoformat()}: value back to "
                     f"{step.value:.4g}",
                     value=step.value,
@@ -848,22 +852,20 @@ def _open(
         return None
     state = {**values, "id": alert_id, "clear_since": None, "resolved_at": None}
     if step.held:
-        record_event(
+        _event(
             conn,
             alert_id,
             AlertEventKind.opened,
-            SYSTEM_ACTOR,
             note=message,
             severity=severity,
             value=step.value,
         )
         outcome.opened += 1
     else:
-        record_event(
+        _event(
             conn,
             alert_id,
             AlertEventKind.pending,
-            SYSTEM_ACTOR,
             note=message,
             severity=severity,
             value=step.value,
@@ -885,11 +887,10 @@ def _fire(
         violations=state["violations"] + 1,
         message=_describe(rule, step.held, step.value),
     )
-    record_event(
+    _event(
         conn,
         state["id"],
         AlertEventKind.opened,
-        SYSTEM_ACTOR,
         note=state["message"],
         severity=step.held,
         value=step.value,
