@@ -190,8 +190,9 @@ def test_out_of_order_day_gives_the_same_rollups_as_in_order(
 async def test_latest_is_by_event_time_and_status_and_skew_show_in_the_api(
     ingestor: Ingestor, pub: Publisher, pg_url: str, pg_engine: Engine, prefix: str
 ) -> None:
-    newer = NOW - timedelta(seconds=30)
-    older = NOW - timedelta(hours=3)
+    now = datetime.now(UTC).replace(microsecond=0)  # not NOW: the module may be old by now
+    newer = now - timedelta(seconds=30)
+    older = now - timedelta(hours=3)
     pub.send(telemetry_topic(prefix, "dust-1"), encode(ReadingSet(ts=newer, values={"pm10": 55.0})))
     pub.send(
         telemetry_topic(prefix, "dust-1"),  # a late upload of old data arrives last
