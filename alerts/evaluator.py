@@ -746,14 +746,15 @@ def _fold(
     steps: list[Step],
     outcome: Outcome,
 ) -> None:
+    """Incremental lifecycle for the rules judged on the clock or on other alerts (no data,
+    composites): their steps have no history to rebuild, and always hold at once (held ==
+    level), so they have no pending phase. Reading rules go through `_reconcile`."""
     r = rule._mapping
     state = dict(alert._mapping) if alert is not None else None
     changed = False
     for step in steps:
         if state is None:
-            if step.level is None:
-                continue
-            if step.held is None and not r["for_s"]:
+            if step.held is None:
                 continue
             state = _open(conn, rule, device_id, step, outcome)
             changed = False
@@ -766,18 +767,6 @@ def _fold(
                 continue
         state["evaluated_until"] = step.ts
         changed = True
-        if state["status"] == AlertStatus.pending:
-            if step.level is not None and step.held is None:
-                state["violations"] += 1
-                state["last_violation_at"] = step.ts
-                state["last_value"] = step.value
-            if step.held is not None:
-                _fire(conn, rule, state, step, outcome)
-            elif step.level is None:
-                # it never fired: a pending alert that clears leaves no alert behind
-                conn.execute(delete(alerts_t).where(alerts_t.c.id == state["id"]))
-                state, changed = None, False
-            continue
         if step.level is not None:
             state["violations"] += 1
             state["last_violation_at"] = step.ts
@@ -822,80 +811,23 @@ def _fold(
 def _open(
     conn: Connection, rule: Row[Any], device_id: str, step: Step, outcome: Outcome
 ) -> dict[str, Any] | None:
-    r = rule._mapping
-    severity = step.held or step.level
-    assert severity is not None
-    maintenance = _in_maintenance(conn, device_id, step.ts)
-    message = _describe(rule, severity, step.value)
-    if maintenance:
-        message = f"[maintenance: {maintenance}] {message}"
-    now = utcnow()
-    values: dict[str, Any] = {
-        "rule_id": r["id"],
-        "device_id": device_id,
-        "status": AlertStatus.firing if step.held else AlertStatus.pending,
-        "severity": severity,
-        "started_at": step.since or step.ts,
-        "fired_at": step.ts,
-        "last_violation_at": step.ts,
-        "evaluated_until": step.ts,
-        "last_value": step.value,
-        "peak_value": step.value,
-        "violations": 1,
-        "message": message,
-        "suppressed": maintenance is not None,
-        "created_at": now,
-        "updated_at": now,
-    }
-    alert_id = _insert_alert(conn, values)
+    """Open a firing alert for a step that holds; None when another evaluator has one open."""
+    assert step.held is not None
+    e = Episode(
+        started_at=step.since or step.ts,
+        severity=step.held,
+        first_value=step.value,
+        peak=step.value,
+        last_value=step.value,
+        last_violation_at=step.ts,
+        fired_at=step.ts,
+        until=step.ts,
+    )
+    alert_id = _insert_episode(conn, rule, device_id, e, outcome)
     if alert_id is None:
         return None
-    state = {**values, "id": alert_id, "clear_since": None, "resolved_at": None}
-    if step.held:
-        _event(
-            conn,
-            alert_id,
-            AlertEventKind.opened,
-            note=message,
-            severity=severity,
-            value=step.value,
-        )
-        outcome.opened += 1
-    else:
-        _event(
-            conn,
-            alert_id,
-            AlertEventKind.pending,
-            note=message,
-            severity=severity,
-            value=step.value,
-        )
-    return state
-
-
-def _fire(
-    conn: Connection, rule: Row[Any], state: dict[str, Any], step: Step, outcome: Outcome
-) -> None:
-    assert step.held is not None
-    state.update(
-        status=AlertStatus.firing,
-        severity=step.held,
-        fired_at=step.ts,
-        last_violation_at=step.ts,
-        last_value=step.value,
-        peak_value=more_extreme(rule, state["peak_value"], step.value),
-        violations=state["violations"] + 1,
-        message=_describe(rule, step.held, step.value),
-    )
-    _event(
-        conn,
-        state["id"],
-        AlertEventKind.opened,
-        note=state["message"],
-        severity=step.held,
-        value=step.value,
-    )
-    outcome.opened += 1
+    row = conn.execute(select(alerts_t).where(alerts_t.c.id == alert_id)).one()
+    return dict(row._mapping)
 
 
 def _save(conn: Connection, state: dict[str, Any]) -> None:
