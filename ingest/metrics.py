@@ -18,6 +18,14 @@ COMMIT_SECONDS = Histogram(
     "Time to store, evaluate and commit one batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+EVALUATE_SECONDS = Histogram(
+    "envmon_evaluate_seconds",
+    "Time to evaluate the alert rules over one stored batch (inside its transaction)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+EVALUATION_ERRORS = Counter(
+    "envmon_evaluation_errors", "Batches whose rule evaluation failed (readings still stored)"
+)
 QUEUE_DEPTH = Gauge("envmon_queue_depth", "Messages waiting between the MQTT thread and writer")
 SPOOL_DEPTH = Gauge("envmon_spool_depth", "Messages in the local spool awaiting the database")
 SPOOL_FULL = Counter("envmon_spool_full", "Times the spool was full and intake was held back")

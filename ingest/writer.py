@@ -291,16 +291,7 @@ class Writer:
             return out
 
     def _store(self, conn: Connection, messages: list[Message]) -> Summary:
-        parsed: list[Parsed] = [
-            parse_message(
-                m.topic,
-                m.payload,
-                lookup=self._lookup,
-                limits=self._limits,
-                received_at=m.received_at,
-            )
-            for m in messages
-        ]
+        parsed = [self._parse(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
         now = datetime.now(UTC)
@@ -328,11 +319,27 @@ class Writer:
                 key = (r.device_id, r.metric)
                 if key not in earliest or ts < earliest[key]:
                     earliest[key] = ts
-            outcome = evaluate_batch(
-                conn, (Touched(d, m, t) for (d, m), t in earliest.items()), self._tz
-            )
-            opened = outcome.opened
+            opened = self._evaluate(conn, earliest)
         return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
+
+    def _evaluate(self, conn: Connection, earliest: dict[tuple[str, str], datetime]) -> int:
+        """Run the rules over what the batch touched, in a savepoint: a bug in a rule must
+        cost that batch its alerts (logged, counted), never its readings."""
+        started = time.perf_counter()
+        try:
+            with conn.begin_nested():
+                outcome = evaluate_batch(
+                    conn, (Touched(d, m, t) for (d, m), t in earliest.items()), self._tz
+                )
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("rule evaluation failed; the batch's readings are stored regardless")
+            metrics.EVALUATION_ERRORS.inc()
+            return 0
+        finally:
+            metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
+        return outcome.opened
 
     def _count(self, summary: Summary) -> None:
         """Account for a committed batch."""
