@@ -51,6 +51,11 @@ class MqttIntake:
         self._accepting = threading.Event()
         self._connected = threading.Event()
         self._generation = 0
+        # Held while acknowledging and while a disconnect retires the generation, so that an
+        # acknowledgement is either queued on the connection that delivered the message (and
+        # dropped with it) or not sent at all: never sent on the next connection.
+        self._ack_lock = threading.Lock()
+        self._sessions = 0
         self.fatal: BaseException | None = None
         root = topic_root(settings.mqtt_topic_prefix)
         share = f"$share/{settings.mqtt_shared_group}/" if settings.mqtt_shared_group else ""
@@ -109,7 +114,7 @@ class MqttIntake:
             raise self.fatal
 
     def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+        self, client: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, _p: Any
     ) -> None:
         if reason.is_failure:
             log.error("mqtt connection refused: %s", reason)
@@ -118,14 +123,34 @@ class MqttIntake:
                 client.disconnect()
             self._connected.set()
             return
-        self._generation += 1
-        log.info("mqtt connected to %s, subscribing to %s", self._endpoint, self.topics)
+        with self._ack_lock:
+            self._generation += 1
+        self._sessions += 1
+        if self._sessions > 1 and not flags.session_present:
+            # The broker forgot our session (no persistence, expired, or a new broker):
+            # whatever was published while we were away and not yet queued for us is gone.
+            log.error(
+                "mqtt broker did not keep our session %r: messages published while we were "
+                "disconnected were not queued for us (check the broker's persistence and "
+                "session expiry)",
+                self._settings.mqtt_client_id,
+            )
+        log.info(
+            "mqtt connected to %s (session present: %s), subscribing to %s",
+            self._endpoint,
+            flags.session_present,
+            self.topics,
+        )
         client.subscribe([(t, 1) for t in self.topics])
         self._connected.set()
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
     ) -> None:
+        # paho calls this before it reconnects: retire the generation now, so an ack racing
+        # the reconnect cannot reach the new connection with a packet id of the old one.
+        with self._ack_lock:
+            self._generation += 1
         if reason.is_failure:
             log.warning("mqtt disconnected (%s); reconnecting", reason)
 
@@ -144,13 +169,15 @@ class MqttIntake:
                 continue
 
     def ack(self, messages: list[Message]) -> None:
-        current = self._generation
-        for m in messages:
-            # A message from an earlier connection has been (or will be) delivered again with
-            # a packet id the broker may since have reused: acknowledging the old id could
-            # acknowledge a different message. The redelivery is stored as a duplicate.
-            if m.qos > 0 and m.generation == current:
-                self._client.ack(m.mid, m.qos)
+        with self._ack_lock:
+            current = self._generation
+            for m in messages:
+                # A message from an earlier connection has been (or will be) delivered again
+                # with a packet id the broker may since have reused: acknowledging the old id
+                # could acknowledge a different message. The redelivery is stored as a
+                # duplicate.
+                if m.qos > 0 and m.generation == current:
+                    self._client.ack(m.mid, m.qos)
 
     def stop_intake(self) -> None:
         self._accepting.clear()
