@@ -34,9 +34,7 @@ autosave_interval 10
 max_queued_messages {max_queued}
 max_queued_bytes 0
 log_dest file {data}/mosquitto.log
-log_type error
-log_type warning
-log_type notice
+{log_types}
 user {user}
 """
 
@@ -86,8 +84,11 @@ class EmbeddedBroker:
         port: int,
         host: str = "127.0.0.1",
         auth: tuple[Path, Path] | None = None,
+        verbose_log: bool = False,
     ) -> None:
+        """`verbose_log` logs every packet (`log_type all`) to `log_path`: for diagnosis."""
         self.data_dir = data_dir / "mosquitto"
+        self.verbose_log = verbose_log
         self.port = port
         self.host = host
         self.auth = auth
@@ -127,6 +128,10 @@ class EmbeddedBroker:
                 data=self.data_dir.resolve(),
                 max_queued=MAX_QUEUED_MESSAGES,
                 user=getpass.getuser(),
+                log_types="\n".join(
+                    f"log_type {t}"
+                    for t in (("all",) if self.verbose_log else ("error", "warning", "notice"))
+                ),
             )
         )
         self._proc = subprocess.Popen(
@@ -163,6 +168,10 @@ class EmbeddedBroker:
             raise BrokerError("the embedded broker is not running")
         self._proc.send_signal(signal.SIGHUP)
         log.info("embedded mosquitto told to reload its password file and ACL")
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "mosquitto.log"
 
     @property
     def url(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,8 @@ from monitor.broker import EmbeddedBroker, port_open
 from tests.conftest import free_port
 
 
-def own_broker(tmp_path: Path) -> EmbeddedBroker:
-    broker = EmbeddedBroker(tmp_path / "broker", free_port())
+def own_broker(tmp_path: Path, verbose_log: bool = False) -> EmbeddedBroker:
+    broker = EmbeddedBroker(tmp_path / "broker", free_port(), verbose_log=verbose_log)
     broker.start()
     return broker
 
@@ -130,13 +131,27 @@ class IngestProcess:
                 self.proc.wait()
 
 
-def wait_for(check: object, timeout_s: float, what: str) -> None:
+def wait_for(check: object, timeout_s: float, what: object) -> None:
+    """Poll `check` until true; else fail, with `what` (or what it returns, if callable)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
             return
         time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout_s}s")
+    raise AssertionError(f"{what() if callable(what) else what} within {timeout_s}s")
+
+
+PUBLISH_LINE = re.compile(r"(Received|Sending) PUBLISH (?:from|to) (\S+) \(d\d, q\d, r\d, m(\d+),")
+
+
+def broker_traffic(log: Path) -> dict[tuple[str, str], int]:
+    """From a `log_type all` Mosquitto log: distinct packet ids per (direction, client), e.g.
+    how many different messages a publisher got in and how many went out to a subscriber."""
+    seen: dict[tuple[str, str], set[int]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if m := PUBLISH_LINE.search(line):
+            seen.setdefault((m[1], m[2]), set()).add(int(m[3]))
+    return {k: len(v) for k, v in seen.items()}
 
 
 __all__ = ["IngestProcess", "OwnPostgres", "own_broker", "port_open", "wait_for"]

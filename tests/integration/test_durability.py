@@ -15,12 +15,19 @@ from sqlalchemy import Engine, func, select
 
 from devices.publisher import FleetPublisher
 from devices.simulators import DustMonitor, LeakMeter, SimulatedDevice, WaterQualityProbe
+from ingest.contract import ReadingSet
 from ingest.service import Ingestor
 from monitor.core.db import make_engine, upgrade
 from monitor.core.models import DeadLetter, Reading, table
 from monitor.core.settings import Settings
 from tests.conftest import register
-from tests.integration.services import IngestProcess, OwnPostgres, own_broker, wait_for
+from tests.integration.services import (
+    IngestProcess,
+    OwnPostgres,
+    broker_traffic,
+    own_broker,
+    wait_for,
+)
 
 readings = table(Reading)
 # Seconds the database stays down in the outage test; the issue's full check is 120.
@@ -63,6 +70,19 @@ def assert_exactly_once(engine: Engine, pub: FleetPublisher, sets_per_device: in
     assert dead == 0
 
 
+def record_rounds(sim: SimulatedDevice) -> list[tuple[datetime, float]]:
+    """Wrap `sim.sample` to note each reading set's event time and when it was made."""
+    made: list[tuple[datetime, float]] = []
+    sample = sim.sample
+
+    def recording(ts: datetime) -> ReadingSet:
+        made.append((ts, time.monotonic()))
+        return sample(ts)
+
+    sim.sample = recording  # type: ignore[method-assign]
+    return made
+
+
 def publish_in_background(pub: FleetPublisher, now: datetime) -> threading.Thread:
     def run() -> None:
         pub.connect()
@@ -76,7 +96,8 @@ def publish_in_background(pub: FleetPublisher, now: datetime) -> threading.Threa
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[object]:
-    b = own_broker(tmp_path)
+    # every packet logged: when a count comes up short, the log says on which side
+    b = own_broker(tmp_path, verbose_log=True)
     yield b
     b.stop()
 
@@ -194,6 +215,7 @@ def test_broker_restart_under_load_loses_nothing(
     ingestor = Ingestor(settings, pg_engine)
     ingestor.start()
     sims = fleet()
+    rounds = record_rounds(sims[0])
     pub = FleetPublisher(
         sims, host="127.0.0.1", port=port, prefix=prefix, interval_s=0.05, max_inflight=200
     )
@@ -202,18 +224,35 @@ def test_broker_restart_under_load_loses_nothing(
     live = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     live.start()
     wait_for(lambda: ingestor.stats.stored > 500, 30, "readings flowing")
+    stopped_at = time.monotonic()
     broker.stop()  # type: ignore[attr-defined]
     time.sleep(2)
     broker.start()  # type: ignore[attr-defined]
+    started_at = time.monotonic()
     time.sleep(4)
     stop.set()
     live.join(30)
     pub.close()
     sets = pub.reading_sets // len(sims)
-    wait_for(
-        lambda: stored(pg_engine) >= pub.readings,
-        180,
-        f"every reading stored (stats {ingestor.stats})",
-    )
+
+    def diagnosis() -> str:
+        with pg_engine.connect() as conn:
+            have = set(
+                conn.execute(
+                    select(readings.c.ts).where(readings.c.device_id == sims[0].device_id)
+                ).scalars()
+            )
+        missing = [
+            f"{at - stopped_at:+.2f}s" for ts, at in rounds if ts.astimezone(UTC) not in have
+        ]
+        traffic = broker_traffic(broker.log_path)  # type: ignore[attr-defined]
+        return (
+            f"every reading stored (stats {ingestor.stats}); rounds of {sims[0].device_id} "
+            f"missing, published at (relative to the broker's stop; restarted at "
+            f"{started_at - stopped_at:+.2f}s): {missing}; distinct packet ids in the broker "
+            f"log: {traffic}"
+        )
+
+    wait_for(lambda: stored(pg_engine) >= pub.readings, 180, diagnosis)
     ingestor.stop()
     assert_exactly_once(pg_engine, pub, sets)
