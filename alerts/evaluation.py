@@ -257,6 +257,30 @@ def period_means(
     return out
 
 
+def hourly_window_means(
+    hours: Sequence[Point], window_s: int, min_hours: int, complete_until: datetime
+) -> list[Point]:
+    """At the end of each complete hour, the mean of the valid hourly means that ended in
+    (t - window, t], when there are at least `min_hours` of them (GB 3095-2012: a 24-hour PM
+    mean needs at least 20 hourly values [U]). `hours` are valid hourly means stamped at
+    their hour's end, in time order; those ending after `complete_until` are not over yet
+    (by the device's data) and are left for a later pass."""
+    window = timedelta(seconds=window_s)
+    out: list[Point] = []
+    win: deque[Point] = deque()
+    total = 0.0
+    for p in hours:
+        if p.ts > complete_until:
+            break
+        win.append(p)
+        total += p.value
+        while win[0].ts <= p.ts - window:
+            total -= win.popleft().value
+        if len(win) >= min_hours:
+            out.append(Point(p.ts, total / len(win)))
+    return out
+
+
 @dataclass(slots=True)
 class Episode:
     """One alert's worth of steps: from the first violation to its resolution (or now)."""

@@ -10,6 +10,7 @@ a late reading re-evaluates the windows it falls in. "No data" rules run on a ti
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, Row, delete, func, insert, or_, select, updat
 from sqlalchemy.exc import IntegrityError
 
 from alerts.evaluation import (
+    MIN_COVERAGE,
     RANK,
     Episode,
     FlaggedPoint,
@@ -33,6 +35,7 @@ from alerts.evaluation import (
     evaluate,
     exceeding_hours_per_day,
     flag_runs,
+    hourly_window_means,
     in_window,
     level_of,
     more_extreme,
@@ -41,6 +44,7 @@ from alerts.evaluation import (
 )
 from alerts.service import SYSTEM_ACTOR, record_event
 from monitor.core.catalogue import METRICS
+from monitor.core.db import one_of
 from monitor.core.models import (
     Aggregate,
     Alert,
@@ -87,11 +91,12 @@ MAX_REBUILD = timedelta(days=7)
 
 @dataclass(frozen=True, slots=True)
 class Touched:
-    """Earliest event time a batch added for one (device, metric)."""
+    """Earliest (and, if known, latest) event time a batch added for one (device, metric)."""
 
     device_id: str
     metric: str
     earliest: datetime
+    latest: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -114,74 +119,116 @@ def _devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, An
         sites_t.c.district,
     ).join(sites_t, sites_t.c.id == devices_t.c.site_id)
     if ids is not None:
-        q = q.where(devices_t.c.id.in_(list(ids)))
+        q = q.where(one_of(conn, devices_t.c.id, set(ids)))
     return {row.id: row for row in conn.execute(q)}
 
 
 def applies(rule: Any, device: Any) -> bool:
     """Whether a rule's selectors (kind, site kind, site, district, device) take a device."""
-    r, d = rule._mapping, device._mapping
-    return (
-        r["device_kind"] == d["kind"]
-        and (not r["site_kinds"] or d["site_kind"] in r["site_kinds"])
-        and (not r["site_ids"] or d["site_id"] in r["site_ids"])
-        and (not r["site_districts"] or d["district"] in r["site_districts"])
-        and (not r["device_ids"] or d["id"] in r["device_ids"])
-    )
+    return _Selector.of(rule).takes(device)
+
+
+@dataclass(frozen=True, slots=True)
+class _Selector:
+    """A rule's device selectors, read once per evaluation instead of once per device."""
+
+    device_kind: str
+    site_kinds: frozenset[str]
+    site_ids: frozenset[str]
+    districts: frozenset[str]
+    device_ids: frozenset[str]
+
+    @classmethod
+    def of(cls, rule: Any) -> _Selector:
+        r = rule._mapping
+        return cls(
+            r["device_kind"],
+            frozenset(r["site_kinds"] or ()),
+            frozenset(r["site_ids"] or ()),
+            frozenset(r["site_districts"] or ()),
+            frozenset(r["device_ids"] or ()),
+        )
+
+    def takes(self, device: Any) -> bool:
+        return (
+            self.device_kind == device.kind
+            and (not self.site_kinds or device.site_kind in self.site_kinds)
+            and (not self.site_ids or device.site_id in self.site_ids)
+            and (not self.districts or device.district in self.districts)
+            and (not self.device_ids or device.id in self.device_ids)
+        )
 
 
 def evaluate_batch(
     conn: Connection, touched: Iterable[Touched], tz: ZoneInfo = DEFAULT_TZ
 ) -> Outcome:
     """Apply every enabled reading-driven rule to what a stored batch touched, then the
-    composite rules over their results."""
+    composite rules over their results.
+
+    The work is shared between rules: the open alerts and resolved watermarks of every (rule,
+    device) pair come in one query each, and the readings of one metric in one query for all
+    the rules on that metric, so a batch costs a few queries per metric, not per rule and
+    device."""
     earliest: dict[tuple[str, str], datetime] = {}
+    latest: dict[str, datetime | None] = {}
     for t in touched:
         key = (t.device_id, t.metric)
         if key not in earliest or t.earliest < earliest[key]:
             earliest[key] = t.earliest
+        newest = t.latest if t.latest is not None else None
+        if t.device_id not in latest:
+            latest[t.device_id] = newest
+        elif newest is None or latest[t.device_id] is None:
+            latest[t.device_id] = None  # not known for every part: look it up
+        else:
+            latest[t.device_id] = max(newest, latest[t.device_id])  # type: ignore[type-var]
     outcome = Outcome()
     if not earliest:
         return outcome
-    metrics = {m for _, m in earliest}
+    by_metric: dict[str, dict[str, datetime]] = defaultdict(dict)
+    for (d, m), ts in earliest.items():
+        by_metric[m][d] = ts
     rules = conn.execute(
         select(rules_t)
         .where(
             rules_t.c.enabled.is_(True),
             rules_t.c.kind.in_([*READING_KINDS, RuleKind.composite]),
-            or_(rules_t.c.metric.in_(metrics), rules_t.c.metric == "*"),
+            or_(rules_t.c.metric.in_(list(by_metric)), rules_t.c.metric == "*"),
         )
         .order_by(rules_t.c.id)
     ).all()
     if not rules:
         return outcome
-    devices = _devices(conn, {d for d, _ in earliest})
-    touched_devices: dict[str, datetime] = {}
+    devices = _devices(conn, latest)
+    any_metric: dict[str, datetime] = {}
     for (d, _), ts in earliest.items():
-        touched_devices[d] = min(ts, touched_devices.get(d, ts))
+        any_metric[d] = min(ts, any_metric.get(d, ts))
     everyone: dict[str, Any] | None = None
+    plans: list[tuple[Row[Any], dict[str, datetime]]] = []
     for rule in rules:
         if rule.kind == RuleKind.composite:
             continue
-        targets: dict[str, datetime] = {}
-        for (d, m), since in earliest.items():
-            if d in devices and (rule.metric in (m, "*")) and applies(rule, devices[d]):
-                targets[d] = min(since, targets.get(d, since))
+        selector = _Selector.of(rule)
+        candidates = any_metric if rule.metric == "*" else by_metric.get(rule.metric, {})
+        targets = {
+            d: ts for d, ts in candidates.items() if d in devices and selector.takes(devices[d])
+        }
         refs = set((rule.params or {}).get("reference_device_ids", []))
-        late_refs = [ts for (d, m), ts in earliest.items() if d in refs and m == rule.metric]
+        late_refs = [ts for d, ts in by_metric.get(rule.metric, {}).items() if d in refs]
         if rule.kind == RuleKind.reference_diff and late_refs:
             # a reference station's hour changes every site's difference for that hour
             everyone = everyone if everyone is not None else _devices(conn)
             for d, device in everyone.items():
-                if d not in refs and applies(rule, device):
+                if d not in refs and selector.takes(device):
                     targets[d] = min(min(late_refs), targets.get(d, min(late_refs)))
                     devices = {**devices, d: device}
         if targets:
-            _evaluate_rule(conn, rule, targets, devices, outcome, tz)
-    for rule in rules:
-        if rule.kind == RuleKind.composite:
-            targets = {d: ts for d, ts in touched_devices.items() if applies(rule, devices[d])}
-            _evaluate_composite(conn, rule, targets, outcome)
+            plans.append((rule, targets))
+    if plans:
+        _evaluate_rules(conn, plans, devices, latest, outcome, tz)
+    composites = [rule for rule in rules if rule.kind == RuleKind.composite]
+    if composites:
+        _evaluate_composites(conn, composites, latest, devices, outcome)
     return outcome
 
 
@@ -244,6 +291,8 @@ def _lookback(rule: Row[Any]) -> timedelta:
     seconds = int(r["window_s"]) + int(r["for_s"]) + int(params.get("window_s", 0))
     if r["aggregate"] == Aggregate.period_mean:
         seconds = 2 * int(r["window_s"]) + int(r["for_s"])  # back to the period's start
+    if r["aggregate"] == Aggregate.hourly_mean:
+        seconds += 3600  # and the start of the hour the earliest new reading is in
     if r["kind"] == RuleKind.flag_held:
         # the run of flags may have begun up to the highest tier (minutes) ago
         tiers = [t for t in (r["warn_above"], r["alarm_above"]) if t is not None]
@@ -251,68 +300,121 @@ def _lookback(rule: Row[Any]) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _evaluate_rule(
+def _evaluate_rules(
     conn: Connection,
-    rule: Row[Any],
-    targets: Mapping[str, datetime],
+    plans: list[tuple[Row[Any], dict[str, datetime]]],
     devices: Mapping[str, Row[Any]],
+    latest: Mapping[str, datetime | None],
     outcome: Outcome,
     tz: ZoneInfo,
 ) -> None:
-    """Rebuild the rule's episodes over each device's series and reconcile them with the
+    """Rebuild each rule's episodes over each device's series and reconcile them with the
     alerts: the series reaches back before the open alert's start, so late, out-of-order and
     redelivered readings all give the alert the values in-order data would have."""
-    r = rule._mapping
-    ids = list(targets)
+    rule_ids = [rule.id for rule, _ in plans]
+    device_ids = {d for _, targets in plans for d in targets}
     open_alerts = {
-        row.device_id: row
+        (row.rule_id, row.device_id): row
         for row in conn.execute(
             select(alerts_t).where(
-                alerts_t.c.rule_id == r["id"],
-                alerts_t.c.device_id.in_(ids),
+                one_of(conn, alerts_t.c.rule_id, rule_ids),
+                one_of(conn, alerts_t.c.device_id, device_ids),
                 alerts_t.c.status != AlertStatus.resolved,
             )
         )
     }
     # A resolved alert is evidence: what it covered is not judged again.
-    resolved_until: dict[str, datetime] = {
-        device_id: until
-        for device_id, until in conn.execute(
-            select(alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
+    resolved_until: dict[tuple[int, str], datetime] = {
+        (rule_id, device_id): until
+        for rule_id, device_id, until in conn.execute(
+            select(alerts_t.c.rule_id, alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
             .where(
-                alerts_t.c.rule_id == r["id"],
-                alerts_t.c.device_id.in_(ids),
+                one_of(conn, alerts_t.c.rule_id, rule_ids),
+                one_of(conn, alerts_t.c.device_id, device_ids),
                 alerts_t.c.status == AlertStatus.resolved,
             )
-            .group_by(alerts_t.c.device_id)
+            .group_by(alerts_t.c.rule_id, alerts_t.c.device_id)
         )
     }
-    lookback = _lookback(rule)
-    starts: dict[str, datetime] = {}
-    for device_id, since in targets.items():
-        lo = since - lookback
-        alert = open_alerts.get(device_id)
-        if alert is not None:
-            lo = min(lo, alert.started_at - lookback)
-        starts[device_id] = max(lo, since - MAX_REBUILD)
-    series = _series(conn, rule, starts, devices, tz)
-    for device_id in targets:
-        mark = resolved_until.get(device_id)
-        steps = [
-            s
-            for s in series.get(device_id, [])
-            if (mark is None or s.ts > mark)
-            and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
-        ]
-        found = episodes(
-            rule,
-            steps,
-            clear_above=r["clear_above"],
-            clear_below=r["clear_below"],
-            quiet_s=int(r["quiet_s"]),
-            auto_resolve=bool(r["auto_resolve"]),
-        )
-        _reconcile(conn, rule, device_id, open_alerts.get(device_id), found, outcome)
+    starts: list[dict[str, datetime]] = []
+    for rule, targets in plans:
+        lookback = _lookback(rule)
+        begin: dict[str, datetime] = {}
+        for device_id, since in targets.items():
+            lo = since - lookback
+            alert = open_alerts.get((rule.id, device_id))
+            if alert is not None:
+                lo = min(lo, alert.started_at - lookback)
+            begin[device_id] = max(lo, since - MAX_REBUILD)
+        starts.append(begin)
+    fetched = _fetch_readings(
+        conn, [(rule, begin) for (rule, _), begin in zip(plans, starts, strict=True)]
+    )
+    for (rule, targets), begin in zip(plans, starts, strict=True):
+        r = rule._mapping
+        series = _series(conn, rule, begin, devices, tz, fetched, latest)
+        for device_id in targets:
+            mark = resolved_until.get((rule.id, device_id))
+            steps = [
+                s
+                for s in series.get(device_id, [])
+                if (mark is None or s.ts > mark)
+                and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
+            ]
+            found = episodes(
+                rule,
+                steps,
+                clear_above=r["clear_above"],
+                clear_below=r["clear_below"],
+                quiet_s=int(r["quiet_s"]),
+                auto_resolve=bool(r["auto_resolve"]),
+            )
+            _reconcile(conn, rule, device_id, open_alerts.get((rule.id, device_id)), found, outcome)
+
+
+_Fetched = dict[tuple[str, bool], dict[str, list[Any]]]
+
+
+def _raw_key(rule: Row[Any]) -> tuple[str, bool] | None:
+    """Which raw readings a rule's series is made of: (metric, every quality flag?); None
+    for the rules judged on hourly rollups."""
+    if rule.kind in (RuleKind.daily_count, RuleKind.reference_diff):
+        return None
+    if rule.aggregate == Aggregate.hourly_mean:
+        return None
+    return (str(rule.metric), rule.kind == RuleKind.flag_held)
+
+
+def _fetch_readings(
+    conn: Connection, wanted: list[tuple[Row[Any], Mapping[str, datetime]]]
+) -> _Fetched:
+    """One query per metric (and quality filter) for every rule that reads raw readings of
+    it, from the earliest start any of them needs, per device, in time order."""
+    need: dict[tuple[str, bool], dict[str, datetime]] = defaultdict(dict)
+    for rule, begin in wanted:
+        key = _raw_key(rule)
+        if key is None:
+            continue
+        for d, lo in begin.items():
+            need[key][d] = min(lo, need[key].get(d, lo))
+    out: _Fetched = {}
+    for (metric, all_flags), begin in need.items():
+        q = select(
+            readings_t.c.device_id,
+            readings_t.c.metric,
+            readings_t.c.ts,
+            readings_t.c.value,
+            readings_t.c.quality,
+        ).where(one_of(conn, readings_t.c.device_id, begin), readings_t.c.ts >= min(begin.values()))
+        if metric != "*":
+            q = q.where(readings_t.c.metric == metric)
+        if not all_flags:
+            q = q.where(readings_t.c.quality == "N")
+        by_device: dict[str, list[Any]] = defaultdict(list)
+        for row in conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)):
+            by_device[row.device_id].append(row)
+        out[(metric, all_flags)] = by_device
+    return out
 
 
 def _reconcile(
@@ -490,46 +592,54 @@ def _update(
     )
 
 
-def _periodic(rule: Row[Any]) -> bool:
-    return rule.aggregate == Aggregate.period_mean or rule.kind in (
-        RuleKind.daily_count,
-        RuleKind.reference_diff,
-    )
-
-
 def _series(
     conn: Connection,
     rule: Row[Any],
     starts: Mapping[str, datetime],
     devices: Mapping[str, Row[Any]],
     tz: ZoneInfo,
+    fetched: _Fetched | None = None,
+    latest: Mapping[str, datetime | None] | None = None,
 ) -> dict[str, list[Step]]:
     """The rule's steps per device from `starts[device]` on, from readings or rollups as its
-    kind needs."""
+    kind needs (raw readings from `fetched` when given, else read here). `latest`: each
+    device's newest event time in the batch, where known (else it is looked up)."""
     r = rule._mapping
     params: dict[str, Any] = r["params"] or {}
     kind = r["kind"]
     ids = list(starts)
+    metric = str(r["metric"])
+    if r["aggregate"] == Aggregate.hourly_mean:
+        lo = min(starts.values()) - HOUR
+        counted = _hourly_counted(conn, metric, ids, lo)
+        until = _complete_until(conn, metric, counted, devices, latest or {}, lo)
+        out: dict[str, list[Step]] = {}
+        window = timedelta(seconds=int(r["window_s"]))
+        for d in ids:
+            # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
+            expected = 3600 / max(1, int(devices[d].interval_s))
+            valid = [
+                Point(end, mean)
+                for end, mean, count in counted.get(d, [])
+                if count >= MIN_COVERAGE * expected
+            ]
+            means = hourly_window_means(valid, int(r["window_s"]), int(r["min_samples"]), until[d])
+            # only windows wholly inside the hours read
+            out[d] = steps_of(rule, [p for p in means if p.ts >= lo + window])
+        return out
     if kind in (RuleKind.daily_count, RuleKind.reference_diff):
         day = min(starts.values()).astimezone(tz).replace(hour=0, minute=0, second=0)
         lo = day.astimezone(UTC) - timedelta(days=1)
         refs = list(params.get("reference_device_ids", []))
-        hourly = _hourly(conn, str(r["metric"]), ids + refs, lo)
-        # an hour is judged once it is over by the data: the device's last reading (plus its
-        # reporting interval) reaches the hour's end, so a half-uploaded hour is not judged
-        latest = dict(
-            (d, ts)
-            for d, ts in conn.execute(
-                select(readings_t.c.device_id, func.max(readings_t.c.ts))
-                .where(readings_t.c.device_id.in_(ids), readings_t.c.metric == r["metric"])
-                .group_by(readings_t.c.device_id)
-            )
-        )
-        out: dict[str, list[Step]] = {}
+        counted = _hourly_counted(conn, metric, ids + refs, lo)
+        hourly = {d: [Point(end, mean) for end, mean, _ in rows] for d, rows in counted.items()}
+        # an hour is judged once it is over by the data (see _complete_until), so a
+        # half-uploaded hour is not judged
+        until = _complete_until(conn, metric, counted, devices, latest or {}, lo)
+        out = {}
         if kind == RuleKind.daily_count:
             for d in ids:
-                until = latest.get(d, lo) + timedelta(seconds=devices[d].interval_s)
-                complete = [p for p in hourly.get(d, []) if p.ts <= until]
+                complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
                 counts = exceeding_hours_per_day(
                     complete, float(params["hour_above"]), lambda t: t.astimezone(tz).date()
                 )
@@ -542,30 +652,20 @@ def _series(
             reference = {ts: sum(v) / len(v) for ts, v in per_hour.items()}
             cap = params.get("reference_cap")
             for d in ids:
-                until = latest.get(d, lo) + timedelta(seconds=devices[d].interval_s)
-                complete = [p for p in hourly.get(d, []) if p.ts <= until]
+                complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
                 out[d] = steps_of(rule, differences(complete, reference, cap))
         return out
 
     lo = min(starts.values())
-    q = select(
-        readings_t.c.device_id,
-        readings_t.c.metric,
-        readings_t.c.ts,
-        readings_t.c.value,
-        readings_t.c.quality,
-    ).where(readings_t.c.device_id.in_(ids), readings_t.c.ts >= lo)
-    if r["metric"] != "*":
-        q = q.where(readings_t.c.metric == r["metric"])
-    if kind != RuleKind.flag_held:
-        q = q.where(readings_t.c.quality == "N")
-    rows = conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)).all()
-    by_device: dict[str, list[Any]] = defaultdict(list)
-    for row in rows:
-        by_device[row.device_id].append(row)
+    key = _raw_key(rule)
+    assert key is not None
+    if fetched is None or key not in fetched:
+        fetched = _fetch_readings(conn, [(rule, starts)])
+    by_device = fetched.get(key, {})
     out = {}
     for d in ids:
-        got = [row for row in by_device.get(d, []) if row.ts >= starts[d]]
+        rows = by_device.get(d, [])
+        got = rows[bisect_left(rows, starts[d], key=_ts) :]
         # a missed reading breaks a "for" run (see steps_of)
         gap = timedelta(seconds=GAP_INTERVALS * int(devices[d].interval_s))
         if kind == RuleKind.flag_held:
@@ -598,6 +698,10 @@ def _series(
     return out
 
 
+def _ts(row: Any) -> datetime:
+    return row.ts  # type: ignore[no-any-return]
+
+
 def _period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
     """Start of the calendar period (in the city's time zone) that holds `ts`."""
     local = ts.astimezone(tz)
@@ -606,62 +710,126 @@ def _period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
     return (midnight + timedelta(seconds=offset)).astimezone(UTC)
 
 
-def _hourly(
+def _hourly_counted(
     conn: Connection, metric: str, device_ids: list[str], lo: datetime
-) -> dict[str, list[Point]]:
-    """Hourly means of N-flagged readings, stamped at the end of their hour."""
-    out: dict[str, list[Point]] = defaultdict(list)
+) -> dict[str, list[tuple[datetime, float, int]]]:
+    """Hourly (end of the hour, mean, count) of N-flagged readings from the rollups, per
+    device, for the hours starting at or after `lo`, in time order."""
+    out: dict[str, list[tuple[datetime, float, int]]] = defaultdict(list)
     for row in conn.execute(
         select(rollups_t)
         .where(
             rollups_t.c.metric == metric,
-            rollups_t.c.device_id.in_(device_ids),
+            one_of(conn, rollups_t.c.device_id, device_ids),
             rollups_t.c.hour >= lo,
         )
         .order_by(rollups_t.c.device_id, rollups_t.c.hour)
     ):
-        out[row.device_id].append(Point(row.hour + HOUR, row.sum / row.count))
+        count = int(row._mapping["count"])  # (`row.count` is also tuple.count to mypy)
+        out[row.device_id].append((row.hour + HOUR, row.sum / count, count))
     return out
 
 
-def _evaluate_composite(
-    conn: Connection, rule: Row[Any], targets: Mapping[str, datetime], outcome: Outcome
-) -> None:
-    """AND/OR of other rules: e.g. a burst is a pressure drop AND an inflow rise."""
-    params: dict[str, Any] = rule.params or {}
-    names = list(params.get("rules", []))
-    if not names or not targets:
-        return
-    ids: dict[str, int] = {
-        name: rule_id
-        for name, rule_id in conn.execute(
-            select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))
+def _complete_until(
+    conn: Connection,
+    metric: str,
+    hourly: Mapping[str, list[tuple[datetime, float, int]]],
+    devices: Mapping[str, Row[Any]],
+    latest: Mapping[str, datetime | None],
+    lo: datetime,
+) -> dict[str, datetime]:
+    """Per device, up to when its hours are over by its data: an hour before the newest hour
+    it has data in is over, and so is an hour its newest reading (plus one reporting interval)
+    reaches the end of. The newest reading comes from the batch where known."""
+    ids = [d for d in hourly.keys() | latest.keys() if d in devices]
+    unknown = [d for d in ids if latest.get(d) is None]
+    newest: dict[str, datetime] = {d: ts for d in ids if (ts := latest.get(d)) is not None}
+    if unknown:
+        newest.update(
+            conn.execute(
+                select(readings_t.c.device_id, func.max(readings_t.c.ts))
+                .where(
+                    one_of(conn, readings_t.c.device_id, unknown),
+                    readings_t.c.metric == metric,
+                    readings_t.c.ts >= lo,
+                )
+                .group_by(readings_t.c.device_id)
+            ).all()
         )
-    }
-    for device_id in targets:
-        severities = {
-            row.rule_id: row.severity
+    out: dict[str, datetime] = {}
+    for d in devices:
+        by_reading = newest.get(d, lo) + timedelta(seconds=int(devices[d].interval_s))
+        rows = hourly.get(d)
+        by_hours = rows[-1][0] - HOUR if rows else lo
+        out[d] = max(by_reading, by_hours)
+    return out
+
+
+_WARNED: set[int] = set()  # composite rules already reported as naming unknown rules
+
+
+def _evaluate_composites(
+    conn: Connection,
+    rules: list[Row[Any]],
+    latest: Mapping[str, datetime | None],
+    devices: Mapping[str, Row[Any]],
+    outcome: Outcome,
+) -> None:
+    """AND/OR of other rules: e.g. a burst is a pressure drop AND an inflow rise. Judged at
+    each touched device's newest reading in the batch, after the reading rules have run."""
+    names = {name for rule in rules for name in (rule.params or {}).get("rules", [])}
+    ids: dict[str, int] = dict(
+        conn.execute(select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))).all()
+    )
+    for rule in rules:
+        params: dict[str, Any] = rule.params or {}
+        parts = [ids[name] for name in params.get("rules", []) if name in ids]
+        if len(parts) < len(params.get("rules", [])):
+            if rule.id not in _WARNED:
+                _WARNED.add(rule.id)
+                missing = sorted(set(params.get("rules", [])) - set(ids))
+                log.warning("composite %s names unknown rules %s: not judged", rule.name, missing)
+            continue
+        selector = _Selector.of(rule)
+        targets = [d for d in latest if d in devices and selector.takes(devices[d])]
+        if not parts or not targets:
+            continue
+        severities: dict[str, dict[int, str]] = defaultdict(dict)
+        for row in conn.execute(
+            select(alerts_t.c.device_id, alerts_t.c.rule_id, alerts_t.c.severity).where(
+                one_of(conn, alerts_t.c.device_id, targets),
+                one_of(conn, alerts_t.c.rule_id, parts),
+                alerts_t.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+            )
+        ):
+            severities[row.device_id][row.rule_id] = row.severity
+        open_alerts = {
+            row.device_id: row
             for row in conn.execute(
-                select(alerts_t.c.rule_id, alerts_t.c.severity).where(
-                    alerts_t.c.device_id == device_id,
-                    alerts_t.c.rule_id.in_(list(ids.values())),
-                    alerts_t.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+                select(alerts_t).where(
+                    alerts_t.c.rule_id == rule.id,
+                    one_of(conn, alerts_t.c.device_id, targets),
+                    alerts_t.c.status != AlertStatus.resolved,
                 )
             )
         }
-        ranks = [RANK[Severity(severities[i])] if i in severities else 0 for i in ids.values()]
-        rank = min(ranks) if params.get("op", "all") == "all" else max(ranks)
-        level = {1: Severity.warning, 2: Severity.alarm}.get(rank)
-        latest = conn.execute(
-            select(func.max(readings_t.c.ts)).where(readings_t.c.device_id == device_id)
-        ).scalar_one()
-        step = Step(latest, float(rank), level, level, latest)
-        state = _open_alert(conn, rule.id, device_id)
-        if state is not None and state.evaluated_until >= latest:
-            continue
-        if state is None and level is None:
-            continue
-        _fold(conn, rule, device_id, state, [step], outcome)
+        for device_id in targets:
+            have = severities.get(device_id, {})
+            ranks = [RANK[Severity(have[i])] if i in have else 0 for i in parts]
+            rank = min(ranks) if params.get("op", "all") == "all" else max(ranks)
+            level = {1: Severity.warning, 2: Severity.alarm}.get(rank)
+            state = open_alerts.get(device_id)
+            if state is None and level is None:
+                continue
+            at = (
+                latest[device_id]
+                or conn.execute(
+                    select(func.max(readings_t.c.ts)).where(readings_t.c.device_id == device_id)
+                ).scalar_one()
+            )
+            if state is not None and state.evaluated_until >= at:
+                continue
+            _fold(conn, rule, device_id, state, [Step(at, float(rank), level, level, at)], outcome)
 
 
 def _event(

@@ -34,7 +34,9 @@ class RuleSpec(BaseModel):
 
     - threshold: the reading (`aggregate` raw), its rolling mean over `window_s`, or its
       calendar-period mean (`period_mean`, `window_s` 900/3600/86400, valid only with 75% of
-      the expected samples flagged N);
+      the expected samples flagged N), or the rolling mean of the valid hourly means over
+      `window_s` whole hours (`hourly_mean`, judged at each hour's end; `min_samples` counts
+      valid hours, as GB 3095-2012's "a 24-hour mean needs 20 hourly values");
     - rate_of_change: the change over `params.window_s` (a drop is negative);
     - flag_held: minutes a reading has been flagged with one of `params.flags` (default D, B);
     - daily_count: hours of the local day whose mean was above `params.hour_above`;
@@ -58,7 +60,9 @@ class RuleSpec(BaseModel):
     device_ids: list[str] | None = Field(None, description="Only these devices")
     metric: str = Field(description='A catalogue metric, or "*" (no_data, flag_held, composite)')
     aggregate: Aggregate = Field(
-        Aggregate.raw, description="raw, mean over window_s, or calendar period_mean"
+        Aggregate.raw,
+        description="raw, mean over window_s, calendar period_mean, or hourly_mean (the "
+        "mean of the valid hourly means over window_s)",
     )
     window_s: int = Field(0, ge=0, le=7 * 86400, description="Rolling window or calendar period")
     min_samples: int = Field(1, ge=1, description="Fewest readings in the window to judge it")
@@ -109,6 +113,12 @@ class RuleSpec(BaseModel):
             raise ValueError("set at least one of warn_above, warn_below, alarm_above, alarm_below")
         if self.aggregate == Aggregate.mean and self.window_s <= 0:
             raise ValueError("window_s: a mean needs a window longer than 0 s")
+        if self.aggregate == Aggregate.hourly_mean and (
+            self.window_s < 3600 or self.window_s % 3600
+        ):
+            raise ValueError("window_s: an hourly_mean window is a whole number of hours")
+        if self.aggregate == Aggregate.hourly_mean and self.min_samples > self.window_s // 3600:
+            raise ValueError("min_samples: an hourly_mean counts hours; at most window_s / 3600")
         if self.aggregate == Aggregate.period_mean and self.window_s not in PERIODS:
             raise ValueError("window_s: a calendar period is 900, 3600 or 86400 s")
         if None not in (self.warn_above, self.alarm_above) and self.alarm_above < self.warn_above:  # type: ignore[operator]

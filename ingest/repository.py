@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Float, String, bindparam, func, insert, text,
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
+from monitor.core.db import pg_array
 from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading, table
 
 readings = table(Reading)
@@ -49,7 +50,7 @@ def insert_readings(conn: Connection, rows: Sequence[Row]) -> int:
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        d, m, t, v, q, r = (list(col) for col in zip(*rows, strict=True))
+        d, m, t, v, q, r = (pg_array(col) for col in zip(*rows, strict=True))
         result = conn.execute(_PG_INSERT, {"d": d, "m": m, "t": t, "v": v, "q": q, "r": r})
         return int(result.scalar_one())
     return _insert_sqlite(conn, rows)

@@ -312,24 +312,28 @@ class Writer:
         touch_devices(conn, seen)
         opened = 0
         if inserted:
-            earliest: dict[tuple[str, str], datetime] = {}
+            span: dict[tuple[str, str], tuple[datetime, datetime]] = {}
             for r in rows:
                 # beyond the lateness horizon a reading is kept but re-opens no window
                 ts = max(r.ts, r.received_at - self._horizon)
                 key = (r.device_id, r.metric)
-                if key not in earliest or ts < earliest[key]:
-                    earliest[key] = ts
-            opened = self._evaluate(conn, earliest)
+                lo, hi = span.get(key, (ts, r.ts))
+                span[key] = (min(lo, ts), max(hi, r.ts))
+            opened = self._evaluate(conn, span)
         return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
 
-    def _evaluate(self, conn: Connection, earliest: dict[tuple[str, str], datetime]) -> int:
+    def _evaluate(
+        self, conn: Connection, span: dict[tuple[str, str], tuple[datetime, datetime]]
+    ) -> int:
         """Run the rules over what the batch touched, in a savepoint: a bug in a rule must
         cost that batch its alerts (logged, counted), never its readings."""
         started = time.perf_counter()
         try:
             with conn.begin_nested():
                 outcome = evaluate_batch(
-                    conn, (Touched(d, m, t) for (d, m), t in earliest.items()), self._tz
+                    conn,
+                    (Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()),
+                    self._tz,
                 )
         except OperationalError:
             raise

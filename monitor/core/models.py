@@ -99,6 +99,8 @@ class Aggregate(StrEnum):
     raw = "raw"
     mean = "mean"  # rolling mean over (t - window_s, t]
     period_mean = "period_mean"  # calendar 15 min / hour / day in the city's time zone
+    # rolling mean of the valid hourly means over window_s (whole hours), from the rollups
+    hourly_mean = "hourly_mean"
 
 
 class AlertEventKind(StrEnum):

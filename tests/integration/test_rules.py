@@ -606,6 +606,43 @@ def test_an_hour_is_counted_on_its_full_mean_not_on_its_first_readings(
     assert pipeline.alerts() == []
 
 
+# --- 24-hour mean of hourly means ------------------------------------------------------------
+
+
+def test_24_hour_mean_is_the_mean_of_20_valid_hourly_means(pipeline: Pipeline) -> None:
+    """GB 3095-2012's 24-hour PM mean: the mean of the hourly means, judged with at least 20
+    valid hours. A device on ten-minute data: an hour with 4 of its 6 readings is not valid
+    (75%), and its readings must not weigh in, however high."""
+    dust_site(pipeline, "dust-1")
+    with pipeline.engine.begin() as conn:
+        conn.execute(update(devices_t).where(devices_t.c.id == "dust-1").values(interval_s=600))
+    add_rules(
+        pipeline.engine,
+        rule(
+            "pm10-24h",
+            device_kind="dust_monitor",
+            metric="pm10",
+            aggregate="hourly_mean",
+            window_s=86400,
+            min_samples=20,
+            warn_above=120,
+            alarm_above=150,
+        ),
+    )
+    pipeline.accept_lateness(3 * 86400)
+    pipeline.start()
+    pipeline.send("dust-1", _hour(0, [400] * 6))
+    for hour in range(1, 19):
+        pipeline.send("dust-1", _hour(hour, [140] * 6))
+    pipeline.send("dust-1", _hour(19, [1000] * 4))  # not a valid hour
+    assert pipeline.alerts() == []  # 19 valid hours so far
+    pipeline.send("dust-1", _hour(20, [140] * 6))  # the 20th, over with its last reading
+    alert = only(pipeline.alerts())
+    assert alert["started_at"] == alert["fired_at"] == yesterday_local(21)
+    assert alert["severity"] == "alarm" and alert["status"] == "firing"
+    assert alert["last_value"] == pytest.approx((400 + 19 * 140) / 20)  # 153, not the 1000s
+
+
 # --- difference to the reference stations ----------------------------------------------------
 
 

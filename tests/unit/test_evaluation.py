@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from alerts.evaluation import Point, evaluate, level_of, more_extreme
+from alerts.evaluation import Point, evaluate, hourly_window_means, level_of, more_extreme
 from alerts.packs import load_packs
 from alerts.schemas import RuleSpec
 from monitor.core.models import Severity
@@ -123,3 +123,32 @@ def test_default_packs_cover_every_domain_and_cite_a_basis() -> None:
             assert r.basis.strip(), r.name
     turbidity = next(r for r in packs["drinking_water"].rules if r.metric == "turbidity")
     assert turbidity.alarm_above == 1.0 and "GB 5749-2022" in turbidity.basis
+
+
+def test_hourly_window_mean_needs_min_hours_and_waits_for_the_hour_to_be_over() -> None:
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    hours = [Point(t0 + timedelta(hours=h), v) for h, v in enumerate([400, 100, 100, 100], 1)]
+    # a 3-hour window with at least 2 hourly means; the 4th hour is not over yet
+    got = hourly_window_means(hours, 3 * 3600, 2, complete_until=t0 + timedelta(hours=3.5))
+    assert got == [Point(t0 + timedelta(hours=2), 250.0), Point(t0 + timedelta(hours=3), 200.0)]
+    # once it is, the 400 has left the window: (100 + 100 + 100) / 3
+    got = hourly_window_means(hours, 3 * 3600, 2, complete_until=t0 + timedelta(hours=4))
+    assert got[-1] == Point(t0 + timedelta(hours=4), 100.0)
+
+
+@pytest.mark.parametrize(
+    ("window_s", "min_samples", "field"),
+    [(5400, 1, "window_s"), (1800, 1, "window_s"), (7200, 3, "min_samples")],
+)
+def test_hourly_mean_rules_count_whole_hours(window_s: int, min_samples: int, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        RuleSpec(
+            name="x",
+            device_kind="dust_monitor",
+            metric="pm10",
+            aggregate="hourly_mean",
+            window_s=window_s,
+            min_samples=min_samples,
+            alarm_above=150,
+            basis="test",
+        )
