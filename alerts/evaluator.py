@@ -346,13 +346,18 @@ def _evaluate_rules(
             if alert is not None:
                 lo = min(lo, alert.started_at - lookback)
             begin[device_id] = max(lo, since - MAX_REBUILD)
+        if rule.kind == RuleKind.flag_held:
+            # Nearly every reading is flagged N: a flag rule needs the series only of devices
+            # with a flagged reading in its window, or an alert that may now clear.
+            keep = _flagged(conn, rule, begin) | {d for d in begin if (rule.id, d) in open_alerts}
+            begin = {d: ts for d, ts in begin.items() if d in keep}
         starts.append(begin)
     fetched = _fetch_readings(
         conn, [(rule, begin) for (rule, _), begin in zip(plans, starts, strict=True)]
     )
     for (rule, targets), begin in zip(plans, starts, strict=True):
         r = rule._mapping
-        series = _series(conn, rule, begin, devices, tz, fetched, latest)
+        series = _series(conn, rule, begin, devices, tz, fetched, latest) if begin else {}
         for device_id in targets:
             mark = resolved_until.get((rule.id, device_id))
             steps = [
@@ -370,6 +375,25 @@ def _evaluate_rules(
                 auto_resolve=bool(r["auto_resolve"]),
             )
             _reconcile(conn, rule, device_id, open_alerts.get((rule.id, device_id)), found, outcome)
+
+
+def _flagged(conn: Connection, rule: Row[Any], begin: Mapping[str, datetime]) -> set[str]:
+    """The devices with a reading flagged as `rule` counts since their start."""
+    if not begin:
+        return set()
+    flags = list((rule.params or {}).get("flags", ["D", "B"]))
+    q = (
+        select(readings_t.c.device_id)
+        .where(
+            one_of(conn, readings_t.c.device_id, begin),
+            readings_t.c.ts >= min(begin.values()),
+            readings_t.c.quality.in_(flags),
+        )
+        .distinct()
+    )
+    if rule.metric != "*":
+        q = q.where(readings_t.c.metric == rule.metric)
+    return set(conn.execute(q).scalars())
 
 
 _Fetched = dict[tuple[str, bool], dict[str, list[Any]]]
