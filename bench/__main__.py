@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--api-readings", type=int, help="readings in the API stage's database")
     g.add_argument("--api-alerts", type=int, help="alerts in the API stage's database")
     g.add_argument("--api-clients", type=int, help="concurrent API clients [20]")
+    g.add_argument("--api-workers", type=int, help="`envmon api --workers` [2, one per core]")
     g.add_argument("--api-seconds", type=float, help="measured seconds per API endpoint")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--profile", action="store_true", help="run the py-spy stage (default: full)")
@@ -134,6 +135,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("api_readings", "api_readings"),
         ("api_alerts", "api_alerts"),
         ("api_clients", "api_clients"),
+        ("api_workers", "api_workers"),
         ("api_seconds", "api_seconds"),
     ):
         value = getattr(args, arg)
@@ -369,6 +371,7 @@ def _api(ctx: Context, results: dict[str, Any]) -> None:
         api.stop()
     results["api"] = {
         "clients": plan.api_clients,
+        "workers": plan.api_workers,
         "reduced": plan.api_reduced,
         "dataset": {
             "readings": ds.readings,

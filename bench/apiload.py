@@ -93,7 +93,8 @@ def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) ->
         start = time.perf_counter()
         record_from = start + WARMUP_S
         until = record_from + seconds
-        pids = [api.pid, *db.backend_pids()]
+        api_pids = api.pids()
+        pids = [*api_pids, *db.backend_pids()]
         mark = cpu_mark(pids)
         threads = [
             threading.Thread(
@@ -108,7 +109,7 @@ def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) ->
         for t in threads:
             t.join(seconds + 60)
         pg_pids = db.backend_pids()
-        end = cpu_mark([api.pid, *pg_pids])
+        end = cpu_mark([*api_pids, *pg_pids])
         window = end.at - mark.at
         if errors:
             raise BenchError(f"API {name}: {len(errors)} failed requests, e.g. {errors[0]}")
@@ -116,7 +117,7 @@ def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) ->
             **summary_ms(samples),
             "requests_per_s": len(samples) / seconds,
             "response_bytes": sizes[0] if sizes else 0,
-            "api_cores": cpu_between(mark, end, [api.pid]) / window,
+            "api_cores": cpu_between(mark, end, api_pids) / window,
             "postgres_cores": cpu_between(mark, end, pg_pids) / window,
             "machine_cores": machine_busy_cores(mark, end),
         }

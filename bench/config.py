@@ -31,6 +31,7 @@ class Plan:
     api_days: int = 30
     api_step_s: int = 600
     api_clients: int = 20
+    api_workers: int = 2  # `envmon api --workers`: one per core of this machine
     api_seconds: float = 5.0
     profile: bool = False
     profile_messages: int = 60_000

@@ -52,6 +52,6 @@ class Context:
         return proc
 
     def api(self) -> Api:
-        proc = Api(database_url=self.db.url, workdir=self.workdir)
+        proc = Api(database_url=self.db.url, workdir=self.workdir, workers=self.plan.api_workers)
         self.stack.callback(proc.stop)
         return proc

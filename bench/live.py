@@ -162,7 +162,8 @@ def run(ctx: Context, rate: float, probes: list[Device]) -> dict[str, Any]:
     try:
         publisher.start()
         publisher.wait_for_line("ready", 30)
-        pids = [ingestor.pid, api.pid, publisher.pid, *ctx.broker_pids()]
+        api_pids = api.pids()
+        pids = [ingestor.pid, *api_pids, publisher.pid, *ctx.broker_pids()]
         mark = cpu_mark(pids + ctx.db.backend_pids())
         prober.start()
         ticker = Ticker(5.0)
@@ -230,7 +231,7 @@ def run(ctx: Context, rate: float, probes: list[Device]) -> dict[str, Any]:
         "fleet_alerts_opened": opened,
         "ingestor_cpu_s": cpu_between(mark, end, [ingestor.pid]),
         "ingestor_cores": cpu_between(mark, end, [ingestor.pid]) / window,
-        "api_cores": cpu_between(mark, end, [api.pid]) / window,
+        "api_cores": cpu_between(mark, end, api_pids) / window,
         "publisher_cores": cpu_between(mark, end, [publisher.pid]) / window,
         "broker_cores": cpu_between(mark, end, ctx.broker_pids()) / window,
         "postgres_cores": cpu_between(mark, end, pg_pids) / window,

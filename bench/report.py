@@ -208,7 +208,8 @@ def _api(lines: list[str], api: dict[str, Any]) -> None:
     ds = api["dataset"]
     note = " (REDUCED dataset: quick/smoke run)" if api["reduced"] else ""
     add(
-        f"API: {api['clients']} clients, closed loop; database {ds['readings']:,} readings,"
+        f"API: {api['clients']} clients, closed loop, {api.get('workers', 1)} worker process(es);"
+        f" database {ds['readings']:,} readings,"
         f" {ds['rollups']:,} hourly rollups, {ds['alerts']:,} alerts{note}"
     )
     add(f"  {'endpoint':<40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>9}{'bytes':>9}")

@@ -71,6 +71,15 @@ def machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of `pid` (from /proc; empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
 def pids_with_cmdline(fragment: str) -> list[int]:
     """Processes whose command line contains `fragment` (our own mosquitto, by its config)."""
     found = []
@@ -317,11 +326,16 @@ class Ingestor(Proc):
 class Api(Proc):
     """`envmon api` on a free port."""
 
-    def __init__(self, *, database_url: str, workdir: Path) -> None:
+    def __init__(self, *, database_url: str, workdir: Path, workers: int = 1) -> None:
         self.port = free_port()
         env = {"ENVMON_DATABASE_URL": database_url, "ENVMON_LOG_LEVEL": "WARNING"}
         argv = [envmon_binary(), "api", "--port", str(self.port), "--host", "127.0.0.1"]
+        argv += ["--workers", str(workers)]
         super().__init__("api", argv, _clean_env(env), workdir)
+
+    def pids(self) -> list[int]:
+        """The server and its worker processes (uvicorn forks one per --workers)."""
+        return [self.pid, *children(self.pid)]
 
     @property
     def base(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -290,16 +291,37 @@ def _start_simulator(settings: Settings, demo: Demo) -> Any:
 @main.command()
 @click.option("--port", type=int, help="API port [env ENVMON_API_PORT, default 8000]")
 @click.option("--host", help="API address [env ENVMON_API_HOST, default 127.0.0.1]")
-def api(port: int | None, host: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="worker processes, about one per core [env ENVMON_API_WORKERS, default 1]",
+)
+def api(port: int | None, host: str | None, workers: int | None) -> None:
     """Serve the HTTP API alone (run `envmon migrate` first)."""
     import uvicorn
 
     from monitor.api.app import create_app
 
-    settings = _settings(api_port=port, api_host=host)
+    settings = _settings(api_port=port, api_host=host, api_workers=workers)
     _check_production(settings)
+    if settings.api_workers == 1:
+        uvicorn.run(
+            create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        )
+        return
+    # Each worker process builds its own app from the environment: pass the options on.
+    os.environ.update(
+        ENVMON_API_HOST=settings.api_host,
+        ENVMON_API_PORT=str(settings.api_port),
+        ENVMON_API_WORKERS=str(settings.api_workers),
+    )
     uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        "monitor.api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        log_config=None,
     )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor import __version__
 from monitor.api import errors
@@ -27,6 +29,42 @@ from monitor.api.routes import (
 )
 from monitor.core.db import make_engine, make_sessionmaker
 from monitor.core.settings import Settings, get_settings
+
+
+class BodyLimit:
+    """Refuse big or unsized request bodies before reading them (bodies here are small JSON
+    documents). Plain ASGI: `@app.middleware("http")` costs a task and a stream per request,
+    GETs included."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            refusal = self._refusal(Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, headers: Headers) -> Response | None:
+        length = headers.get("content-length")
+        if length is None:
+            if headers.get("transfer-encoding"):
+                return errors.problem(411, "Length required", "send a Content-Length header")
+            return None
+        if not length.isdigit():
+            return errors.problem(400, "Bad Content-Length", f"not a length: {length!r}")
+        if int(length) > self.max_bytes:
+            return errors.problem(
+                413,
+                "Body too large",
+                f"the body is {length} bytes; the limit is {self.max_bytes}",
+                [{"field": "body", "message": "too large"}],
+            )
+        return None
+
 
 DESCRIPTION = """
 envmon stores readings from construction-dust monitors, water-quality probes and pipe-leak
@@ -82,20 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics (any authenticated caller); in `envmon up` with the ingestor's."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        # Bodies here are small JSON documents; refuse big or unsized ones before reading.
-        if request.method in ("POST", "PUT", "PATCH"):
-            length = request.headers.get("content-length")
-            if length is None and request.headers.get("transfer-encoding"):
-                return errors.problem(411, "Length required", "send a Content-Length header")
-            if length is not None and int(length) > settings.api_max_body_bytes:
-                return errors.problem(
-                    413,
-                    "Body too large",
-                    f"the body is {length} bytes; the limit is {settings.api_max_body_bytes}",
-                    [{"field": "body", "message": "too large"}],
-                )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
 
     return app

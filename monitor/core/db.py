@@ -51,7 +51,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if parsed.get_backend_name() == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+            # Times come back in UTC (psycopg then hands out datetime.UTC, which
+            # UTCDateTime passes through instead of converting every value); nothing here
+            # depends on the server's zone: local days are computed with an explicit zone.
+            dbapi_conn.execute("SET TIME ZONE 'UTC'")
+            dbapi_conn.commit()
+
+    return engine
 
 
 def one_of(

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
+    api_workers: int = Field(
+        1, ge=1, le=64, description="API worker processes (`envmon api`); about one per core"
+    )
     api_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest API request body")
     api_max_range_days: int = Field(
         400, ge=1, description="Longest time range one API query may ask for"

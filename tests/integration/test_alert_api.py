@@ -7,6 +7,7 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ from alerts.evaluator import Touched, evaluate_batch
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.api.app import create_app
+from monitor.api.pagination import Page
+from monitor.api.schemas import AlertRead, BucketRead, ReadingRead
 from monitor.core.models import Alert, Device, Notification, Rule, Site, table
 from monitor.core.settings import Settings
 from tests.conftest import bearer, make_key, register
@@ -202,3 +205,25 @@ async def test_maintenance_suppresses_and_says_so(
         notified = {r.alert_id for r in conn.execute(select(table(Notification)))}
     assert notified == {alerts["d-hd"]["id"]}
     assert len((await api.get("/v1/maintenance")).json()) == 1
+
+
+async def test_hand_written_list_pages_are_exactly_what_their_response_models_write(
+    api: httpx.AsyncClient, pg_engine: Engine
+) -> None:
+    """The alert list and the readings list write their JSON without building models (for
+    speed): it must be byte for byte what pydantic writes for the documented schema."""
+    await api.post("/v1/rules", json=RULE)
+    feed(pg_engine, "d-ls", [100, 300, 120.5, 90, 260, 40])
+    feed(pg_engine, "d-hd", [151.25, 152])
+    checks: list[tuple[str, type[Page[Any]]]] = [
+        ("/v1/alerts", Page[AlertRead]),
+        ("/v1/alerts?limit=1", Page[AlertRead]),
+        ("/v1/readings?bucket=hour&limit=5", Page[BucketRead]),
+        ("/v1/readings?limit=3", Page[ReadingRead]),
+    ]
+    for url, model in checks:
+        r = await api.get(url)
+        assert r.status_code == 200, r.text
+        assert r.json()["items"], url
+        assert r.content == model.model_validate_json(r.content).model_dump_json().encode(), url
+        assert r.headers["content-type"] == "application/json"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from alerts import service
 from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
-from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
 from monitor.api.schemas import AlertAction, AlertDetail, AlertEventRead, AlertRead
 from monitor.api.scope import district_clause
 from monitor.auth import Principal
@@ -136,12 +136,12 @@ def list_alerts(
     if cursor:
         q = q.where(alerts.c.id < int(decode_cursor(cursor, 1)[0]))
     rows = session.execute(q).all()
-    items = [AlertRead.model_validate(r._mapping) for r in rows[:limit]]
-    nxt = encode_cursor([items[-1].id]) if len(rows) > limit else None
-    return Page(items=items, next_cursor=nxt)
+    items = [{f: m[f] for f in ALERT_FIELDS} for m in (r._mapping for r in rows[:limit])]
+    nxt = encode_cursor([items[-1]["id"]]) if len(rows) > limit else None
+    return page_json(items, nxt)  # type: ignore[return-value]
 
 
-CSV_FIELDS = list(AlertRead.model_fields)
+ALERT_FIELDS = CSV_FIELDS = list(AlertRead.model_fields)
 
 
 @router.get("/export.csv", response_class=StreamingResponse)

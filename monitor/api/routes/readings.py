@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, select, tuple_
 
 from monitor.api.deps import PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
-from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
 from monitor.api.schemas import BucketRead, ReadingRead
 from monitor.api.scope import devices_in_scope
 from monitor.core.catalogue import METRICS
@@ -91,17 +91,18 @@ def list_readings(
             items=[ReadingRead(**r, unit=METRICS[r["metric"]].unit) for r in page],
             next_cursor=nxt,
         )
-    return Page[BucketRead](items=[_bucket(r) for r in page], next_cursor=nxt)
+    return page_json([_bucket(r) for r in page], nxt)  # type: ignore[return-value]
 
 
-def _bucket(r: Any) -> BucketRead:
-    return BucketRead(
-        device_id=r["device_id"],
-        metric=r["metric"],
-        hour=r["hour"],
-        unit=METRICS[r["metric"]].unit,
-        mean=r["sum"] / r["count"],
-        min=r["min"],
-        max=r["max"],
-        count=r["count"],
-    )
+def _bucket(r: Any) -> dict[str, Any]:
+    """A `BucketRead`, as the dict page_json writes."""
+    return {
+        "device_id": r["device_id"],
+        "metric": r["metric"],
+        "hour": r["hour"],
+        "unit": METRICS[r["metric"]].unit,
+        "mean": r["sum"] / r["count"],
+        "min": r["min"],
+        "max": r["max"],
+        "count": r["count"],
+    }
