@@ -352,9 +352,20 @@ def _evaluate_rules(
             keep = _flagged(conn, rule, begin) | {d for d in begin if (rule.id, d) in open_alerts}
             begin = {d: ts for d, ts in begin.items() if d in keep}
         starts.append(begin)
-    fetched = _fetch_readings(
-        conn, [(rule, begin) for (rule, _), begin in zip(plans, starts, strict=True)]
-    )
+    rules_only = [rule for rule, _ in plans]
+    extremes = _extremes(conn, list(zip(rules_only, starts, strict=True)))
+    for i, (rule, _) in enumerate(plans):
+        if _bounded_by_extremes(rule):
+            # A mean lies between the smallest and the largest reading it averages: where
+            # none of a device's readings in the window passes a tier, neither can any mean
+            # of them, and unless an alert is open there is nothing to judge.
+            got = extremes.get(str(rule.metric), {})
+            starts[i] = {
+                d: ts
+                for d, ts in starts[i].items()
+                if (rule.id, d) in open_alerts or _may_violate(rule, got.get(d))
+            }
+    fetched = _fetch_readings(conn, list(zip(rules_only, starts, strict=True)))
     for (rule, targets), begin in zip(plans, starts, strict=True):
         r = rule._mapping
         series = _series(conn, rule, begin, devices, tz, fetched, latest) if begin else {}
@@ -375,6 +386,54 @@ def _evaluate_rules(
                 auto_resolve=bool(r["auto_resolve"]),
             )
             _reconcile(conn, rule, device_id, open_alerts.get((rule.id, device_id)), found, outcome)
+
+
+def _bounded_by_extremes(rule: Row[Any]) -> bool:
+    """Threshold rules on a reading or a mean of readings (not rollups)."""
+    return rule.kind == RuleKind.threshold and rule.aggregate in (
+        Aggregate.raw,
+        Aggregate.mean,
+        Aggregate.period_mean,
+    )
+
+
+def _may_violate(rule: Row[Any], extremes: tuple[float, float] | None) -> bool:
+    """Whether a value between these (min, max) could pass one of the rule's tiers."""
+    if extremes is None:
+        return False
+    low, high = extremes
+    above = [t for t in (rule.warn_above, rule.alarm_above) if t is not None]
+    below = [t for t in (rule.warn_below, rule.alarm_below) if t is not None]
+    return (bool(above) and high > min(above)) or (bool(below) and low < max(below))
+
+
+def _extremes(
+    conn: Connection, wanted: list[tuple[Row[Any], Mapping[str, datetime]]]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per metric of the threshold rules, per device: (min, max) of its N-flagged readings
+    from the earliest start any of those rules needs. One aggregate query per metric: a row
+    per device comes back, not its readings."""
+    need: dict[str, dict[str, datetime]] = defaultdict(dict)
+    for rule, begin in wanted:
+        if _bounded_by_extremes(rule):
+            for d, lo in begin.items():
+                need[str(rule.metric)][d] = min(lo, need[str(rule.metric)].get(d, lo))
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for metric, begin in need.items():
+        rows = conn.execute(
+            select(
+                readings_t.c.device_id, func.min(readings_t.c.value), func.max(readings_t.c.value)
+            )
+            .where(
+                one_of(conn, readings_t.c.device_id, begin),
+                readings_t.c.metric == metric,
+                readings_t.c.ts >= min(begin.values()),
+                readings_t.c.quality == "N",
+            )
+            .group_by(readings_t.c.device_id)
+        )
+        out[metric] = {d: (lo, hi) for d, lo, hi in rows}
+    return out
 
 
 def _flagged(conn: Connection, rule: Row[Any], begin: Mapping[str, datetime]) -> set[str]:

@@ -34,6 +34,7 @@ _PG_INSERT = text(
                count(*), sum(value), min(value), max(value)
         FROM ins WHERE quality = 'N'
         GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3  -- rows locked in one order by every ingestor: no deadlock
         ON CONFLICT (device_id, metric, hour) DO UPDATE SET
             count = r.count + EXCLUDED.count,
             sum = r.sum + EXCLUDED.sum,
@@ -140,12 +141,45 @@ def insert_dead_letters(
     )
 
 
+# Per device: last seen, clock skew and connection state, in one statement. The devices are
+# locked in id order first, as every ingestor does, so two batches never deadlock.
+_PG_TOUCH = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:at AS timestamptz[]),
+                             CAST(:skew AS float8[]), CAST(:conn AS text[]))
+            AS u(id, at, skew, conn)
+    ), locked AS (
+        SELECT d.id FROM devices d JOIN u ON u.id = d.id ORDER BY d.id FOR UPDATE OF d
+    )
+    UPDATE devices AS d SET
+        last_seen_at = u.at,
+        clock_skew_s = COALESCE(u.skew, d.clock_skew_s),
+        connection = COALESCE(u.conn, d.connection)
+    FROM u, locked
+    WHERE d.id = u.id AND locked.id = u.id
+    """
+)
+
+
 def touch_devices(
     conn: Connection, seen: dict[str, tuple[datetime, float | None, str | None]]
 ) -> None:
     """Per device: last seen (arrival), clock skew (arrival - newest event time) and the
     connection state from its status topic, where the batch says anything about them."""
     if not seen:
+        return
+    if conn.dialect.name == "postgresql":
+        ordered = sorted(seen.items())
+        conn.execute(
+            _PG_TOUCH,
+            {
+                "ids": pg_array([d for d, _ in ordered]),
+                "at": pg_array([at for _, (at, _, _) in ordered]),
+                "skew": pg_array([skew for _, (_, skew, _) in ordered]),
+                "conn": pg_array([status for _, (_, _, status) in ordered]),
+            },
+        )
         return
     params = [
         {"b_id": d, "b_at": at, "b_skew": skew, "b_conn": status}
