@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
@@ -38,6 +38,8 @@ from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
 TIMER_S = 30.0  # how often time-driven rules (no data) are evaluated
+# With several ingestors, one of them runs the timer rules at a time (an advisory lock).
+TIMER_LOCK = 0x656E766D  # "envm"
 
 
 @dataclass(slots=True)
@@ -94,6 +96,9 @@ class Writer:
         metrics.SPOOL_DEPTH.set(self._spool.depth)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envmon-writer", daemon=True)
+        # Timer rules judge the whole fleet: on their own thread and transaction, so a
+        # fleet-wide "no data" wave does not stop batches from being stored meanwhile.
+        self._timer = threading.Thread(target=self._timers, name="envmon-timers", daemon=True)
         self.stats = Stats()
         self.idle = threading.Event()
         self._retry_delay = 0.5
@@ -107,11 +112,13 @@ class Writer:
 
     def start(self) -> None:
         self._thread.start()
+        self._timer.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Write what is queued (to the database or the spool), acknowledge it, and stop."""
         self._stopping.set()
         self._thread.join(timeout_s)
+        self._timer.join(timeout_s)
         self._spool.close()
 
     # --- batching ---------------------------------------------------------------------
@@ -148,8 +155,6 @@ class Writer:
 
     def _step(self) -> bool:
         """One batch; True once stopping and everything is written."""
-        if time.monotonic() - self._last_tick >= TIMER_S and not self._spool.depth:
-            self._tick()
         batch = self._collect()
         if self._spool.depth:
             if batch.messages:
@@ -165,14 +170,30 @@ class Writer:
             return True
         return False
 
+    def _timers(self) -> None:
+        while not self._stopping.is_set():
+            if time.monotonic() - self._last_tick >= TIMER_S:
+                self._last_tick = time.monotonic()
+                try:
+                    self._tick()
+                except Exception:
+                    log.exception("timer rules failed; trying again at the next tick")
+            self._stopping.wait(0.5)
+
     def _tick(self) -> None:
         """Rules that fire on the clock, not on data: "no data from a device"."""
-        self._last_tick = time.monotonic()
         try:
             with self._engine.begin() as conn:
+                if (
+                    conn.dialect.name == "postgresql"
+                    and not conn.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": TIMER_LOCK}
+                    ).scalar_one()
+                ):
+                    return  # another ingestor is judging them right now
                 outcome = evaluate_timers(conn, datetime.now(UTC), self._tz)
         except OperationalError:
-            return
+            return  # the database is away; the spool has the data, the next tick retries
         if outcome.opened or outcome.resolved:
             log.info("timer rules: %d alerts opened, %d resolved", outcome.opened, outcome.resolved)
 

@@ -3,17 +3,22 @@ resolution after a quiet period, a new alert for a new violation, redeliveries n
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select, text, update
 
 from alerts.evaluator import Touched, evaluate_batch
+from alerts.schemas import RuleSpec
 from ingest.repository import insert_readings
 from ingest.validate import Row
+from ingest.writer import TIMER_LOCK, Writer
 from monitor.core.db import make_engine
-from monitor.core.models import Alert, AlertEvent, Rule, table
+from monitor.core.models import Alert, AlertEvent, Device, Rule, table
+from monitor.core.settings import Settings
 from tests.conftest import register
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
@@ -108,3 +113,41 @@ def test_redelivered_readings_are_not_counted_twice(engine: Engine) -> None:
     before = alerts(engine)[0]["violations"]
     feed(engine, [0.10] * 5)  # the same readings again (a redelivery)
     assert alerts(engine)[0]["violations"] == before
+
+
+def test_one_ingestor_at_a_time_runs_the_timer_rules(
+    pg_url: str, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """With several ingestors each would judge the whole fleet's silence every 30 s, and
+    wait on the others' alert rows; an advisory lock lets one of them do it per tick."""
+    register(pg_engine, site_kind="dma", devices={"leak-1": "leak_meter"}, rules=False)
+    with pg_engine.begin() as conn:
+        conn.execute(
+            update(table(Device))
+            .where(table(Device).c.id == "leak-1")
+            .values(created_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        conn.execute(
+            insert(table(Rule)).values(
+                RuleSpec(
+                    name="offline",
+                    kind="no_data",
+                    device_kind="leak_meter",
+                    metric="*",
+                    warn_above=5,
+                    basis="test",
+                ).model_dump()
+                | {"pack": "test"}
+            )
+        )
+    settings = Settings(database_url=pg_url, data_dir=tmp_path)
+    writer = Writer(settings, pg_engine, queue.Queue(), lambda _d: None, lambda _m: None)
+    with pg_engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": TIMER_LOCK})
+        writer._tick()  # another ingestor holds the timer: nothing judged here
+        with pg_engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(table(Alert))).scalar() == 0
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": TIMER_LOCK})
+    writer._tick()
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(table(Alert).c.severity)).scalars().all() == ["warning"]
