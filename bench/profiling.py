@@ -22,7 +22,7 @@ PROJECT_PACKAGES = ("ingest", "alerts", "monitor", "devices")
 
 # A sample belongs to the first category whose marker appears in its stack.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("timer rules (evaluate_timers, on the writer thread)", ("evaluate_timers",)),
+    ("timer rules (evaluate_timers, own thread)", ("evaluate_timers",)),
     ("rule evaluation (alerts.evaluator)", ("evaluate_batch",)),
     ("insert readings + rollups (one statement)", ("insert_readings",)),
     ("touch devices (UPDATE per device)", ("touch_devices",)),

@@ -181,7 +181,20 @@ class Writer:
             self._stopping.wait(0.5)
 
     def _tick(self) -> None:
-        """Rules that fire on the clock, not on data: "no data from a device"."""
+        """Rules that fire on the clock, not on data: "no data from a device".
+
+        Silence is judged only while this ingestor is caught up: with the database away
+        (messages in the spool) or a backlog waiting (more than a batch in the queue), the
+        devices' last messages are here, not yet stored, and every one of them would look
+        silent."""
+        waiting = self._inbox.qsize()
+        if self._spool.depth or waiting >= self._max_messages:
+            log.info(
+                "not judging silence (no-data rules) while behind: %d messages queued, %d spooled",
+                waiting,
+                self._spool.depth,
+            )
+            return
         try:
             with self._engine.begin() as conn:
                 if (

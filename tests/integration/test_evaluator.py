@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, insert, select, text, update
 
 from alerts.evaluator import Touched, evaluate_batch
 from alerts.schemas import RuleSpec
+from ingest.mqtt import Message
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from ingest.writer import TIMER_LOCK, Writer
@@ -115,7 +116,7 @@ def test_redelivered_readings_are_not_counted_twice(engine: Engine) -> None:
     assert alerts(engine)[0]["violations"] == before
 
 
-def test_one_ingestor_at_a_time_runs_the_timer_rules(
+def test_timer_rules_wait_for_the_backlog_and_run_on_one_ingestor_at_a_time(
     pg_url: str, pg_engine: Engine, tmp_path: Path
 ) -> None:
     """With several ingestors each would judge the whole fleet's silence every 30 s, and
@@ -140,8 +141,16 @@ def test_one_ingestor_at_a_time_runs_the_timer_rules(
                 | {"pack": "test"}
             )
         )
-    settings = Settings(database_url=pg_url, data_dir=tmp_path)
-    writer = Writer(settings, pg_engine, queue.Queue(), lambda _d: None, lambda _m: None)
+    settings = Settings(database_url=pg_url, data_dir=tmp_path, batch_max_messages=2)
+    inbox: queue.Queue[Message] = queue.Queue()
+    writer = Writer(settings, pg_engine, inbox, lambda _d: None, lambda _m: None)
+    # a backlog waiting (a batch or more): the devices' messages may be in it, not silent
+    for mid in range(2):
+        inbox.put(Message("t", b"{}", mid, 1, datetime.now(UTC), 1))
+    writer._tick()
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(table(Alert))).scalar() == 0
+    inbox.get()
     with pg_engine.connect() as other:
         other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": TIMER_LOCK})
         writer._tick()  # another ingestor holds the timer: nothing judged here
