@@ -174,12 +174,14 @@ class Database:
         return [int(str(r[0])) for r in rows]
 
     def reset_data(self) -> None:
-        """Empty what the stages write, keeping the schema, rules, sites and devices."""
+        """Empty what the stages write, keeping the schema, rules, sites and devices. The
+        fleet starts each stage as just seen (a fleet that was online): otherwise the no-data
+        rules would first open an alert for every device silent since the last stage."""
         with self.connect() as conn:
             conn.execute(
                 "TRUNCATE readings, hourly_rollups, dead_letters, alert_events, alerts CASCADE"
             )
-            conn.execute("UPDATE devices SET last_seen_at = NULL, clock_skew_s = NULL")
+            conn.execute("UPDATE devices SET last_seen_at = now(), clock_skew_s = NULL")
             conn.execute("VACUUM ANALYZE readings")
 
     def scalar(self, sql: str) -> int:
