@@ -227,3 +227,25 @@ async def test_hand_written_list_pages_are_exactly_what_their_response_models_wr
         assert r.json()["items"], url
         assert r.content == model.model_validate_json(r.content).model_dump_json().encode(), url
         assert r.headers["content-type"] == "application/json"
+
+
+async def test_a_composite_must_combine_rules_that_exist(api: httpx.AsyncClient) -> None:
+    part = (await api.post("/v1/rules", json=RULE)).json()
+    composite = {
+        "name": "both",
+        "kind": "composite",
+        "params": {"op": "all", "rules": [part["name"], "no-such-rule"]},
+        "device_kind": "dust_monitor",
+        "metric": "*",
+        "basis": "test",
+    }
+    r = await api.post("/v1/rules", json=composite)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "body.params.rules"
+    assert "no-such-rule" in r.json()["detail"]
+    ok = composite | {"params": {"op": "all", "rules": [part["name"], part["name"] + "-2"]}}
+    await api.post("/v1/rules", json=RULE | {"name": part["name"] + "-2"})
+    r = await api.post("/v1/rules", json=ok)
+    assert r.status_code == 201, r.text
+    r = await api.patch(f"/v1/rules/{r.json()['id']}", json={"params": composite["params"]})
+    assert r.status_code == 422 and "no-such-rule" in r.json()["detail"]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from alerts.evaluator import Touched, applies, evaluate_batch
 from alerts.schemas import RuleSpec, RuleUpdate
@@ -59,12 +60,28 @@ def get_rule(session: SessionDep, principal: PrincipalDep, rule_id: int) -> Rule
     return RuleRead.model_validate(row._mapping)
 
 
+def _check_parts(session: Session, spec: RuleSpec) -> None:
+    """A composite's parts must be rules that exist (and not itself): the evaluator could
+    only leave one that names an unknown rule unjudged."""
+    if spec.kind != RuleKind.composite:
+        return
+    names = list((spec.params or {}).get("rules", []))
+    known = set(session.execute(select(rules.c.name).where(rules.c.name.in_(names))).scalars())
+    missing = [n for n in names if n not in known or n == spec.name]
+    if missing:
+        raise InvalidInput(
+            f"a composite combines existing rules other than itself; not so: {missing}",
+            field="body.params.rules",
+        )
+
+
 @router.post("", response_model=RuleRead, status_code=status.HTTP_201_CREATED)
 def create_rule(session: SessionDep, admin: AdminDep, body: RuleSpec) -> RuleRead:
     """Create a rule (admin)."""
     exists = session.execute(select(rules.c.id).where(rules.c.name == body.name)).first()
     if exists is not None:
         raise Conflict(f"a rule named {body.name!r} exists", field="body.name")
+    _check_parts(session, body)
     now = utcnow()
     rule_id = session.execute(
         insert(rules)
@@ -92,6 +109,7 @@ def update_rule(session: SessionDep, admin: AdminDep, rule_id: int, body: RuleUp
         spec = RuleSpec.model_validate(merged)
     except ValidationError as exc:
         raise _invalid(exc) from exc
+    _check_parts(session, spec)
     session.execute(
         update(rules)
         .where(rules.c.id == rule_id)
