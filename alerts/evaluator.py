@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
@@ -85,6 +85,7 @@ HOUR = timedelta(hours=1)
 # readings of a device further apart than this many reporting intervals (a missed reading)
 # break a "for" run: it must be shown to hold by consecutive readings
 GAP_INTERVALS = 1.5
+K = TypeVar("K")
 # how far back an open alert is rebuilt from its readings at most
 MAX_REBUILD = timedelta(days=7)
 
@@ -175,13 +176,10 @@ def evaluate_batch(
         key = (t.device_id, t.metric)
         if key not in earliest or t.earliest < earliest[key]:
             earliest[key] = t.earliest
-        newest = t.latest if t.latest is not None else None
-        if t.device_id not in latest:
-            latest[t.device_id] = newest
-        elif newest is None or latest[t.device_id] is None:
-            latest[t.device_id] = None  # not known for every part: look it up
-        else:
-            latest[t.device_id] = max(newest, latest[t.device_id])  # type: ignore[type-var]
+        # a device's newest event time in the batch; None if any part does not say (then it
+        # is looked up where needed)
+        known = latest.get(t.device_id, t.latest)
+        latest[t.device_id] = None if known is None or t.latest is None else max(known, t.latest)
     outcome = Outcome()
     if not earliest:
         return outcome
@@ -407,17 +405,30 @@ def _may_violate(rule: Row[Any], extremes: tuple[float, float] | None) -> bool:
     return (bool(above) and high > min(above)) or (bool(below) and low < max(below))
 
 
+def _earliest_by(
+    wanted: list[tuple[Row[Any], Mapping[str, datetime]]], key_of: Callable[[Row[Any]], K | None]
+) -> dict[K, dict[str, datetime]]:
+    """The rules' starts grouped by `key_of(rule)` (rules it maps to None left out): per key
+    and device, the earliest start any rule of that key needs, so one query serves them."""
+    need: dict[K, dict[str, datetime]] = defaultdict(dict)
+    for rule, begin in wanted:
+        key = key_of(rule)
+        if key is None:
+            continue
+        for d, lo in begin.items():
+            need[key][d] = min(lo, need[key].get(d, lo))
+    return need
+
+
 def _extremes(
     conn: Connection, wanted: list[tuple[Row[Any], Mapping[str, datetime]]]
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Per metric of the threshold rules, per device: (min, max) of its N-flagged readings
     from the earliest start any of those rules needs. One aggregate query per metric: a row
     per device comes back, not its readings."""
-    need: dict[str, dict[str, datetime]] = defaultdict(dict)
-    for rule, begin in wanted:
-        if _bounded_by_extremes(rule):
-            for d, lo in begin.items():
-                need[str(rule.metric)][d] = min(lo, need[str(rule.metric)].get(d, lo))
+    need = _earliest_by(
+        wanted, lambda rule: str(rule.metric) if _bounded_by_extremes(rule) else None
+    )
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for metric, begin in need.items():
         rows = conn.execute(
@@ -473,13 +484,7 @@ def _fetch_readings(
 ) -> _Fetched:
     """One query per metric (and quality filter) for every rule that reads raw readings of
     it, from the earliest start any of them needs, per device, in time order."""
-    need: dict[tuple[str, bool], dict[str, datetime]] = defaultdict(dict)
-    for rule, begin in wanted:
-        key = _raw_key(rule)
-        if key is None:
-            continue
-        for d, lo in begin.items():
-            need[key][d] = min(lo, need[key].get(d, lo))
+    need = _earliest_by(wanted, _raw_key)
     out: _Fetched = {}
     for (metric, all_flags), begin in need.items():
         q = select(

@@ -141,7 +141,7 @@ def list_alerts(
     return page_json(items, nxt)  # type: ignore[return-value]
 
 
-ALERT_FIELDS = CSV_FIELDS = list(AlertRead.model_fields)
+ALERT_FIELDS = list(AlertRead.model_fields)  # the list page and the CSV columns
 
 
 @router.get("/export.csv", response_class=StreamingResponse)
@@ -156,7 +156,7 @@ def export_alerts(
 
     def lines() -> Iterator[str]:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(buf, fieldnames=ALERT_FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
