@@ -46,6 +46,16 @@ def _now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def next_stamp(last: datetime | None, now: datetime) -> datetime:
+    """A round's event time: `now`, but always after the previous round's. A publisher that
+    fell behind its schedule runs the missed rounds back to back, and two of them in one
+    millisecond (or second) would carry the same time: the second reading set would be a
+    duplicate of the first (unique on device, metric and time) and never stored."""
+    if last is None or now > last:
+        return now
+    return last + (timedelta(seconds=1) if now.microsecond == 0 else timedelta(milliseconds=1))
+
+
 class _Link:
     """One MQTT connection and the devices that publish through it.
 
@@ -291,10 +301,11 @@ class FleetPublisher:
         """Publish a reading set per device every interval_s until stop, duration_s or count."""
         started = time.monotonic()
         rounds = 0
+        last: datetime | None = None
         while not stop.is_set() and (count is None or rounds < count):
             if duration_s is not None and time.monotonic() - started >= duration_s:
                 break
-            ts = _now() if self.interval_s >= 1 else _now_ms()
+            ts = last = next_stamp(last, _now() if self.interval_s >= 1 else _now_ms())
             for sim in self.simulators:
                 reading_set = sim.sample(ts)
                 self._publish(sim.device_id, reading_set, [reading_set])

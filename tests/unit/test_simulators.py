@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import mean
 
 import pytest
 
 from devices.fleet import EXAMPLE_FLEET, demo_fleet, load_fleet_file, simulators_for
+from devices.publisher import next_stamp
 from devices.simulators import (
     LOCAL_TZ,
     DustMonitor,
@@ -158,3 +159,18 @@ def test_simulators_for_makes_river_probes_on_river_sections() -> None:
     (probe,) = simulators_for(devices, seed=1, site_kinds={"r1": "river_section"})
     assert isinstance(probe, WaterQualityProbe)
     assert "do" in probe.sample(NOW).values
+
+
+def test_rounds_run_back_to_back_still_get_distinct_event_times() -> None:
+    """A publisher catching up on its schedule runs rounds within one millisecond; each must
+    still have its own time, or the ingestor rightly stores the second as a duplicate."""
+    now = datetime(2026, 11, 25, 8, 0, 0, 123000, tzinfo=UTC)
+    first = next_stamp(None, now)
+    second = next_stamp(first, now)
+    third = next_stamp(second, now - timedelta(milliseconds=5))  # the clock stepped back
+    assert first == now and second == now + timedelta(milliseconds=1)
+    assert third == now + timedelta(milliseconds=2)
+    whole = now.replace(microsecond=0)  # second-resolution stamps step by a second
+    assert next_stamp(whole, whole) == whole + timedelta(seconds=1)
+    later = now + timedelta(milliseconds=50)
+    assert next_stamp(third, later) == later
