@@ -75,6 +75,7 @@ class MqttIntake:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
 
     def start(self, timeout_s: float = 15.0) -> None:
@@ -141,7 +142,16 @@ class MqttIntake:
             flags.session_present,
             self.topics,
         )
+        # ready (start() returns) once the broker has confirmed the subscription: a message
+        # published before that would not be routed to a new session
         client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("mqtt subscription refused: %s", ", ".join(str(r) for r in refused))
         self._connected.set()
 
     def _on_disconnect(
