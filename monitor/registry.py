@@ -38,17 +38,31 @@ class DeviceCreate(BaseModel):
     kind: DeviceKind
     name: str | None = Field(None, max_length=200)
     status: DeviceStatus = DeviceStatus.active
+    interval_s: int = Field(
+        60,
+        ge=1,
+        le=86_400,
+        description="Seconds between the device's readings (HJ 212 RtdInterval): what hourly "
+        "validity, no-data and online/offline are measured against",
+    )
 
 
-def _upsert(conn: Connection, table: Any, values: dict[str, Any]) -> None:
+def _upsert(conn: Connection, table: Any, model: BaseModel) -> None:
+    """Insert a record, or update the stored one with the keys the caller gave: a re-import
+    that leaves a key out leaves its stored value alone (defaults apply to new rows only)."""
+    values = model.model_dump(mode="json")
+    given = model.model_dump(mode="json", exclude_unset=True)
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(table).values(values)
-    updates = {k: v for k, v in values.items() if k != "id"}
-    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=updates))
+    updates = {k: v for k, v in given.items() if k != "id"}
+    if updates:
+        conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=updates))
+    else:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
 
 
 def upsert_site(conn: Connection, site: SiteCreate) -> None:
-    _upsert(conn, sites_t, site.model_dump(mode="json"))
+    _upsert(conn, sites_t, site)
 
 
 def upsert_device(conn: Connection, device: DeviceCreate) -> str | None:
@@ -61,7 +75,7 @@ def upsert_device(conn: Connection, device: DeviceCreate) -> str | None:
         check_username(device.id)
     except ValueError as exc:
         raise InvalidInput(f"id: {exc}", field="id") from exc
-    _upsert(conn, devices_t, device.model_dump(mode="json"))
+    _upsert(conn, devices_t, device)
     has = conn.execute(
         select(devices_t.c.mqtt_password_hash).where(devices_t.c.id == device.id)
     ).scalar_one()

@@ -36,6 +36,7 @@ class DeviceRead(BaseModel):
     name: str | None
     status: str
     district: str
+    interval_s: int = Field(description="Seconds between the device's readings")
     last_seen_at: datetime | None
     online: bool = Field(
         description="Seen within the offline threshold and not offline by its last will"
@@ -65,6 +66,9 @@ class DeviceUpdate(BaseModel):
 
     name: str | None = Field(None, max_length=200)
     status: str | None = Field(None, pattern="^(active|retired)$")
+    interval_s: int | None = Field(
+        None, ge=1, le=86_400, description="Seconds between the device's readings"
+    )
 
 
 class ReadingRead(BaseModel):

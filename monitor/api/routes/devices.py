@@ -21,7 +21,7 @@ from monitor.api.schemas import (
 from monitor.api.scope import district_clause
 from monitor.auth import Principal
 from monitor.core.catalogue import DeviceKind, metrics_for
-from monitor.core.exceptions import NotFound
+from monitor.core.exceptions import InvalidInput, NotFound
 from monitor.core.models import Device, DeviceStatus, Reading, Site, table
 from monitor.registry import DeviceCreate, issue_credentials, upsert_device
 
@@ -39,12 +39,22 @@ def _select(principal: Principal) -> Select[Any]:
     )
 
 
-def _read(row: Any, offline_after: timedelta) -> DeviceRead:
+def offline_after(device_interval_s: int, floor_s: int) -> timedelta:
+    """How long a device may be unseen before it is offline: six of its own reporting
+    intervals (standards.md §6, device_offline alarm: max(600, 6*RtdInterval)), never less
+    than the global setting, so an hourly logger is not always offline."""
+    return timedelta(seconds=max(floor_s, OFFLINE_INTERVALS * device_interval_s))
+
+
+OFFLINE_INTERVALS = 6
+
+
+def _read(row: Any, floor_s: int) -> DeviceRead:
     m = dict(row._mapping)
     seen = m["last_seen_at"]
     m["online"] = (
         seen is not None
-        and datetime.now(UTC) - seen <= offline_after
+        and datetime.now(UTC) - seen <= offline_after(int(m["interval_s"]), floor_s)
         and m["connection"] != "offline"
     )
     return DeviceRead.model_validate(m)
@@ -75,8 +85,7 @@ def list_devices(
     if cursor:
         q = q.where(devices.c.id > decode_cursor(cursor, 1)[0])
     rows = session.execute(q).all()
-    offline = timedelta(seconds=settings.offline_after_s)
-    items = [_read(r, offline) for r in rows[:limit]]
+    items = [_read(r, settings.offline_after_s) for r in rows[:limit]]
     nxt = encode_cursor([items[-1].id]) if len(rows) > limit else None
     return Page(items=items, next_cursor=nxt)
 
@@ -136,7 +145,7 @@ def get_device(
     row = session.execute(_select(principal).where(devices.c.id == device_id)).first()
     if row is None:
         raise NotFound(f"device {device_id!r} does not exist", field="path.device_id")
-    return _read(row, timedelta(seconds=settings.offline_after_s))
+    return _read(row, settings.offline_after_s)
 
 
 @router.patch("/{device_id}", response_model=DeviceRead)
@@ -148,9 +157,14 @@ def update_device(
     device_id: str,
     body: DeviceUpdate,
 ) -> DeviceRead:
-    """Rename a device or retire it (admin; a retired device's messages become dead letters)."""
+    """Rename a device, set its reporting interval, or retire it (admin; a retired device's
+    messages become dead letters)."""
     get_device(session, settings, admin, device_id)
     values = body.model_dump(exclude_unset=True)
+    if "interval_s" in values and values["interval_s"] is None:
+        raise InvalidInput(
+            "interval_s: a number of seconds (1 to 86400), not null", field="interval_s"
+        )
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
         audit.record(
