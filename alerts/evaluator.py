@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from alerts.evaluation import (
@@ -42,10 +42,11 @@ from alerts.evaluation import (
     period_means,
     steps_of,
 )
-from alerts.service import SYSTEM_ACTOR, record_event
+from alerts.service import SYSTEM_ACTOR, StaleAlert, record_event, save
 from monitor.core.catalogue import METRICS
-from monitor.core.db import one_of
+from monitor.core.db import lock_devices, one_of
 from monitor.core.models import (
+    CLOSED,
     Aggregate,
     Alert,
     AlertEventKind,
@@ -86,8 +87,10 @@ HOUR = timedelta(hours=1)
 # break a "for" run: it must be shown to hold by consecutive readings
 GAP_INTERVALS = 1.5
 K = TypeVar("K")
-# how far back an open alert is rebuilt from its readings at most
-MAX_REBUILD = timedelta(days=7)
+EPSILON = timedelta(microseconds=1)
+FOREVER = datetime.max.replace(tzinfo=UTC)
+# events of an alert raised or changed by readings older than what the device had already sent
+LATE_TAG = "[from late data] "
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,21 @@ class Outcome:
     opened: int = 0
     escalated: int = 0
     resolved: int = 0
+    retracted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What one evaluation knows besides the readings: each device's event-time watermark
+    before this batch (an episode that fired at or before it was raised from late data), and
+    whether an episode found already over pages anyone."""
+
+    known: Mapping[str, datetime | None]
+    page_ended: bool = False
+
+    def late(self, device_id: str, e: Episode) -> bool:
+        known = self.known.get(device_id)
+        return known is not None and (e.fired_at or e.started_at) <= known
 
 
 def _devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, Any]:
@@ -115,6 +133,7 @@ def _devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, An
         devices_t.c.status,
         devices_t.c.interval_s,
         devices_t.c.last_seen_at,
+        devices_t.c.watermark_at,
         devices_t.c.created_at,
         sites_t.c.kind.label("site_kind"),
         sites_t.c.district,
@@ -161,7 +180,11 @@ class _Selector:
 
 
 def evaluate_batch(
-    conn: Connection, touched: Iterable[Touched], tz: ZoneInfo = DEFAULT_TZ
+    conn: Connection,
+    touched: Iterable[Touched],
+    tz: ZoneInfo = DEFAULT_TZ,
+    *,
+    page_ended: bool = False,
 ) -> Outcome:
     """Apply every enabled reading-driven rule to what a stored batch touched, then the
     composite rules over their results.
@@ -183,6 +206,8 @@ def evaluate_batch(
     outcome = Outcome()
     if not earliest:
         return outcome
+    # one evaluation of a device at a time (the writer holds these locks already)
+    lock_devices(conn, latest)
     by_metric: dict[str, dict[str, datetime]] = defaultdict(dict)
     for (d, m), ts in earliest.items():
         by_metric[m][d] = ts
@@ -223,7 +248,8 @@ def evaluate_batch(
         if targets:
             plans.append((rule, targets))
     if plans:
-        _evaluate_rules(conn, plans, devices, latest, outcome, tz)
+        ctx = _Context({d: row.watermark_at for d, row in devices.items()}, page_ended)
+        _evaluate_rules(conn, plans, devices, latest, outcome, tz, ctx)
     composites = [rule for rule in rules if rule.kind == RuleKind.composite]
     if composites:
         _evaluate_composites(conn, composites, latest, devices, outcome)
@@ -248,7 +274,7 @@ def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) 
             row.device_id: row
             for row in conn.execute(
                 select(alerts_t).where(
-                    alerts_t.c.rule_id == rule.id, alerts_t.c.status != AlertStatus.resolved
+                    alerts_t.c.rule_id == rule.id, alerts_t.c.status.not_in(CLOSED)
                 )
             )
         }
@@ -277,7 +303,7 @@ def _open_alert(conn: Connection, rule_id: int, device_id: str) -> Row[Any] | No
         select(alerts_t).where(
             alerts_t.c.rule_id == rule_id,
             alerts_t.c.device_id == device_id,
-            alerts_t.c.status != AlertStatus.resolved,
+            alerts_t.c.status.not_in(CLOSED),
         )
     ).first()
 
@@ -305,76 +331,83 @@ def _evaluate_rules(
     latest: Mapping[str, datetime | None],
     outcome: Outcome,
     tz: ZoneInfo,
+    ctx: _Context,
 ) -> None:
-    """Rebuild each rule's episodes over each device's series and reconcile them with the
-    alerts: the series reaches back before the open alert's start, so late, out-of-order and
-    redelivered readings all give the alert the values in-order data would have."""
+    """Rebuild each rule's episodes over each device's series from a point where nothing was
+    in progress, and reconcile them with every alert of the pair from there on.
+
+    A reading at t changes no step before t, so the alerts stored for the steps before t are
+    still right. The fold starts a lookback before the earliest new reading, moved back to the
+    start of any alert still going on there (however old), and never before an inspector's
+    resolve (final). The series itself starts one more lookback earlier, so the first folded
+    step's window is whole. Late, out-of-order and redelivered readings therefore give the
+    alerts in-order data gives, within the lateness horizon."""
     rule_ids = [rule.id for rule, _ in plans]
     device_ids = {d for _, targets in plans for d in targets}
-    open_alerts = {
-        (row.rule_id, row.device_id): row
-        for row in conn.execute(
-            select(alerts_t).where(
-                one_of(conn, alerts_t.c.rule_id, rule_ids),
-                one_of(conn, alerts_t.c.device_id, device_ids),
-                alerts_t.c.status != AlertStatus.resolved,
-            )
+    lookbacks = [_lookback(rule) for rule, _ in plans]
+    earliest = min(
+        ts - lookback
+        for (_, targets), lookback in zip(plans, lookbacks, strict=True)
+        for ts in targets.values()
+    )
+    by_pair: dict[tuple[int, str], list[Row[Any]]] = defaultdict(list)
+    for row in conn.execute(
+        select(alerts_t)
+        .where(
+            one_of(conn, alerts_t.c.rule_id, rule_ids),
+            one_of(conn, alerts_t.c.device_id, device_ids),
+            alerts_t.c.status != AlertStatus.retracted,
+            or_(alerts_t.c.resolved_at.is_(None), alerts_t.c.resolved_at >= earliest),
         )
-    }
-    # A resolved alert is evidence: what it covered is not judged again.
-    resolved_until: dict[tuple[int, str], datetime] = {
-        (rule_id, device_id): until
-        for rule_id, device_id, until in conn.execute(
-            select(alerts_t.c.rule_id, alerts_t.c.device_id, func.max(alerts_t.c.evaluated_until))
-            .where(
-                one_of(conn, alerts_t.c.rule_id, rule_ids),
-                one_of(conn, alerts_t.c.device_id, device_ids),
-                alerts_t.c.status == AlertStatus.resolved,
-            )
-            .group_by(alerts_t.c.rule_id, alerts_t.c.device_id)
-        )
-    }
+        .order_by(alerts_t.c.started_at, alerts_t.c.id)
+    ):
+        by_pair[(row.rule_id, row.device_id)].append(row)
     starts: list[dict[str, datetime]] = []
-    for rule, targets in plans:
-        lookback = _lookback(rule)
+    folds: list[dict[str, tuple[datetime, list[Row[Any]]]]] = []
+    for (rule, targets), lookback in zip(plans, lookbacks, strict=True):
         begin: dict[str, datetime] = {}
+        fold: dict[str, tuple[datetime, list[Row[Any]]]] = {}
         for device_id, since in targets.items():
-            lo = since - lookback
-            alert = open_alerts.get((rule.id, device_id))
-            if alert is not None:
-                lo = min(lo, alert.started_at - lookback)
-            begin[device_id] = max(lo, since - MAX_REBUILD)
+            start, mine = _fold_start(since - lookback, by_pair.get((rule.id, device_id), []))
+            begin[device_id] = start - lookback
+            fold[device_id] = (start, mine)
         if rule.kind == RuleKind.flag_held:
             # Nearly every reading is flagged N: a flag rule needs the series only of devices
-            # with a flagged reading in its window, or an alert that may now clear.
-            keep = _flagged(conn, rule, begin) | {d for d in begin if (rule.id, d) in open_alerts}
+            # with a flagged reading in its window, or an alert that may change.
+            keep = _flagged(conn, rule, begin) | {d for d in begin if fold[d][1]}
             begin = {d: ts for d, ts in begin.items() if d in keep}
         starts.append(begin)
+        folds.append(fold)
     rules_only = [rule for rule, _ in plans]
     extremes = _extremes(conn, list(zip(rules_only, starts, strict=True)))
     for i, (rule, _) in enumerate(plans):
         if _bounded_by_extremes(rule):
             # A mean lies between the smallest and the largest reading it averages: where
             # none of a device's readings in the window passes a tier, neither can any mean
-            # of them, and unless an alert is open there is nothing to judge.
+            # of them, and unless an alert is there to reconcile there is nothing to judge.
             got = extremes.get(str(rule.metric), {})
             starts[i] = {
                 d: ts
                 for d, ts in starts[i].items()
-                if (rule.id, d) in open_alerts or _may_violate(rule, got.get(d))
+                if folds[i][d][1] or _may_violate(rule, got.get(d))
             }
     fetched = _fetch_readings(conn, list(zip(rules_only, starts, strict=True)))
-    for (rule, targets), begin in zip(plans, starts, strict=True):
+    for (rule, targets), begin, fold in zip(plans, starts, folds, strict=True):
         r = rule._mapping
         series = _series(conn, rule, begin, devices, tz, fetched, latest) if begin else {}
         for device_id in targets:
-            mark = resolved_until.get((rule.id, device_id))
+            start, existing = fold[device_id]
             steps = [
                 s
                 for s in series.get(device_id, [])
-                if (mark is None or s.ts > mark)
-                and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
+                if s.ts >= start and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
             ]
+            if steps and steps[0].since is not None and steps[0].since < start:
+                # a run that began before the fold start (an inspector closed what came before)
+                steps = [
+                    Step(s.ts, s.value, s.level, s.held, max(s.since, start)) if s.since else s
+                    for s in steps
+                ]
             found = episodes(
                 rule,
                 steps,
@@ -383,7 +416,7 @@ def _evaluate_rules(
                 quiet_s=int(r["quiet_s"]),
                 auto_resolve=bool(r["auto_resolve"]),
             )
-            _reconcile(conn, rule, device_id, open_alerts.get((rule.id, device_id)), found, outcome)
+            _reconcile(conn, rule, device_id, existing, found, outcome, ctx)
 
 
 def _bounded_by_extremes(rule: Row[Any]) -> bool:
@@ -505,34 +538,97 @@ def _fetch_readings(
     return out
 
 
+def _fold_start(lo: datetime, alerts: list[Row[Any]]) -> tuple[datetime, list[Row[Any]]]:
+    """Where to fold a pair's steps from, and the alerts to reconcile from there: `lo`, moved
+    back to the start of an alert going on at `lo`, but never to or before an inspector's
+    resolve (what it closed stays closed; only later steps are judged)."""
+    closed_by_person = [
+        a.resolved_at
+        for a in alerts
+        if a.status == AlertStatus.resolved
+        and a.resolved_by not in (None, SYSTEM_ACTOR)
+        and a.resolved_at is not None
+    ]
+    barrier = max(closed_by_person, default=None)
+    start = lo
+    for a in alerts:
+        if a.started_at < start and (a.resolved_at is None or a.resolved_at >= start):
+            start = a.started_at
+    if barrier is not None and start <= barrier:
+        start = barrier + EPSILON
+    mine = [
+        a
+        for a in alerts
+        if (a.resolved_at is None or a.resolved_at >= start)
+        and a.started_at >= (barrier or a.started_at)
+        and not (a.status == AlertStatus.resolved and a.resolved_by not in (None, SYSTEM_ACTOR))
+    ]
+    return start, mine
+
+
 def _reconcile(
     conn: Connection,
     rule: Row[Any],
     device_id: str,
-    alert: Row[Any] | None,
+    existing: list[Row[Any]],
     found: list[Episode],
     outcome: Outcome,
+    ctx: _Context,
 ) -> None:
-    if alert is not None:
-        # episodes that ended before the open alert began are the past: not raised now
-        found = [e for e in found if (e.until or e.started_at) >= alert.started_at]
-        if not found:
-            if alert.status == AlertStatus.pending:
-                conn.execute(delete(alerts_t).where(alerts_t.c.id == alert.id))
-            return
-        _update(conn, rule, dict(alert._mapping), found[0], outcome)
-        found = found[1:]
-    for episode in found:
-        alert_id = _insert_episode(conn, rule, device_id, episode, outcome)
-        if alert_id is None:
-            # another evaluator opened this alert first: bring it to the same state instead
-            existing = _open_alert(conn, rule.id, device_id)
-            if existing is not None:
-                _update(conn, rule, dict(existing._mapping), episode, outcome)
+    """Make the pair's alerts from the fold start on exactly the episodes found: an episode
+    takes over the first alert it overlaps (and retracts the others it overlaps: late data
+    joined them), an alert that overlaps no episode is retracted (a pending one is deleted:
+    nothing was said about it), an episode that overlaps no alert is inserted."""
+    used: set[int] = set()
+    plan: list[tuple[Row[Any] | None, Episode]] = []
+    merged: list[tuple[Row[Any], str]] = []
+    for e in found:
+        end = e.resolved_at or FOREVER
+        over = [
+            a
+            for a in existing
+            if a.id not in used
+            and a.started_at <= end
+            and e.started_at <= (a.resolved_at or FOREVER)
+        ]
+        for a in over:
+            used.add(a.id)
+        if over:
+            plan.append((over[0], e))
+            merged += [(a, f"merged into alert {over[0].id} by later data") for a in over[1:]]
+        else:
+            plan.append((None, e))
+    gone = [(a, "later data shows no episode here") for a in existing if a.id not in used]
+    for alert, why in merged + gone:
+        _retract(conn, alert, why, outcome)
+    for target, e in plan:
+        if target is not None:
+            _update(conn, rule, dict(target._mapping), e, outcome, ctx.late(device_id, e))
+    for target, e in plan:
+        if target is None:
+            alert_id = _insert_episode(conn, rule, device_id, e, outcome, ctx)
+            if alert_id is None:
+                # another evaluator opened this alert first (it holds the device's lock only
+                # on PostgreSQL): the next batch's reconcile takes it over
+                raise StaleAlert(f"rule {rule.id} device {device_id}: opened meanwhile")
+
+
+def _retract(conn: Connection, alert: Row[Any], why: str, outcome: Outcome) -> None:
+    if alert.status == AlertStatus.pending:
+        conn.execute(delete(alerts_t).where(alerts_t.c.id == alert.id))
+        return
+    save(conn, alert.id, alert.version, {"status": AlertStatus.retracted})
+    _event(conn, alert.id, AlertEventKind.retracted, note=why)
+    outcome.retracted += 1
 
 
 def _insert_episode(
-    conn: Connection, rule: Row[Any], device_id: str, e: Episode, outcome: Outcome
+    conn: Connection,
+    rule: Row[Any],
+    device_id: str,
+    e: Episode,
+    outcome: Outcome,
+    ctx: _Context,
 ) -> int | None:
     maintenance = _in_maintenance(conn, device_id, e.started_at)
     severity = e.severity
@@ -562,13 +658,19 @@ def _insert_episode(
         "message": message,
         "suppressed": maintenance is not None,
         "clear_since": e.clear_since,
-        "resolved_at": now if e.resolved_at else None,
+        "resolved_at": e.resolved_at,
+        "resolved_by": SYSTEM_ACTOR if e.resolved_at else None,
+        "version": 1,
         "created_at": now,
         "updated_at": now,
     }
     alert_id = _insert_alert(conn, values)
     if alert_id is None:
         return None
+    late = ctx.late(device_id, e)
+    # an episode already over when it is found is recorded, not paged (unless asked to)
+    notify = e.resolved_at is None or ctx.page_ended
+    tag = LATE_TAG if late else ""
     if e.fired_at is None or rule.for_s:
         # the history is the same however the readings were batched: a rule with a "for"
         # window always shows its pending phase
@@ -576,7 +678,7 @@ def _insert_episode(
             conn,
             alert_id,
             AlertEventKind.pending,
-            note=message,
+            note=tag + message,
             severity=severity,
             value=e.first_value,
         )
@@ -588,9 +690,10 @@ def _insert_episode(
         conn,
         alert_id,
         AlertEventKind.opened,
-        note=_describe(rule, first_severity, e.first_value),
+        note=tag + _describe(rule, first_severity, e.first_value),
         severity=first_severity,
         value=e.first_value,
+        notify=notify,
     )
     outcome.opened += 1
     for _, sev, value in e.escalations:
@@ -598,9 +701,10 @@ def _insert_episode(
             conn,
             alert_id,
             AlertEventKind.escalated,
-            note=_describe(rule, sev, value),
+            note=tag + _describe(rule, sev, value),
             severity=sev,
             value=value,
+            notify=notify,
         )
         outcome.escalated += 1
     if e.resolved_at:
@@ -608,76 +712,95 @@ def _insert_episode(
             conn,
             alert_id,
             AlertEventKind.resolved,
-            note=f"condition clear since {e.clear_since.isoformat() if e.clear_since else ''}"
-            f": value back to {e.last_value:.4g}",
+            note=tag + _cleared(e),
             value=e.last_value,
+            notify=notify,
         )
         outcome.resolved += 1
     return alert_id
 
 
+def _cleared(e: Episode) -> str:
+    since = e.clear_since.isoformat() if e.clear_since else ""
+    return f"condition clear since {since}: value back to {e.last_value:.4g}"
+
+
 def _update(
-    conn: Connection, rule: Row[Any], state: dict[str, Any], e: Episode, outcome: Outcome
+    conn: Connection,
+    rule: Row[Any],
+    state: dict[str, Any],
+    e: Episode,
+    outcome: Outcome,
+    late: bool,
 ) -> None:
-    """Bring an open alert to its episode's state. Derived fields are recomputed, not
-    incremented, so evaluating the same readings twice changes nothing."""
+    """Bring an alert to its episode's state. Every field is the episode's (a function of
+    the readings), so evaluating the same readings twice changes nothing; the status moves
+    as the episode says, keeping an inspector's acknowledgement."""
+    tag = LATE_TAG if late else ""
     changes: dict[str, Any] = {
-        "started_at": min(state["started_at"], e.started_at),
+        "started_at": e.started_at,
         "last_violation_at": e.last_violation_at,
         "last_value": e.last_value,
         "peak_value": e.peak,
         "violations": e.violations,
         "clear_since": e.clear_since,
-        "evaluated_until": max(state["evaluated_until"], e.until or e.started_at),
+        "evaluated_until": e.until or e.started_at,
+        "severity": e.severity,
+        "fired_at": e.fired_at or e.started_at,
     }
-    if state["status"] == AlertStatus.pending:
-        # nothing has been said about a pending alert yet: it is exactly its episode
-        changes["started_at"] = e.started_at
-        changes["severity"] = e.severity
-        changes["fired_at"] = e.fired_at or e.started_at  # while pending: when it began
+    status = state["status"]
+    if status == AlertStatus.pending:
         if e.fired_at is not None:
-            changes.update(
-                status=AlertStatus.firing,
-                fired_at=e.fired_at,
-                message=_describe(rule, e.severity, e.peak),
-            )
+            status = AlertStatus.firing
+            changes.update(status=status, message=_describe(rule, e.severity, e.peak))
             _event(
                 conn,
                 state["id"],
                 AlertEventKind.opened,
-                note=changes["message"],
+                note=tag + changes["message"],
                 severity=e.severity,
                 value=e.peak,
             )
             outcome.opened += 1
-    else:
-        if e.fired_at is not None and e.fired_at < state["fired_at"]:
-            changes["fired_at"] = e.fired_at
-        if RANK[e.severity] > RANK[Severity(state["severity"])]:
-            changes.update(severity=e.severity, message=_describe(rule, e.severity, e.peak))
-            _event(
-                conn,
-                state["id"],
-                AlertEventKind.escalated,
-                note=changes["message"],
-                severity=e.severity,
-                value=e.peak,
-            )
-            outcome.escalated += 1
-    if e.resolved_at is not None and state["status"] != AlertStatus.pending:
-        changes.update(status=AlertStatus.resolved, resolved_at=utcnow())
-        since = e.clear_since.isoformat() if e.clear_since else ""
+        else:
+            changes["message"] = _describe(rule, e.severity, e.peak)
+    elif RANK[e.severity] > RANK[Severity(state["severity"])]:
+        changes["message"] = _describe(rule, e.severity, e.peak)
         _event(
             conn,
             state["id"],
-            AlertEventKind.resolved,
-            note=f"condition clear since {since}: value back to {e.last_value:.4g}",
+            AlertEventKind.escalated,
+            note=tag + changes["message"],
+            severity=e.severity,
+            value=e.peak,
+        )
+        outcome.escalated += 1
+    if e.resolved_at is not None and status != AlertStatus.pending:
+        if status != AlertStatus.resolved:
+            _event(
+                conn,
+                state["id"],
+                AlertEventKind.resolved,
+                note=tag + _cleared(e),
+                value=e.last_value,
+            )
+            outcome.resolved += 1
+        changes.update(
+            status=AlertStatus.resolved, resolved_at=e.resolved_at, resolved_by=SYSTEM_ACTOR
+        )
+    elif e.resolved_at is None and status == AlertStatus.resolved:
+        # late data shows the episode had not ended: open again (acknowledged, if it was)
+        reopened = AlertStatus.acknowledged if state["acknowledged_at"] else AlertStatus.firing
+        changes.update(status=reopened, resolved_at=None, resolved_by=None)
+        _event(
+            conn,
+            state["id"],
+            AlertEventKind.reopened,
+            note=tag + "later data shows the condition had not cleared",
             value=e.last_value,
         )
-        outcome.resolved += 1
-    conn.execute(
-        update(alerts_t).where(alerts_t.c.id == state["id"]).values(**changes, updated_at=utcnow())
-    )
+    if any(state.get(k) != v for k, v in changes.items()):
+        save(conn, state["id"], state["version"], changes)
 
 
 def _series(
@@ -897,7 +1020,7 @@ def _evaluate_composites(
                 select(alerts_t).where(
                     alerts_t.c.rule_id == rule.id,
                     one_of(conn, alerts_t.c.device_id, targets),
-                    alerts_t.c.status != AlertStatus.resolved,
+                    alerts_t.c.status.not_in(CLOSED),
                 )
             )
         }
@@ -928,9 +1051,19 @@ def _event(
     note: str,
     severity: str | None = None,
     value: float | None = None,
+    notify: bool = True,
 ) -> None:
     """An alert event by the evaluator itself."""
-    record_event(conn, alert_id, kind, SYSTEM_ACTOR, note=note, severity=severity, value=value)
+    record_event(
+        conn,
+        alert_id,
+        kind,
+        SYSTEM_ACTOR,
+        note=note,
+        severity=severity,
+        value=value,
+        notify=notify,
+    )
 
 
 def _describe(rule: Row[Any], severity: str, value: float) -> str:
@@ -1046,7 +1179,8 @@ def _fold(
             state["clear_since"] = since
             if step.ts - since >= timedelta(seconds=int(r["quiet_s"])):
                 state["status"] = AlertStatus.resolved
-                state["resolved_at"] = utcnow()
+                state["resolved_at"] = step.ts
+                state["resolved_by"] = SYSTEM_ACTOR
                 _event(
                     conn,
                     state["id"],
@@ -1079,7 +1213,7 @@ def _open(
         fired_at=step.ts,
         until=step.ts,
     )
-    alert_id = _insert_episode(conn, rule, device_id, e, outcome)
+    alert_id = _insert_episode(conn, rule, device_id, e, outcome, _Context({}))
     if alert_id is None:
         return None
     row = conn.execute(select(alerts_t).where(alerts_t.c.id == alert_id)).one()
@@ -1098,10 +1232,9 @@ def _save(conn: Connection, state: dict[str, Any]) -> None:
         "violations",
         "message",
         "resolved_at",
+        "resolved_by",
         "clear_since",
     )
-    conn.execute(
-        update(alerts_t)
-        .where(alerts_t.c.id == state["id"])
-        .values({**{f: state[f] for f in fields if f in state}, "updated_at": utcnow()})
+    state["version"] = save(
+        conn, state["id"], state["version"], {f: state[f] for f in fields if f in state}
     )

@@ -6,11 +6,22 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, Float, String, bindparam, func, insert, text, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    String,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
-from monitor.core.db import pg_array
+from monitor.core.db import one_of, pg_array
 from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading, table
 
 readings = table(Reading)
@@ -194,4 +205,30 @@ def touch_devices(
             connection=func.coalesce(bindparam("b_conn", type_=String), devices.c.connection),
         ),
         params,
+    )
+
+
+def watermarks(conn: Connection, device_ids: Iterable[str]) -> dict[str, datetime | None]:
+    """Each device's event-time watermark: the newest event time stored for it."""
+    ids = sorted(set(device_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(devices.c.id, devices.c.watermark_at).where(one_of(conn, devices.c.id, ids))
+    )
+    return {d: at for d, at in rows}
+
+
+def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
+    """Move each device's watermark forward to the newest event time of a stored batch."""
+    if not newest:
+        return
+    conn.execute(
+        update(devices)
+        .where(
+            devices.c.id == bindparam("b_id"),
+            or_(devices.c.watermark_at.is_(None), devices.c.watermark_at < bindparam("b_ts")),
+        )
+        .values(watermark_at=bindparam("b_ts")),
+        [{"b_id": d, "b_ts": ts} for d, ts in sorted(newest.items())],
     )

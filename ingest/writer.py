@@ -21,9 +21,16 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
+from alerts.service import StaleAlert
 from ingest import metrics
 from ingest.mqtt import Message
-from ingest.repository import insert_dead_letters, insert_readings, touch_devices
+from ingest.repository import (
+    advance_watermarks,
+    insert_dead_letters,
+    insert_readings,
+    touch_devices,
+    watermarks,
+)
 from ingest.spool import Spool, SpoolFull
 from ingest.validate import (
     DeadLetterRecord,
@@ -34,12 +41,14 @@ from ingest.validate import (
     Row,
     parse_message,
 )
+from monitor.core.db import lock_devices
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
 TIMER_S = 30.0  # how often time-driven rules (no data) are evaluated
 # With several ingestors, one of them runs the timer rules at a time (an advisory lock).
 TIMER_LOCK = 0x656E766D  # "envm"
+STALE_RETRIES = 3  # evaluations of a batch whose alerts an inspector changed meanwhile
 
 
 @dataclass(slots=True)
@@ -105,6 +114,7 @@ class Writer:
         self._tz = ZoneInfo(settings.timezone)
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
         self._last_tick = 0.0
+        self._page_ended = settings.notify_ended_episodes
 
     @property
     def spool_depth(self) -> int:
@@ -329,6 +339,9 @@ class Writer:
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
         now = datetime.now(UTC)
+        batch_devices = {r.device_id for r in rows}
+        lock_devices(conn, batch_devices)
+        known = watermarks(conn, batch_devices)
         inserted = insert_readings(conn, rows)
         insert_dead_letters(conn, dead, now)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
@@ -346,14 +359,23 @@ class Writer:
         touch_devices(conn, seen)
         opened = 0
         if inserted:
+            marks: dict[str, datetime] = {}
+            for r in rows:
+                if r.ts > marks.get(r.device_id, r.ts - self._horizon):
+                    marks[r.device_id] = r.ts
+            for d, at in known.items():
+                if at is not None and at > marks.get(d, at):
+                    marks[d] = at
             span: dict[tuple[str, str], tuple[datetime, datetime]] = {}
             for r in rows:
-                # beyond the lateness horizon a reading is kept but re-opens no window
-                ts = max(r.ts, r.received_at - self._horizon)
+                # beyond the lateness horizon (from the device's own marks event time, never
+                # the ingestor's clock) a reading is kept but re-opens no window
+                ts = max(r.ts, marks[r.device_id] - self._horizon)
                 key = (r.device_id, r.metric)
                 lo, hi = span.get(key, (ts, r.ts))
                 span[key] = (min(lo, ts), max(hi, r.ts))
             opened = self._evaluate(conn, span)
+            advance_watermarks(conn, marks)
         return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
 
     def _evaluate(
@@ -362,13 +384,20 @@ class Writer:
         """Run the rules over what the batch touched, in a savepoint: a bug in a rule must
         cost that batch its alerts (logged, counted), never its readings."""
         started = time.perf_counter()
+        touched = [Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()]
         try:
-            with conn.begin_nested():
-                outcome = evaluate_batch(
-                    conn,
-                    (Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()),
-                    self._tz,
-                )
+            for attempt in range(STALE_RETRIES):
+                try:
+                    with conn.begin_nested():
+                        outcome = evaluate_batch(
+                            conn, touched, self._tz, page_ended=self._page_ended
+                        )
+                    break
+                except StaleAlert as exc:
+                    # an inspector (or another ingestor) changed an alert meanwhile: read again
+                    if attempt == STALE_RETRIES - 1:
+                        raise
+                    log.info("alert changed while evaluating (%s); evaluating again", exc)
         except OperationalError:
             raise
         except Exception:

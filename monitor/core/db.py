@@ -152,3 +152,22 @@ def downgrade(url: str, revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+# pg_advisory_xact_lock(class, key): a class of envmon's own, the device id's hash as key
+DEVICE_LOCK_CLASS = 0x656E7601
+
+_PG_LOCK_DEVICES = text(
+    "SELECT pg_advisory_xact_lock(:cls, hashtext(d)) "
+    "FROM unnest(CAST(:ids AS text[])) AS d ORDER BY hashtext(d)"
+)
+
+
+def lock_devices(conn: Connection, device_ids: Iterable[str]) -> None:
+    """Serialise writers of the same devices until commit (PostgreSQL; SQLite has one
+    writer at a time anyway): an evaluation then sees every reading stored before it, so two
+    ingestors sharing a device cannot each judge half of its data. Locks are taken in one
+    order (by hash), so two batches cannot deadlock on them."""
+    ids = sorted(set(device_ids))
+    if ids and conn.dialect.name == "postgresql":
+        conn.execute(_PG_LOCK_DEVICES, {"cls": DEVICE_LOCK_CLASS, "ids": pg_array(ids)})

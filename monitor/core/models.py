@@ -88,6 +88,13 @@ class AlertStatus(StrEnum):
     firing = "firing"
     acknowledged = "acknowledged"
     resolved = "resolved"
+    # later data shows the episode never happened as raised (merged into another, or gone
+    # when a late reading changed a mean): kept as evidence, never open
+    retracted = "retracted"
+
+
+# the states an alert is over in; any other is "open" (one per rule and device)
+CLOSED = (AlertStatus.resolved, AlertStatus.retracted)
 
 
 class Severity(StrEnum):
@@ -111,6 +118,8 @@ class AlertEventKind(StrEnum):
     resolved = "resolved"
     comment = "comment"
     assigned = "assigned"
+    reopened = "reopened"  # late data shows a resolved episode had not ended
+    retracted = "retracted"  # late data shows the episode did not happen as raised
 
 
 class RuleKind(StrEnum):
@@ -151,6 +160,8 @@ class Device(Base):
     status: Mapped[str] = mapped_column(String(16), default=DeviceStatus.active)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
+    # the newest event time stored for the device: the lateness horizon is measured from it
+    watermark_at: Mapped[datetime | None] = mapped_column()
     # seconds between the device's readings (HJ 212 RtdInterval): what "expected samples" and
     # "no data" are measured against
     interval_s: Mapped[int] = mapped_column(Integer, default=60)
@@ -302,7 +313,12 @@ class Alert(Base):
     # opened during a maintenance window: kept as evidence, not notified
     suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
     acknowledged_at: Mapped[datetime | None] = mapped_column()
+    # event time: the step that resolved it, or (an inspector's resolve) how far it had got
     resolved_at: Mapped[datetime | None] = mapped_column()
+    # "system:evaluator" or the inspector; a person's resolve is final for the evaluator
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
+    # bumped by every change; a writer that read an older version retries (lifecycle.py)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -313,8 +329,8 @@ class Alert(Base):
             "rule_id",
             "device_id",
             unique=True,
-            sqlite_where=text("status <> 'resolved'"),
-            postgresql_where=text("status <> 'resolved'"),
+            sqlite_where=text("status NOT IN ('resolved', 'retracted')"),
+            postgresql_where=text("status NOT IN ('resolved', 'retracted')"),
         ),
     )
 

@@ -161,8 +161,13 @@ class Settings(BaseSettings):
     lateness_horizon_s: int = Field(
         7200,
         ge=0,
-        description="Readings later than this (event time behind arrival) are stored and "
-        "reported but no longer re-evaluate alert windows",
+        description="Readings older than this behind their device's newest event time are "
+        "stored and reported but no longer re-evaluate alert windows",
+    )
+    notify_ended_episodes: bool = Field(
+        False,
+        description="Page for an episode that late data shows had already ended (false: it "
+        "is recorded and visible, not notified)",
     )
     timezone: str = Field(
         "Asia/Shanghai", description="The city's time zone: calendar periods, days, day/night"

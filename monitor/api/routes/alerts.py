@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from alerts import service
@@ -35,7 +35,6 @@ from monitor.core.models import (
     Severity,
     Site,
     table,
-    utcnow,
 )
 from monitor.core.settings import Settings
 
@@ -337,17 +336,12 @@ def assign_alert(
 ) -> AlertDetail:
     """Assign an alert to a person (or unassign it)."""
     get_alert(session, inspector, alert_id)
-    session.execute(
-        update(alerts)
-        .where(alerts.c.id == alert_id)
-        .values(assignee=body.assignee, updated_at=utcnow())
-    )
     note = f"assigned to {body.assignee}" if body.assignee else "unassigned"
-    service.record_event(
+    service.assign(
         session.connection(),
         alert_id,
-        AlertEventKind.assigned,
         inspector.actor,
-        note=f"{note}: {body.note}" if body.note else note,
+        body.assignee,
+        f"{note}: {body.note}" if body.note else note,
     )
     return get_alert(session, inspector, alert_id)
