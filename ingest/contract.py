@@ -69,6 +69,13 @@ def same_unit(given: str, expected: str) -> bool:
     return norm(given) == norm(expected)
 
 
+def marker_topic(prefix: str, client_id: str) -> str:
+    """Where an ingestor publishes a note to itself after subscribing: when it comes back, the
+    broker has delivered everything it held for the session before it (MQTT has no "caught
+    up" signal of its own). Not a device topic, never under a shared group."""
+    return f"{prefix}/v1/ingest/{client_id}/caught-up"
+
+
 def topic_root(prefix: str) -> str:
     return f"{prefix}/{API_VERSION}/devices"
 

@@ -21,12 +21,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.contract import STATUS, TELEMETRY, topic_root
+from ingest.contract import STATUS, TELEMETRY, marker_topic, topic_root
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+MARKER_WAIT_S = 1.0  # with nothing held for us, the catch-up marker goes after this
 
 
 @dataclass(slots=True)
@@ -56,10 +57,13 @@ class MqttIntake:
         # dropped with it) or not sent at all: never sent on the next connection.
         self._ack_lock = threading.Lock()
         self._sessions = 0
+        self._marker_due: int | None = None  # the connection whose marker is not sent yet
+        self._marker_timer: threading.Timer | None = None
         self.fatal: BaseException | None = None
         root = topic_root(settings.mqtt_topic_prefix)
         share = f"$share/{settings.mqtt_shared_group}/" if settings.mqtt_shared_group else ""
         self.topics = [f"{share}{root}/+/{TELEMETRY}", f"{share}{root}/+/{STATUS}"]
+        self.marker = marker_topic(settings.mqtt_topic_prefix, settings.mqtt_client_id)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
@@ -144,7 +148,7 @@ class MqttIntake:
         )
         # ready (start() returns) once the broker has confirmed the subscription: a message
         # published before that would not be routed to a new session
-        client.subscribe([(t, 1) for t in self.topics])
+        client.subscribe([(t, 1) for t in [*self.topics, self.marker]])
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
@@ -152,7 +156,26 @@ class MqttIntake:
         refused = [r for r in reasons if r.is_failure]
         if refused:
             log.error("mqtt subscription refused: %s", ", ".join(str(r) for r in refused))
+        else:
+            # The catch-up marker must queue behind whatever the broker holds for this session.
+            # Mosquitto 2.0 puts a new message straight in flight while it has room, and right
+            # after a reconnect it can have room before the held messages flow (seen: the
+            # marker came 5th of 150). So it is sent once the first held message has arrived
+            # (the rest are then queued ahead of it), or after a second with none.
+            with self._ack_lock:
+                self._marker_due = self._generation
+                timer = threading.Timer(MARKER_WAIT_S, self._send_marker, [self._generation])
+            timer.daemon = True
+            self._marker_timer = timer
+            timer.start()
         self._connected.set()
+
+    def _send_marker(self, generation: int) -> None:
+        with self._ack_lock:
+            if self._marker_due != generation or generation != self._generation:
+                return
+            self._marker_due = None
+        self._client.publish(self.marker, str(generation).encode(), qos=1)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
@@ -168,6 +191,8 @@ class MqttIntake:
         item = Message(
             msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC), self._generation
         )
+        if self._marker_due is not None:
+            self._send_marker(item.generation)
         # Blocking here is the back-pressure: paho stops reading the socket, the broker keeps
         # the backlog. Nothing is dropped; while stopping, it is left un-acknowledged so the
         # broker delivers it again to the next session.
@@ -177,6 +202,12 @@ class MqttIntake:
                 return
             except queue.Full:
                 continue
+
+    @property
+    def generation(self) -> int:
+        """The current connection's number (changes at every connect and disconnect)."""
+        with self._ack_lock:
+            return self._generation
 
     def ack(self, messages: list[Message]) -> None:
         with self._ack_lock:
@@ -194,5 +225,7 @@ class MqttIntake:
 
     def close(self) -> None:
         self._accepting.clear()
+        if self._marker_timer is not None:
+            self._marker_timer.cancel()
         self._client.disconnect()
         self._client.loop_stop()

@@ -21,7 +21,14 @@ class Ingestor:
         self.inbox = inbox
         self.intake = MqttIntake(settings, inbox)
         self.registry = DeviceRegistry(engine)
-        self.writer = Writer(settings, engine, inbox, self.registry, self.intake.ack)
+        self.writer = Writer(
+            settings,
+            engine,
+            inbox,
+            self.registry,
+            self.intake.ack,
+            generation=lambda: self.intake.generation,
+        )
 
     @property
     def stats(self) -> Stats:

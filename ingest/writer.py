@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
 from alerts.service import StaleAlert
 from ingest import metrics
+from ingest.contract import marker_topic
 from ingest.mqtt import Message
 from ingest.repository import (
     advance_watermarks,
@@ -71,6 +72,7 @@ class Summary:
     dead: list[DeadLetterRecord]
     opened: int
     seen: dict[str, tuple[datetime, float | None, str | None]]
+    markers: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -87,8 +89,15 @@ class Writer:
         inbox: queue.Queue[Message],
         lookup: Callable[[str], DeviceInfo | None],
         ack: Callable[[list[Message]], None],
+        generation: Callable[[], int] | None = None,
     ) -> None:
+        """`generation`: the intake's current connection number; with it, silence is judged
+        only once the marker published on that connection has been through here."""
         self._engine = engine
+        self._generation = generation
+        self._marker = marker_topic(settings.mqtt_topic_prefix, settings.mqtt_client_id)
+        self._caught_up_at: int | None = None
+        self._behind_logged: int | None = None
         self._inbox = inbox
         self._lookup = lookup
         self._ack = ack
@@ -197,6 +206,13 @@ class Writer:
         (messages in the spool) or a backlog waiting (more than a batch in the queue), the
         devices' last messages are here, not yet stored, and every one of them would look
         silent."""
+        if not self.caught_up():
+            generation = self._generation() if self._generation else None
+            if self._behind_logged != generation:
+                self._behind_logged = generation
+                log.info("not judging silence (no-data rules) until intake has caught up")
+            self._last_tick = time.monotonic() - TIMER_S + 1.0  # look again in a second
+            return
         waiting = self._inbox.qsize()
         if self._spool.depth or waiting >= self._max_messages:
             log.info(
@@ -334,7 +350,17 @@ class Writer:
             )
             return out
 
+    def caught_up(self) -> bool:
+        """Whether everything the broker held when this connection subscribed is stored: the
+        marker published on this connection has been committed behind it."""
+        if self._generation is None:
+            return True
+        return self._caught_up_at is not None and self._caught_up_at == self._generation()
+
     def _store(self, conn: Connection, messages: list[Message]) -> Summary:
+        markers = [m for m in messages if m.topic == self._marker]
+        if markers:
+            messages = [m for m in messages if m.topic != self._marker]
         parsed = [self._parse(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
@@ -376,7 +402,15 @@ class Writer:
                 span[key] = (min(lo, ts), max(hi, r.ts))
             opened = self._evaluate(conn, span)
             advance_watermarks(conn, marks)
-        return Summary(len(messages), inserted, len(rows) - inserted, dead, opened, seen)
+        return Summary(
+            len(messages),
+            inserted,
+            len(rows) - inserted,
+            dead,
+            opened,
+            seen,
+            [_marker_generation(m) for m in markers],
+        )
 
     def _evaluate(
         self, conn: Connection, span: dict[tuple[str, str], tuple[datetime, datetime]]
@@ -410,6 +444,8 @@ class Writer:
 
     def _count(self, summary: Summary) -> None:
         """Account for a committed batch."""
+        if summary.markers:
+            self._caught_up_at = max(summary.markers)
         s = self.stats
         s.messages += summary.messages
         s.stored += summary.inserted
@@ -426,3 +462,10 @@ class Writer:
             metrics.DEAD.labels(d.reason.value).inc()
         for device_id, (at, _, _) in summary.seen.items():
             metrics.LAST_SEEN.labels(device_id).set(at.timestamp())
+
+
+def _marker_generation(m: Message) -> int:
+    try:
+        return int(m.payload)
+    except ValueError:
+        return -1

@@ -181,11 +181,13 @@ def render_acl(prefix: str, ingest_user: str) -> str:
 pattern write {root}/%u/telemetry
 pattern write {root}/%u/status
 
-# The ingestor: the only reader of device topics, and it publishes nothing.
+# The ingestor: the only reader of device topics. It publishes only its catch-up markers to
+# itself (ingest/contract.py marker_topic).
 # $SYS/broker/uptime is for the compose health check, which logs in with this account.
 user {ingest_user}
 topic read {root}/+/telemetry
 topic read {root}/+/status
+topic readwrite {prefix}/v1/ingest/#
 topic read $SYS/broker/uptime
 """
 

@@ -142,6 +142,7 @@ def test_acl_lets_devices_write_their_own_topics_and_only_the_ingestor_read() ->
         "user envmon-ingest",
         "topic read envmon/v1/devices/+/telemetry",
         "topic read envmon/v1/devices/+/status",
+        "topic readwrite envmon/v1/ingest/#",
         "topic read $SYS/broker/uptime",
     ]
     # the patterns come before any `user` line, and every line explains itself in comments
