@@ -1,0 +1,231 @@
+"""DMA daily figures from stored readings into `dma_days`: the queries around alerts/leakage.py.
+
+Set-based: one grouped query for every meter's 15-minute flow and pressure means, one for the
+totalisers, for all the (site, day) pairs asked at once. Never commits; the caller's transaction
+(an ingest batch, a CLI run) holds the write.
+
+Slots are 15-minute UTC buckets (epoch / 900). Every time zone's offset is a whole number of
+quarter hours, so they are the local day's slots too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger, Connection, Integer, and_, cast, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from alerts.leakage import (
+    MAX_TOTALISER_GAP_S,
+    SLOT_S,
+    DmaParams,
+    MeterDay,
+    TotaliserPoint,
+    day_figures,
+)
+from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
+from monitor.core.models import Device, DeviceStatus, DmaDay, Reading, Site, table, utcnow
+from monitor.core.settings import get_settings
+
+readings = table(Reading)
+sites = table(Site)
+devices = table(Device)
+dma_days = table(DmaDay)
+
+
+def _slot(conn: Connection) -> ColumnElement[Any]:
+    if conn.dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", readings.c.ts) / SLOT_S), BigInteger)
+    # SQLite stores naive UTC text; integer division floors the (positive) epoch
+    return cast(func.strftime("%s", readings.c.ts), Integer) / SLOT_S
+
+
+def _hhmm(value: str | None, default: time) -> time:
+    if not value:
+        return default
+    hour, minute = value.split(":")
+    return time(int(hour), int(minute))
+
+
+def params_of(site: Any) -> DmaParams:
+    """A site row's DMA parameters, the method's defaults where a column is null."""
+    d = DmaParams(connections=0)
+    return DmaParams(
+        connections=site.connections or 0,
+        mains_km=site.mains_km,
+        night_from=_hhmm(site.night_from, d.night_from),
+        night_to=_hhmm(site.night_to, d.night_to),
+        night_use_l_per_conn_h=(
+            d.night_use_l_per_conn_h
+            if site.night_use_l_per_conn_h is None
+            else site.night_use_l_per_conn_h
+        ),
+        special_night_use_m3h=site.special_night_use_m3h or 0.0,
+        leakage_exponent=site.leakage_exponent or d.leakage_exponent,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    start: datetime  # UTC instant of local midnight
+    slots: int  # 96, or 92 / 100 on a daylight-saving day
+
+    @property
+    def first_slot(self) -> int:
+        return int(self.start.timestamp()) // SLOT_S
+
+
+def _span(day: date, tz: ZoneInfo) -> _Span:
+    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+    return _Span(start, int((end - start).total_seconds()) // SLOT_S)
+
+
+def recompute_days(
+    conn: Connection, site_day_pairs: Iterable[tuple[str, date]], *, tz: ZoneInfo | None = None
+) -> int:
+    """Compute and store the figures of each (DMA site, local day); returns the days written.
+
+    Pairs naming a site that is not a DMA are ignored. A day without any data is still
+    written (invalid, coverage 0), so a report shows it as missing rather than skipping it.
+    """
+    tz = tz or ZoneInfo(get_settings().timezone)
+    pairs = sorted(set(site_day_pairs))
+    if not pairs:
+        return 0
+    site_ids = sorted({s for s, _ in pairs})
+    site_rows = {
+        r.id: r
+        for r in conn.execute(
+            select(sites).where(sites.c.id.in_(site_ids), sites.c.kind == SiteKind.dma)
+        )
+    }
+    pairs = [(s, d) for s, d in pairs if s in site_rows]
+    if not pairs:
+        return 0
+    meters: dict[str, list[tuple[str, DmaRole]]] = defaultdict(list)
+    for r in conn.execute(
+        select(devices.c.id, devices.c.site_id, devices.c.dma_role)
+        .where(
+            devices.c.site_id.in_(list(site_rows)),
+            devices.c.kind == DeviceKind.leak_meter,
+            devices.c.status == DeviceStatus.active,
+        )
+        .order_by(devices.c.id)
+    ):
+        meters[r.site_id].append((r.id, DmaRole(r.dma_role or DmaRole.inlet)))
+    device_ids = [d for ms in meters.values() for d, _ in ms]
+
+    spans = {d: _span(d, tz) for _, d in pairs}
+    # one range per site: the span of its asked days
+    ranges: dict[str, tuple[datetime, datetime]] = {}
+    for s, d in pairs:
+        sp = spans[d]
+        end = sp.start + timedelta(seconds=sp.slots * SLOT_S)
+        lo, hi = ranges.get(s, (sp.start, end))
+        ranges[s] = (min(lo, sp.start), max(hi, end))
+
+    def in_ranges(pad: timedelta) -> ColumnElement[bool]:
+        return or_(
+            *(
+                and_(
+                    readings.c.device_id.in_([d for d, _ in meters[s]]),
+                    readings.c.ts >= lo - pad,
+                    readings.c.ts < hi + pad,
+                )
+                for s, (lo, hi) in ranges.items()
+                if meters[s]
+            )
+        )
+
+    slot_means: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    totals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    if device_ids:
+        slot = _slot(conn).label("slot")
+        q = (
+            select(readings.c.device_id, readings.c.metric, slot, func.avg(readings.c.value))
+            .where(
+                in_ranges(timedelta(0)),
+                readings.c.metric.in_(["flow", "pressure"]),
+                readings.c.quality == QualityFlag.normal,
+            )
+            .group_by(readings.c.device_id, readings.c.metric, slot)
+        )
+        for dev, metric, n, mean in conn.execute(q):
+            slot_means[(dev, metric)][int(n)] = float(mean)
+        pad = timedelta(seconds=MAX_TOTALISER_GAP_S)
+        tq = (
+            select(readings.c.device_id, readings.c.ts, readings.c.value)
+            .where(
+                in_ranges(pad),
+                readings.c.metric == "totaliser",
+                readings.c.quality == QualityFlag.normal,
+            )
+            .order_by(readings.c.device_id, readings.c.ts)
+        )
+        for dev, ts, value in conn.execute(tq):
+            totals[dev].append((ts.timestamp(), float(value)))
+
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for s, d in pairs:
+        sp = spans[d]
+        first, t0 = sp.first_slot, sp.start.timestamp()
+        day_meters = []
+        for dev, role in meters[s]:
+            flow = slot_means.get((dev, "flow"), {})
+            pressure = slot_means.get((dev, "pressure"), {})
+            day_meters.append(
+                MeterDay(
+                    dev,
+                    role,
+                    {n - first: v for n, v in flow.items() if 0 <= n - first < sp.slots},
+                    {n - first: v for n, v in pressure.items() if 0 <= n - first < sp.slots},
+                    tuple(
+                        TotaliserPoint(t - t0, v)
+                        for t, v in totals.get(dev, ())
+                        if -MAX_TOTALISER_GAP_S <= t - t0 < sp.slots * SLOT_S + MAX_TOTALISER_GAP_S
+                    ),
+                )
+            )
+        fig = day_figures(day_meters, params_of(site_rows[s]), sp.slots)
+        rows.append(
+            {
+                "site_id": s,
+                "day": d,
+                "valid": fig.valid,
+                "coverage": fig.coverage,
+                "night_coverage": fig.night_coverage,
+                "night_use_m3h": fig.night_use_m3h,
+                "inlet_m3": fig.inlet_m3,
+                "inlet_source": fig.inlet_source,
+                "mnf_m3h": fig.mnf_m3h,
+                "mnf_at": (
+                    None
+                    if fig.mnf_slot is None
+                    else sp.start + timedelta(seconds=fig.mnf_slot * SLOT_S)
+                ),
+                "net_night_flow_m3h": fig.net_night_flow_m3h,
+                "ndf_h": fig.ndf_h,
+                "leakage_m3": fig.leakage_m3,
+                "leakage_pct": fig.leakage_pct,
+                "computed_at": now,
+            }
+        )
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(dma_days)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["site_id", "day"],
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in ("site_id", "day")},
+        ),
+        rows,
+    )
+    return len(rows)
