@@ -25,19 +25,31 @@ from sqlalchemy.sql.elements import ColumnElement
 from alerts.leakage import (
     MAX_TOTALISER_GAP_S,
     SLOT_S,
+    Cjj92Inputs,
     DmaParams,
     MeterDay,
     TotaliserPoint,
+    cjj92,
     day_figures,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
-from monitor.core.models import Device, DeviceStatus, DmaDay, Reading, Site, table, utcnow
+from monitor.core.models import (
+    Consumption,
+    Device,
+    DeviceStatus,
+    DmaDay,
+    Reading,
+    Site,
+    table,
+    utcnow,
+)
 from monitor.core.settings import get_settings
 
 readings = table(Reading)
 sites = table(Site)
 devices = table(Device)
 dma_days = table(DmaDay)
+consumption = table(Consumption)
 
 
 def _slot(conn: Connection) -> ColumnElement[Any]:
@@ -229,3 +241,112 @@ def recompute_days(
         rows,
     )
     return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One billing period of one DMA with its CJJ 92 inputs and rates (percent)."""
+
+    site_id: str
+    period_start: date
+    period_end: date
+    days: int
+    annual: bool  # a year or longer: the corrections apply
+    supply_m3: float  # Q_s: Σ inlet_m3 of the period's stored days
+    supply_days: int  # days of the period with an inlet volume
+    registered_m3: float  # Q_a: billed + unbilled
+    residential_metered_m3: float | None
+    mains_km: float | None
+    outlet_pressure_mpa: float | None
+    frost_depth_m: float | None
+    inputs_source: str
+    r_wl: float | None
+    r1: float | None
+    r2: float | None
+    r2_unclamped: float | None
+    r3: float | None
+    r4: float | None
+    r_bl: float | None
+    grade: int | None
+
+
+INPUTS_SOURCE = (
+    "Q_s: the sum of the period's daily inlet volumes (dma_days); Q_a, residential volume: "
+    "registered consumption; mains_km: the DMA site; outlet pressure, frost depth: settings "
+    "ENVMON_LEAKAGE_OUTLET_PRESSURE_MPA, ENVMON_LEAKAGE_FROST_DEPTH_M"
+)
+
+
+def periods(
+    conn: Connection,
+    site_rows: Iterable[Any],
+    day_from: date,
+    day_to: date,
+    *,
+    outlet_pressure_mpa: float | None,
+    frost_depth_m: float | None,
+) -> list[Period]:
+    """The CJJ 92 rows of every billing period of these DMAs that overlaps [day_from, day_to]."""
+    by_id = {r.id: r for r in site_rows}
+    if not by_id:
+        return []
+    rows = conn.execute(
+        select(consumption)
+        .where(
+            consumption.c.site_id.in_(list(by_id)),
+            consumption.c.period_start <= day_to,
+            consumption.c.period_end >= day_from,
+        )
+        .order_by(consumption.c.site_id, consumption.c.period_start)
+    ).all()
+    out: list[Period] = []
+    for c in rows:
+        supply, n = conn.execute(
+            select(func.coalesce(func.sum(dma_days.c.inlet_m3), 0.0), func.count()).where(
+                dma_days.c.site_id == c.site_id,
+                dma_days.c.day >= c.period_start,
+                dma_days.c.day <= c.period_end,
+                dma_days.c.inlet_m3.is_not(None),
+            )
+        ).one()
+        days = (c.period_end - c.period_start).days + 1
+        annual = days >= 365
+        site = by_id[c.site_id]
+        registered = c.billed_m3 + c.unbilled_m3
+        rates = cjj92(
+            Cjj92Inputs(
+                supply_m3=float(supply),
+                registered_m3=registered,
+                annual=annual,
+                residential_metered_m3=c.residential_metered_m3,
+                mains_km=site.mains_km,
+                outlet_pressure_mpa=outlet_pressure_mpa,
+                frost_depth_m=frost_depth_m,
+            )
+        )
+        out.append(
+            Period(
+                site_id=c.site_id,
+                period_start=c.period_start,
+                period_end=c.period_end,
+                days=days,
+                annual=annual,
+                supply_m3=float(supply),
+                supply_days=int(n),
+                registered_m3=registered,
+                residential_metered_m3=c.residential_metered_m3,
+                mains_km=site.mains_km,
+                outlet_pressure_mpa=outlet_pressure_mpa,
+                frost_depth_m=frost_depth_m,
+                inputs_source=INPUTS_SOURCE,
+                r_wl=rates.r_wl,
+                r1=rates.r1,
+                r2=rates.r2,
+                r2_unclamped=rates.r2_unclamped,
+                r3=rates.r3,
+                r4=rates.r4,
+                r_bl=rates.r_bl,
+                grade=rates.grade,
+            )
+        )
+    return out
