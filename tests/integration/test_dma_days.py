@@ -192,3 +192,19 @@ def test_a_day_without_data_is_stored_invalid_and_a_non_dma_site_is_ignored(
         assert recompute_days(conn, [("dma-e", DAY), ("cs-1", DAY)], tz=TZ) == 1
         row = conn.execute(select(DmaDay.__table__)).one()
     assert row.valid is False and row.coverage == 0.0 and row.leakage_m3 is None
+
+
+def test_azp_pressure_scales_the_night_flow_into_the_day(engine: Engine) -> None:
+    setup_dma(engine, "dma-p", {"in-p": None, "azp-p": "azp"})
+    series = [(t, q) for t, q, _ in flows(leak=3.0)]
+    store(engine, "in-p", series)
+    rows = []
+    for t, _ in series:
+        h = t.astimezone(TZ).hour
+        rows.append(Row("azp-p", "pressure", t, 0.45 if 1 <= h < 5 else 0.35, "N", t))
+    with engine.begin() as conn:
+        insert_readings(conn, rows)
+    d = read(engine, "dma-p")
+    ndf = 4 + 20 * 0.35 / 0.45  # four night hours at the MNF pressure, twenty at 0.35 MPa
+    assert close(d["ndf_h"], ndf)
+    assert close(d["leakage_m3"], 3.0 * ndf)
