@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,7 @@ from alerts.leakage import (
     MAX_TOTALISER_GAP_S,
     SLOT_S,
     Cjj92Inputs,
+    Cjj92Rates,
     DmaParams,
     MeterDay,
     TotaliserPoint,
@@ -243,10 +245,17 @@ def recompute_days(
     return len(rows)
 
 
+class PeriodKind(StrEnum):
+    billing_period = "billing_period"  # one registered consumption period as billed
+    rolling_12m = "rolling_12m"  # the 365 days ending on the report's last day
+    calendar_year = "calendar_year"
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
-    """One billing period of one DMA with its CJJ 92 inputs and rates (percent)."""
+    """One DMA's CJJ 92 inputs and rates (percent) over a billing period or a window."""
 
+    kind: PeriodKind
     site_id: str
     period_start: date
     period_end: date
@@ -254,7 +263,8 @@ class Period:
     annual: bool  # a year or longer: the corrections apply
     supply_m3: float  # Q_s: Σ inlet_m3 of the period's stored days
     supply_days: int  # days of the period with an inlet volume
-    registered_m3: float  # Q_a: billed + unbilled
+    consumption_days: int  # days of the period that registered consumption covers
+    registered_m3: float  # Q_a: billed + unbilled (pro rata by days for a window)
     residential_metered_m3: float | None
     mains_km: float | None
     outlet_pressure_mpa: float | None
@@ -272,9 +282,85 @@ class Period:
 
 INPUTS_SOURCE = (
     "Q_s: the sum of the period's daily inlet volumes (dma_days); Q_a, residential volume: "
-    "registered consumption; mains_km: the DMA site; outlet pressure, frost depth: settings "
+    "registered consumption (pro rata by days where a billing period crosses a window's edge); "
+    "mains_km: the DMA site; outlet pressure, frost depth: settings "
     "ENVMON_LEAKAGE_OUTLET_PRESSURE_MPA, ENVMON_LEAKAGE_FROST_DEPTH_M"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Area:
+    outlet_pressure_mpa: float | None
+    frost_depth_m: float | None
+
+
+def _supply(conn: Connection, site_id: str, start: date, end: date) -> tuple[float, int]:
+    supply, n = conn.execute(
+        select(func.coalesce(func.sum(dma_days.c.inlet_m3), 0.0), func.count()).where(
+            dma_days.c.site_id == site_id,
+            dma_days.c.day >= start,
+            dma_days.c.day <= end,
+            dma_days.c.inlet_m3.is_not(None),
+        )
+    ).one()
+    return float(supply), int(n)
+
+
+def _row(
+    conn: Connection,
+    kind: PeriodKind,
+    site: Any,
+    start: date,
+    end: date,
+    registered: float,
+    residential: float | None,
+    covered: int,
+    area: _Area,
+) -> Period:
+    supply, n = _supply(conn, site.id, start, end)
+    days = (end - start).days + 1
+    annual = days >= 365
+    # without consumption for every day of the window, Q_a and so every rate would be wrong
+    rates = (
+        cjj92(
+            Cjj92Inputs(
+                supply_m3=supply,
+                registered_m3=registered,
+                annual=annual,
+                residential_metered_m3=residential,
+                mains_km=site.mains_km,
+                outlet_pressure_mpa=area.outlet_pressure_mpa,
+                frost_depth_m=area.frost_depth_m,
+            )
+        )
+        if covered == days
+        else Cjj92Rates(r_wl=None)
+    )
+    return Period(
+        kind=kind,
+        site_id=site.id,
+        period_start=start,
+        period_end=end,
+        days=days,
+        annual=annual,
+        supply_m3=supply,
+        supply_days=n,
+        consumption_days=covered,
+        registered_m3=registered,
+        residential_metered_m3=residential,
+        mains_km=site.mains_km,
+        outlet_pressure_mpa=area.outlet_pressure_mpa,
+        frost_depth_m=area.frost_depth_m,
+        inputs_source=INPUTS_SOURCE,
+        r_wl=rates.r_wl,
+        r1=rates.r1,
+        r2=rates.r2,
+        r2_unclamped=rates.r2_unclamped,
+        r3=rates.r3,
+        r4=rates.r4,
+        r_bl=rates.r_bl,
+        grade=rates.grade,
+    )
 
 
 def periods(
@@ -286,67 +372,61 @@ def periods(
     outlet_pressure_mpa: float | None,
     frost_depth_m: float | None,
 ) -> list[Period]:
-    """The CJJ 92 rows of every billing period of these DMAs that overlaps [day_from, day_to]."""
+    """CJJ 92 rows of these DMAs: each billing period overlapping [day_from, day_to], the
+    rolling 12 months ending on day_to, and each calendar year the range touches."""
+    area = _Area(outlet_pressure_mpa, frost_depth_m)
     by_id = {r.id: r for r in site_rows}
     if not by_id:
         return []
-    rows = conn.execute(
+    windows = [(PeriodKind.rolling_12m, day_to - timedelta(days=364), day_to)] + [
+        (PeriodKind.calendar_year, date(y, 1, 1), date(y, 12, 31))
+        for y in range(day_from.year, day_to.year + 1)
+    ]
+    lo = min(day_from, *(w[1] for w in windows))
+    hi = max(day_to, *(w[2] for w in windows))
+    bills: dict[str, list[Any]] = defaultdict(list)
+    for c in conn.execute(
         select(consumption)
         .where(
             consumption.c.site_id.in_(list(by_id)),
-            consumption.c.period_start <= day_to,
-            consumption.c.period_end >= day_from,
+            consumption.c.period_start <= hi,
+            consumption.c.period_end >= lo,
         )
         .order_by(consumption.c.site_id, consumption.c.period_start)
-    ).all()
+    ):
+        bills[c.site_id].append(c)
     out: list[Period] = []
-    for c in rows:
-        supply, n = conn.execute(
-            select(func.coalesce(func.sum(dma_days.c.inlet_m3), 0.0), func.count()).where(
-                dma_days.c.site_id == c.site_id,
-                dma_days.c.day >= c.period_start,
-                dma_days.c.day <= c.period_end,
-                dma_days.c.inlet_m3.is_not(None),
-            )
-        ).one()
-        days = (c.period_end - c.period_start).days + 1
-        annual = days >= 365
-        site = by_id[c.site_id]
-        registered = c.billed_m3 + c.unbilled_m3
-        rates = cjj92(
-            Cjj92Inputs(
-                supply_m3=float(supply),
-                registered_m3=registered,
-                annual=annual,
-                residential_metered_m3=c.residential_metered_m3,
-                mains_km=site.mains_km,
-                outlet_pressure_mpa=outlet_pressure_mpa,
-                frost_depth_m=frost_depth_m,
-            )
-        )
-        out.append(
-            Period(
-                site_id=c.site_id,
-                period_start=c.period_start,
-                period_end=c.period_end,
-                days=days,
-                annual=annual,
-                supply_m3=float(supply),
-                supply_days=int(n),
-                registered_m3=registered,
-                residential_metered_m3=c.residential_metered_m3,
-                mains_km=site.mains_km,
-                outlet_pressure_mpa=outlet_pressure_mpa,
-                frost_depth_m=frost_depth_m,
-                inputs_source=INPUTS_SOURCE,
-                r_wl=rates.r_wl,
-                r1=rates.r1,
-                r2=rates.r2,
-                r2_unclamped=rates.r2_unclamped,
-                r3=rates.r3,
-                r4=rates.r4,
-                r_bl=rates.r_bl,
-                grade=rates.grade,
-            )
-        )
+    for site_id, site in by_id.items():
+        for c in bills[site_id]:
+            if c.period_start <= day_to and c.period_end >= day_from:
+                days = (c.period_end - c.period_start).days + 1
+                out.append(
+                    _row(
+                        conn,
+                        PeriodKind.billing_period,
+                        site,
+                        c.period_start,
+                        c.period_end,
+                        c.billed_m3 + c.unbilled_m3,
+                        c.residential_metered_m3,
+                        days,
+                        area,
+                    )
+                )
+        for kind, start, end in windows:
+            registered, covered = 0.0, 0
+            residential: float | None = None
+            for c in bills[site_id]:
+                overlap = (min(end, c.period_end) - max(start, c.period_start)).days + 1
+                if overlap <= 0:
+                    continue
+                share = overlap / ((c.period_end - c.period_start).days + 1)
+                covered += overlap
+                registered += (c.billed_m3 + c.unbilled_m3) * share
+                if c.residential_metered_m3 is not None:
+                    residential = (residential or 0.0) + c.residential_metered_m3 * share
+            if covered:
+                out.append(
+                    _row(conn, kind, site, start, end, registered, residential, covered, area)
+                )
     return out

@@ -198,12 +198,20 @@ async def test_leakage_report_has_days_and_cjj92_periods_scoped_by_district(
         ("dma-1", "2025-12-31"),
     ]
     assert body["items"][0]["leakage_pct"] == 7.5
-    (p,) = body["periods"]
-    assert p["annual"] is True and p["supply_days"] == 365
-    assert abs(p["r_wl"] - 12.0) < 0.01 and abs(p["r1"] - 3.2) < 0.01
-    assert abs(p["r2"] - 0.5643) < 0.01 and p["r3"] == 0 and p["r4"] == 0
-    assert abs(p["r_bl"] - 8.2357) < 0.01 and p["grade"] == 1
+    kinds = {p["kind"]: p for p in body["periods"]}
+    assert sorted(kinds) == ["billing_period", "calendar_year", "rolling_12m"]
+    for p in kinds.values():  # the three coincide with the year 2025
+        assert p["annual"] is True and p["supply_days"] == 365 and p["consumption_days"] == 365
+        assert abs(p["r_wl"] - 12.0) < 0.01 and abs(p["r1"] - 3.2) < 0.01
+        assert abs(p["r2"] - 0.5643) < 0.01 and p["r3"] == 0 and p["r4"] == 0
+        assert abs(p["r_bl"] - 8.2357) < 0.01 and p["grade"] == 1
     assert abs(body["area_r_bl"] - 8.2357) < 0.01
+    # 12 months to 2026-01-15: consumption known for 350 of its 365 days, so no rates
+    r = await api.get("/v1/reports/leakage", params={"start": "2026-01-15", "end": "2026-01-15"})
+    (rolling,) = [p for p in r.json()["periods"] if p["kind"] == "rolling_12m"]
+    assert rolling["consumption_days"] == 350 and rolling["r_wl"] is None
+    assert abs(rolling["registered_m3"] - 8.8e5 * 350 / 365) < 1e-6
+    assert r.json()["area_r_bl"] is None
     csv_r = await api.get(
         "/v1/reports/leakage",
         params={"start": "2025-12-31", "end": "2025-12-31", "format": "csv"},

@@ -367,6 +367,7 @@ class LeakageDayRead(BaseModel):
 class LeakagePeriodRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    kind: str = Field(description="billing_period, rolling_12m (365 days to `end`), calendar_year")
     site_id: str
     period_start: date
     period_end: date
@@ -374,6 +375,9 @@ class LeakagePeriodRead(BaseModel):
     annual: bool = Field(description="A year or longer: CJJ 92's corrections apply")
     supply_m3: float = Field(description="Q_s")
     supply_days: int = Field(description="Days of the period with a stored inlet volume")
+    consumption_days: int = Field(
+        description="Days registered consumption covers; rates are null unless all are"
+    )
     registered_m3: float = Field(description="Q_a: billed + unbilled authorised")
     residential_metered_m3: float | None
     mains_km: float | None
@@ -398,7 +402,7 @@ class LeakageReport(BaseModel):
     items: list[LeakageDayRead]
     periods: list[LeakagePeriodRead]
     area_r_bl: float | None = Field(
-        description="Σ(R_BL · Q_s) / Σ Q_s over the annual periods with an R_BL, %"
+        description="Σ(R_BL · Q_s) / Σ Q_s over the DMAs' rolling 12 months with an R_BL, %"
     )
 
 
@@ -471,5 +475,11 @@ def leakage(
         method=LEAKAGE_METHOD,
         items=items,
         periods=[LeakagePeriodRead.model_validate(p) for p in found],
-        area_r_bl=area_rate([(p.r_bl, p.supply_m3) for p in found if p.r_bl is not None]),
+        area_r_bl=area_rate(
+            [
+                (p.r_bl, p.supply_m3)
+                for p in found
+                if p.kind == dma.PeriodKind.rolling_12m and p.r_bl is not None
+            ]
+        ),
     )
