@@ -430,3 +430,33 @@ def periods(
                     _row(conn, kind, site, start, end, registered, residential, covered, area)
                 )
     return out
+
+
+def affected_days(
+    conn: Connection,
+    device_times: Iterable[tuple[str, datetime]],
+    *,
+    tz: ZoneInfo | None = None,
+) -> set[tuple[str, date]]:
+    """The (DMA site, local day) pairs a batch of readings changes: what to pass to
+    `recompute_days` after the batch is stored. A reading within an hour of local midnight
+    also touches the neighbouring day, whose totaliser it brackets."""
+    tz = tz or ZoneInfo(get_settings().timezone)
+    by_device: dict[str, set[date]] = defaultdict(set)
+    pad = timedelta(seconds=MAX_TOTALISER_GAP_S)
+    for device_id, ts in device_times:
+        for t in (ts - pad, ts, ts + pad):
+            by_device[device_id].add(t.astimezone(tz).date())
+    if not by_device:
+        return set()
+    rows = conn.execute(
+        select(devices.c.id, devices.c.site_id)
+        .join(sites, sites.c.id == devices.c.site_id)
+        .where(
+            devices.c.id.in_(list(by_device)),
+            devices.c.kind == DeviceKind.leak_meter,
+            sites.c.kind == SiteKind.dma,
+        )
+    )
+    site_of = {device_id: site_id for device_id, site_id in rows}
+    return {(site_of[d], day) for d, days in by_device.items() if d in site_of for day in days}

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
-from alerts.dma import recompute_days
+from alerts.dma import affected_days, recompute_days
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.core.db import make_engine
@@ -208,3 +208,27 @@ def test_azp_pressure_scales_the_night_flow_into_the_day(engine: Engine) -> None
     ndf = 4 + 20 * 0.35 / 0.45  # four night hours at the MNF pressure, twenty at 0.35 MPa
     assert close(d["ndf_h"], ndf)
     assert close(d["leakage_m3"], 3.0 * ndf)
+
+
+def test_a_stored_batch_names_the_dma_days_to_recompute(engine: Engine) -> None:
+    setup_dma(engine, "dma-b", {"in-b": None})
+    local = datetime.combine(DAY, time(0), tzinfo=TZ)
+    with engine.begin() as conn:
+        upsert_site(
+            conn, SiteCreate(id="cs-b", name="c", district="Lanshan", kind="construction_site")
+        )
+        upsert_device(conn, DeviceCreate(id="dust-b", site_id="cs-b", kind="dust_monitor"))
+        pairs = affected_days(
+            conn,
+            [
+                ("in-b", (local + timedelta(hours=12)).astimezone(UTC)),
+                (
+                    "in-b",
+                    (local + timedelta(minutes=10)).astimezone(UTC),
+                ),  # brackets the day before
+                ("dust-b", (local + timedelta(hours=12)).astimezone(UTC)),
+                ("unknown", local.astimezone(UTC)),
+            ],
+            tz=TZ,
+        )
+    assert pairs == {("dma-b", DAY), ("dma-b", DAY - timedelta(days=1))}
