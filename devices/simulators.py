@@ -249,15 +249,79 @@ def _demand_area(hours: float) -> float:
     return days * 24 + _AREA[i] + partial
 
 
+# In a DMA meter's night window (02:00-04:00) the profile stays at or below its 04:00 value: the
+# customers' flow above this floor is demand, at or below it the legitimate night use.
+_NIGHT_FLOOR = max(_PROFILE[2], _PROFILE[3], _PROFILE[4])
+
+
+def _above(a: float, b: float, floor: float, u: float) -> float:
+    """∫_0^u max(0, a + (b − a)s − floor) ds: one hour's linear segment above a floor."""
+    k = b - a
+    lo, hi = 0.0, u
+    if k == 0:
+        return u * max(0.0, a - floor)
+    root = (floor - a) / k
+    if k > 0:
+        lo = max(lo, root)
+    else:
+        hi = min(hi, root)
+    if hi <= lo:
+        return 0.0
+    return ((a + k * lo - floor) + (a + k * hi - floor)) / 2 * (hi - lo)
+
+
+_DAY_ABOVE = sum(_above(_PROFILE[i], _PROFILE[(i + 1) % 24], _NIGHT_FLOOR, 1) for i in range(24))
+
+
+def _demand_above_area(hours: float) -> float:
+    """Integral over `hours` from local midnight of the profile above the night floor."""
+    days, rest = divmod(hours, 24)
+    i, frac = int(rest), rest - int(rest)
+    whole = sum(_above(_PROFILE[j], _PROFILE[(j + 1) % 24], _NIGHT_FLOOR, 1) for j in range(i))
+    part = _above(_PROFILE[i], _PROFILE[(i + 1) % 24], _NIGHT_FLOOR, frac)
+    return days * _DAY_ABOVE + whole + part
+
+
 class LeakMeter(SimulatedDevice):
-    """A DMA inlet meter: flow, pressure, pipe acoustics and a cumulative totaliser."""
+    """A DMA inlet meter: flow, pressure, pipe acoustics and a cumulative totaliser.
+
+    For leakage work (docs/leakage.md) a meter can be given the DMA's legitimate night use (the
+    customers' flow whenever the profile is at or below its night floor, so all through
+    02:00-04:00), a constant background leakage on top of the customers' flow, and a totaliser
+    register that rolls over at `rollover_m3`.
+    """
 
     kind = DeviceKind.leak_meter
 
-    def __init__(self, device_id: str, *, seed: int = 0, episodes: Iterable[Episode] = ()) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        seed: int = 0,
+        episodes: Iterable[Episode] = (),
+        night_use_m3h: float | None = None,
+        leak_m3h: float = 0.0,
+        rollover_m3: float | None = None,
+    ) -> None:
         super().__init__(device_id, seed=seed, episodes=episodes)
         self._mean_flow = self._traits.uniform(85, 100)
         self._totaliser_base = self._traits.uniform(1e6, 5e6)
+        self.night_use_m3h = night_use_m3h
+        self.leak_m3h = leak_m3h
+        self.rollover_m3 = rollover_m3
+
+    def customer_flow(self, demand: float) -> float:
+        """The customers' noiseless flow (m³/h) at a demand-profile value."""
+        if self.night_use_m3h is None:
+            return self._mean_flow * demand
+        return self.night_use_m3h + self._mean_flow * max(0.0, demand - _NIGHT_FLOOR)
+
+    def _volume(self, hours: float) -> float:
+        """Noiseless volume since the totaliser epoch: customers plus background leakage."""
+        area = self._mean_flow * _demand_area(hours)
+        if self.night_use_m3h is not None:
+            area = self.night_use_m3h * hours + self._mean_flow * _demand_above_area(hours)
+        return area + self.leak_m3h * hours
 
     def _values(self, ts: datetime, local: datetime, rng: random.Random) -> dict[str, float]:
         demand = _demand(_hour(local))
@@ -268,12 +332,17 @@ class LeakMeter(SimulatedDevice):
         # Head losses grow with demand, so pressure falls as flow rises.
         pressure = _clamp(0.395 - 0.14 * load + rng.gauss(0, 0.004), 0.25, 0.40)
         hours = (ts - TOTALISER_EPOCH).total_seconds() / 3600
+        flow = self.customer_flow(demand) * rng.gauss(1, 0.03) + self.leak_m3h
+        total = self._totaliser_base + self._volume(hours)
+        if self.rollover_m3 is not None:
+            total %= self.rollover_m3
         return {
-            "flow": self._mean_flow * demand * rng.gauss(1, 0.03) * (1 + 0.3 * burst),
+            "flow": flow * (1 + 0.3 * burst),
             # A burst leaks more at higher pressure, so the drop scales with it: `magnitude` is
             # the drop from mid-band 0.33 MPa, and 0.25 leaves 0.06-0.10 MPa at any hour.
             "pressure": max(pressure - drop * pressure / 0.33, 0.02),
             "acoustic_level": _clamp(22 + 6 * load + rng.gauss(0, 1.2), 20, 35) + 15 * burst,
-            # Integrates the noiseless demand curve, so it is monotonic and needs no state.
-            "totaliser": self._totaliser_base + self._mean_flow * _demand_area(hours),
+            # Integrates the noiseless demand curve, so it is monotonic (but for the register's
+            # rollover) and needs no state.
+            "totaliser": total,
         }

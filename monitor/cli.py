@@ -503,6 +503,27 @@ def devices_import(file: Path) -> None:
         )
 
 
+@main.group()
+def consumption() -> None:
+    """Registered consumption per DMA and billing period (CJJ 92's Q_a)."""
+
+
+@consumption.command("import")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+def consumption_import(file: Path) -> None:
+    """Register the billing periods of a CSV file (site_id, period_start, period_end, billed_m3,
+    and optionally unbilled_m3, residential_metered_m3); all or nothing."""
+    from monitor.consumption import import_csv
+    from monitor.core.exceptions import EnvmonError
+
+    try:
+        with _connection() as conn:
+            n = import_csv(conn, "cli", file)
+    except EnvmonError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"registered {n} consumption periods from {file}")
+
+
 @devices.command("credentials")
 @click.argument("device_id")
 @click.option("--rotate", is_flag=True, help="Replace the password of a device that has one")

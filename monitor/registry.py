@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.contract import DEVICE_ID_PATTERN
 from monitor.broker_auth import check_username, hash_password, new_password
-from monitor.core.catalogue import DeviceKind, SiteKind
+from monitor.core.catalogue import DeviceKind, DmaRole, SiteKind
 from monitor.core.exceptions import InvalidInput, NotFound
 from monitor.core.models import Device, DeviceStatus, Site, table
 
@@ -19,7 +19,38 @@ sites_t = table(Site)
 devices_t = table(Device)
 
 
-class SiteCreate(BaseModel):
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class DmaFields(BaseModel):
+    """A DMA's parameters (sites of kind dma; standards.md §5.3). Null: the method's default."""
+
+    connections: int | None = Field(None, ge=0, description="Service connections")
+    mains_km: float | None = Field(None, ge=0, description="Length of mains DN75 and above, km")
+    night_from: str | None = Field(
+        None, pattern=HHMM, description="Night window start, local HH:MM (default 02:00)"
+    )
+    night_to: str | None = Field(
+        None, pattern=HHMM, description="Night window end, local HH:MM (default 04:00)"
+    )
+    night_use_l_per_conn_h: float | None = Field(
+        None, ge=0, description="Legitimate night use per connection, L/h (default 1.7)"
+    )
+    special_night_use_m3h: float | None = Field(
+        None, ge=0, description="Night use of the individually metered special users, m³/h"
+    )
+    leakage_exponent: float | None = Field(
+        None, gt=0, le=3, description="N1 of the night-day factor (default 1.0)"
+    )
+
+    @model_validator(mode="after")
+    def _night_window_in_order(self) -> DmaFields:
+        if self.night_from and self.night_to and self.night_to <= self.night_from:
+            raise ValueError("night_to must be after night_from, within one day")
+        return self
+
+
+class SiteCreate(DmaFields):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=DEVICE_ID_PATTERN, description="Stable identifier, e.g. cs-lanshan-01")
@@ -44,6 +75,9 @@ class DeviceCreate(BaseModel):
         le=86_400,
         description="Seconds between the device's readings (HJ 212 RtdInterval): what hourly "
         "validity, no-data and online/offline are measured against",
+    )
+    dma_role: DmaRole | None = Field(
+        None, description="A leak meter's role in its DMA (null: inlet)"
     )
 
 

@@ -17,6 +17,7 @@ from monitor.api import errors
 from monitor.api.deps import PrincipalDep
 from monitor.api.routes import (
     alerts,
+    consumption,
     dead_letters,
     devices,
     health,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rules,
         maintenance,
         reports,
+        consumption,
     ):
         v1.include_router(module.router)
     app.include_router(v1)

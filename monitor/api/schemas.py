@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from monitor.core.catalogue import DmaRole
+from monitor.registry import DmaFields
+
 
 class Health(BaseModel):
     status: str
@@ -25,6 +28,24 @@ class SiteRead(BaseModel):
     latitude: float | None
     longitude: float | None
     created_at: datetime
+    connections: int | None = None
+    mains_km: float | None = None
+    night_from: str | None = None
+    night_to: str | None = None
+    night_use_l_per_conn_h: float | None = None
+    special_night_use_m3h: float | None = None
+    leakage_exponent: float | None = None
+
+
+class SiteUpdate(DmaFields):
+    """The keys given are changed; null clears a DMA parameter back to its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    district: str | None = Field(None, min_length=1, max_length=100)
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
 
 
 class DeviceRead(BaseModel):
@@ -46,6 +67,7 @@ class DeviceRead(BaseModel):
         description="Arrival minus event time of its newest reading, seconds (+ = late)"
     )
     created_at: datetime
+    dma_role: str | None = Field(None, description="A leak meter's role in its DMA (null: inlet)")
 
 
 class DeviceCreated(DeviceRead):
@@ -68,6 +90,9 @@ class DeviceUpdate(BaseModel):
     status: str | None = Field(None, pattern="^(active|retired)$")
     interval_s: int | None = Field(
         None, ge=1, le=86_400, description="Seconds between the device's readings"
+    )
+    dma_role: DmaRole | None = Field(
+        None, description="A leak meter's role in its DMA (null: inlet)"
     )
 
 

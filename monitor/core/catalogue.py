@@ -26,6 +26,15 @@ class SiteKind(StrEnum):
     dma = "dma"
 
 
+class DmaRole(StrEnum):
+    """What a leak meter is to its DMA (a meter has one role; inlet when none is given)."""
+
+    inlet = "inlet"  # water entering the DMA
+    outlet = "outlet"  # water leaving to another DMA: subtracted from the inflow
+    azp = "azp"  # average-zone-pressure point
+    acoustic = "acoustic"  # noise logger: no part in the water balance
+
+
 class QualityFlag(StrEnum):
     """HJ 212-2017 Table 8 data flags. Only N counts toward averages and compliance."""
 

@@ -6,13 +6,14 @@ States are `StrEnum`s stored as text, so a new state needs no type migration.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -148,6 +149,14 @@ class Site(Base):
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # DMA parameters (kind "dma"; standards.md §5.3): null means the method's default
+    connections: Mapped[int | None] = mapped_column(Integer)  # service connections
+    mains_km: Mapped[float | None] = mapped_column(Float)  # mains DN75 and above
+    night_from: Mapped[str | None] = mapped_column(String(5))  # local "HH:MM", default 02:00
+    night_to: Mapped[str | None] = mapped_column(String(5))  # default 04:00
+    night_use_l_per_conn_h: Mapped[float | None] = mapped_column(Float)  # default 1.7
+    special_night_use_m3h: Mapped[float | None] = mapped_column(Float)  # default 0
+    leakage_exponent: Mapped[float | None] = mapped_column(Float)  # N1, default 1.0
 
 
 class Device(Base):
@@ -172,6 +181,8 @@ class Device(Base):
     # the device's MQTT password, hashed in Mosquitto's own format (PBKDF2-SHA512, "$7$...")
     # so the broker's password file can be written from it; the password itself is shown once
     mqtt_password_hash: Mapped[str | None] = mapped_column(String(255))
+    # what a leak meter is to its DMA (catalogue.DmaRole); null means inlet
+    dma_role: Mapped[str | None] = mapped_column(String(16))
 
 
 class Role(StrEnum):
@@ -394,6 +405,46 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(50))
     object: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class Consumption(Base):
+    """Registered consumption (注册用户用水量) of a DMA or supply area over one billing period."""
+
+    __tablename__ = "consumption"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    period_start: Mapped[date] = mapped_column(Date)  # local dates, both inclusive
+    period_end: Mapped[date] = mapped_column(Date)
+    billed_m3: Mapped[float] = mapped_column(Float)
+    unbilled_m3: Mapped[float] = mapped_column(Float, default=0.0)
+    # residential metered-to-household (抄表到户) volume: CJJ 92's R1
+    residential_metered_m3: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DmaDay(Base):
+    """A DMA's figures for one local day (alerts/leakage.py); recomputed when its data changes.
+    An invalid day keeps its coverage and has null figures, never zeros."""
+
+    __tablename__ = "dma_days"
+
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    valid: Mapped[bool] = mapped_column(Boolean)
+    coverage: Mapped[float] = mapped_column(Float)
+    night_coverage: Mapped[float] = mapped_column(Float)
+    night_use_m3h: Mapped[float] = mapped_column(Float)
+    inlet_m3: Mapped[float | None] = mapped_column(Float)
+    inlet_source: Mapped[str | None] = mapped_column(String(16))  # totaliser / slots
+    mnf_m3h: Mapped[float | None] = mapped_column(Float)
+    mnf_at: Mapped[datetime | None] = mapped_column()  # start of the MNF hour
+    net_night_flow_m3h: Mapped[float | None] = mapped_column(Float)
+    ndf_h: Mapped[float | None] = mapped_column(Float)
+    leakage_m3: Mapped[float | None] = mapped_column(Float)
+    leakage_pct: Mapped[float | None] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def table(model: type[Base]) -> Table:

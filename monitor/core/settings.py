@@ -172,6 +172,19 @@ class Settings(BaseSettings):
     timezone: str = Field(
         "Asia/Shanghai", description="The city's time zone: calendar periods, days, day/night"
     )
+    leakage_outlet_pressure_mpa: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Annual mean outlet pressure of the supply area's plants, MPa (CJJ 92 R3; "
+        "unset: R3 = 0)",
+    )
+    leakage_frost_depth_m: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="Maximum frost depth of the supply area, m (CJJ 92 R4; unset: R4 = 0)",
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 

@@ -15,20 +15,22 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from alerts import compliance
+from alerts import compliance, dma
 from alerts.compliance import DustDay, Verdict, WaterDay
+from alerts.leakage import area_rate
 from monitor.api.deps import PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District
 from monitor.api.scope import district_clause
 from monitor.auth import Principal
 from monitor.core.catalogue import DeviceKind, SiteKind
 from monitor.core.exceptions import InvalidInput, NotFound
-from monitor.core.models import Device, Site, table
+from monitor.core.models import Device, DmaDay, Site, table
 from monitor.core.settings import Settings
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 sites = table(Site)
 devices = table(Device)
+dma_days = table(DmaDay)
 
 MAX_DAYS = 92
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -332,4 +334,152 @@ def water_compliance(
         end=end,
         timezone=settings.timezone,
         items=[WaterDayRead.model_validate(w) for w in points],
+    )
+
+
+LEAKAGE_METHOD = (
+    "Per local day (docs/leakage.md; standards.md §5.1, §5.3): 15-minute slot means of N-flagged "
+    "flow; net inflow = inlets − outlets where every meter has the slot; MNF = least mean of 4 "
+    "consecutive slots inside the night window; net night flow = max(0, MNF − night use); "
+    "leakage = net night flow × NDF; a night window under 75% covered is invalid (nulls)."
+)
+
+
+class LeakageDayRead(BaseModel):
+    site_id: str
+    site_name: str
+    district: str
+    day: date = Field(description="Local day")
+    inlet_m3: float | None = Field(description="Net volume into the DMA, m³")
+    inlet_source: str | None = Field(description="totaliser, or slots (Σ slots × 0.25 h)")
+    mnf_m3h: float | None = Field(description="Minimum night flow, m³/h")
+    mnf_at: datetime | None = Field(description="Start of the MNF hour")
+    night_use_m3h: float = Field(description="Legitimate night consumption (LNC), m³/h")
+    net_night_flow_m3h: float | None = Field(description="max(0, MNF − LNC), m³/h")
+    ndf_h: float | None = Field(description="Night-day factor, hours")
+    leakage_m3: float | None
+    leakage_pct: float | None = Field(description="100 × leakage_m3 / inlet_m3")
+    coverage: float = Field(description="Share of the day's slots with a defined net inflow")
+    night_coverage: float
+    valid: bool
+
+
+class LeakagePeriodRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str = Field(description="billing_period, rolling_12m (365 days to `end`), calendar_year")
+    site_id: str
+    period_start: date
+    period_end: date
+    days: int
+    annual: bool = Field(description="A year or longer: CJJ 92's corrections apply")
+    supply_m3: float = Field(description="Q_s")
+    supply_days: int = Field(description="Days of the period with a stored inlet volume")
+    consumption_days: int = Field(
+        description="Days registered consumption covers; rates are null unless all are"
+    )
+    registered_m3: float = Field(description="Q_a: billed + unbilled authorised")
+    residential_metered_m3: float | None
+    mains_km: float | None
+    outlet_pressure_mpa: float | None
+    frost_depth_m: float | None
+    inputs_source: str
+    r_wl: float | None = Field(description="综合漏损率, %")
+    r1: float | None
+    r2: float | None = Field(description="Clamped to ±3")
+    r2_unclamped: float | None
+    r3: float | None
+    r4: float | None
+    r_bl: float | None = Field(description="漏损率 = R_WL − (R1+R2+R3+R4), %")
+    grade: int | None = Field(description="1 at ≤ 10%, 2 at ≤ 12%, else null")
+
+
+class LeakageReport(BaseModel):
+    start: date
+    end: date
+    timezone: str
+    method: str
+    items: list[LeakageDayRead]
+    periods: list[LeakagePeriodRead]
+    area_r_bl: float | None = Field(
+        description="Σ(R_BL · Q_s) / Σ Q_s over the DMAs' rolling 12 months with an R_BL, %"
+    )
+
+
+LEAKAGE_COLUMNS = list(LeakageDayRead.model_fields)
+
+
+@router.get("/leakage", response_model=LeakageReport, responses=CSV_RESPONSE)
+def leakage(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    start: StartDay,
+    end: EndDay,
+    site_id: SiteParam = None,
+    district: District = None,
+    fmt: FormatParam = ReportFormat.json,
+) -> LeakageReport | Response:
+    """DMA leakage per local day (MNF, net night flow, leakage) and CJJ 92 rates per period."""
+    _check_days(start, end)
+    if site_id is not None:
+        _visible_site(session, principal, site_id, [SiteKind.dma])
+    site_q = select(sites).where(
+        sites.c.kind == SiteKind.dma, district_clause(principal, sites.c.district)
+    )
+    if site_id is not None:
+        site_q = site_q.where(sites.c.id == site_id)
+    if district:
+        site_q = site_q.where(sites.c.district == district)
+    site_rows = session.execute(site_q.order_by(sites.c.id)).all()
+    by_id = {r.id: r for r in site_rows}
+    rows = session.execute(
+        select(dma_days)
+        .where(
+            dma_days.c.site_id.in_(list(by_id)),
+            dma_days.c.day >= start,
+            dma_days.c.day <= end,
+        )
+        .order_by(dma_days.c.site_id, dma_days.c.day)
+    ).all()
+    items = [
+        LeakageDayRead.model_validate(
+            {
+                **r._mapping,
+                "site_name": by_id[r.site_id].name,
+                "district": by_id[r.site_id].district,
+            }
+        )
+        for r in rows
+    ]
+    if fmt == ReportFormat.csv:
+        return _csv(
+            "leakage",
+            start,
+            end,
+            LEAKAGE_COLUMNS,
+            ([getattr(i, c) for c in LEAKAGE_COLUMNS] for i in items),
+        )
+    found = dma.periods(
+        session.connection(),
+        site_rows,
+        start,
+        end,
+        outlet_pressure_mpa=settings.leakage_outlet_pressure_mpa,
+        frost_depth_m=settings.leakage_frost_depth_m,
+    )
+    return LeakageReport(
+        start=start,
+        end=end,
+        timezone=settings.timezone,
+        method=LEAKAGE_METHOD,
+        items=items,
+        periods=[LeakagePeriodRead.model_validate(p) for p in found],
+        area_r_bl=area_rate(
+            [
+                (p.r_bl, p.supply_m3)
+                for p in found
+                if p.kind == dma.PeriodKind.rolling_12m and p.r_bl is not None
+            ]
+        ),
     )

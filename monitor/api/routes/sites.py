@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from monitor import audit
 from monitor.api.deps import AdminDep, PrincipalDep, SessionDep
 from monitor.api.filters import District
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
-from monitor.api.schemas import SiteRead
+from monitor.api.schemas import SiteRead, SiteUpdate
 from monitor.api.scope import district_clause
 from monitor.core.catalogue import SiteKind
-from monitor.core.exceptions import NotFound
+from monitor.core.exceptions import InvalidInput, NotFound
 from monitor.core.models import Site, table
 from monitor.registry import SiteCreate, upsert_site
 
@@ -69,3 +69,24 @@ def get_site(session: SessionDep, principal: PrincipalDep, site_id: str) -> Site
     if row is None:
         raise NotFound(f"site {site_id!r} does not exist", field="path.site_id")
     return SiteRead.model_validate(row._mapping)
+
+
+REQUIRED = ("name", "district")
+
+
+@router.patch("/{site_id}", response_model=SiteRead)
+def update_site(session: SessionDep, admin: AdminDep, site_id: str, body: SiteUpdate) -> SiteRead:
+    """Change a site's name, district, position or DMA parameters (admin)."""
+    current = get_site(session, admin, site_id)
+    values = body.model_dump(mode="json", exclude_unset=True)
+    for key in REQUIRED:
+        if key in values and values[key] is None:
+            raise InvalidInput(f"{key}: required, not null", field=key)
+    night_from = values.get("night_from", current.night_from)
+    night_to = values.get("night_to", current.night_to)
+    if night_from and night_to and night_to <= night_from:
+        raise InvalidInput("night_to must be after night_from, within one day", field="night_to")
+    if values:
+        session.execute(update(sites).where(sites.c.id == site_id).values(values))
+        audit.record(session.connection(), admin.actor, "site.update", f"site:{site_id}", values)
+    return get_site(session, admin, site_id)

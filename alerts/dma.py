@@ -1,0 +1,462 @@
+"""DMA daily figures from stored readings into `dma_days`: the queries around alerts/leakage.py.
+
+Set-based: one grouped query for every meter's 15-minute flow and pressure means, one for the
+totalisers, for all the (site, day) pairs asked at once. Never commits; the caller's transaction
+(an ingest batch, a CLI run) holds the write.
+
+Slots are 15-minute UTC buckets (epoch / 900). Every time zone's offset is a whole number of
+quarter hours, so they are the local day's slots too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger, Connection, Integer, and_, cast, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from alerts.leakage import (
+    MAX_TOTALISER_GAP_S,
+    SLOT_S,
+    Cjj92Inputs,
+    Cjj92Rates,
+    DmaParams,
+    MeterDay,
+    TotaliserPoint,
+    cjj92,
+    day_figures,
+)
+from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
+from monitor.core.models import (
+    Consumption,
+    Device,
+    DeviceStatus,
+    DmaDay,
+    Reading,
+    Site,
+    table,
+    utcnow,
+)
+from monitor.core.settings import get_settings
+
+readings = table(Reading)
+sites = table(Site)
+devices = table(Device)
+dma_days = table(DmaDay)
+consumption = table(Consumption)
+
+
+def _slot(conn: Connection) -> ColumnElement[Any]:
+    if conn.dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", readings.c.ts) / SLOT_S), BigInteger)
+    # SQLite stores naive UTC text; integer division floors the (positive) epoch
+    return cast(func.strftime("%s", readings.c.ts), Integer) / SLOT_S
+
+
+def _hhmm(value: str | None, default: time) -> time:
+    if not value:
+        return default
+    hour, minute = value.split(":")
+    return time(int(hour), int(minute))
+
+
+def params_of(site: Any) -> DmaParams:
+    """A site row's DMA parameters, the method's defaults where a column is null."""
+    d = DmaParams(connections=0)
+    return DmaParams(
+        connections=site.connections or 0,
+        mains_km=site.mains_km,
+        night_from=_hhmm(site.night_from, d.night_from),
+        night_to=_hhmm(site.night_to, d.night_to),
+        night_use_l_per_conn_h=(
+            d.night_use_l_per_conn_h
+            if site.night_use_l_per_conn_h is None
+            else site.night_use_l_per_conn_h
+        ),
+        special_night_use_m3h=site.special_night_use_m3h or 0.0,
+        leakage_exponent=site.leakage_exponent or d.leakage_exponent,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    start: datetime  # UTC instant of local midnight
+    slots: int  # 96, or 92 / 100 on a daylight-saving day
+
+    @property
+    def first_slot(self) -> int:
+        return int(self.start.timestamp()) // SLOT_S
+
+
+def _span(day: date, tz: ZoneInfo) -> _Span:
+    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+    return _Span(start, int((end - start).total_seconds()) // SLOT_S)
+
+
+def recompute_days(
+    conn: Connection, site_day_pairs: Iterable[tuple[str, date]], *, tz: ZoneInfo | None = None
+) -> int:
+    """Compute and store the figures of each (DMA site, local day); returns the days written.
+
+    Pairs naming a site that is not a DMA are ignored. A day without any data is still
+    written (invalid, coverage 0), so a report shows it as missing rather than skipping it.
+    """
+    tz = tz or ZoneInfo(get_settings().timezone)
+    pairs = sorted(set(site_day_pairs))
+    if not pairs:
+        return 0
+    site_ids = sorted({s for s, _ in pairs})
+    site_rows = {
+        r.id: r
+        for r in conn.execute(
+            select(sites).where(sites.c.id.in_(site_ids), sites.c.kind == SiteKind.dma)
+        )
+    }
+    pairs = [(s, d) for s, d in pairs if s in site_rows]
+    if not pairs:
+        return 0
+    meters: dict[str, list[tuple[str, DmaRole]]] = defaultdict(list)
+    for r in conn.execute(
+        select(devices.c.id, devices.c.site_id, devices.c.dma_role)
+        .where(
+            devices.c.site_id.in_(list(site_rows)),
+            devices.c.kind == DeviceKind.leak_meter,
+            devices.c.status == DeviceStatus.active,
+        )
+        .order_by(devices.c.id)
+    ):
+        meters[r.site_id].append((r.id, DmaRole(r.dma_role or DmaRole.inlet)))
+    device_ids = [d for ms in meters.values() for d, _ in ms]
+
+    spans = {d: _span(d, tz) for _, d in pairs}
+    # one range per site: the span of its asked days
+    ranges: dict[str, tuple[datetime, datetime]] = {}
+    for s, d in pairs:
+        sp = spans[d]
+        end = sp.start + timedelta(seconds=sp.slots * SLOT_S)
+        lo, hi = ranges.get(s, (sp.start, end))
+        ranges[s] = (min(lo, sp.start), max(hi, end))
+
+    def in_ranges(pad: timedelta) -> ColumnElement[bool]:
+        return or_(
+            *(
+                and_(
+                    readings.c.device_id.in_([d for d, _ in meters[s]]),
+                    readings.c.ts >= lo - pad,
+                    readings.c.ts < hi + pad,
+                )
+                for s, (lo, hi) in ranges.items()
+                if meters[s]
+            )
+        )
+
+    slot_means: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    totals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    if device_ids:
+        slot = _slot(conn).label("slot")
+        q = (
+            select(readings.c.device_id, readings.c.metric, slot, func.avg(readings.c.value))
+            .where(
+                in_ranges(timedelta(0)),
+                readings.c.metric.in_(["flow", "pressure"]),
+                readings.c.quality == QualityFlag.normal,
+            )
+            .group_by(readings.c.device_id, readings.c.metric, slot)
+        )
+        for dev, metric, n, mean in conn.execute(q):
+            slot_means[(dev, metric)][int(n)] = float(mean)
+        pad = timedelta(seconds=MAX_TOTALISER_GAP_S)
+        tq = (
+            select(readings.c.device_id, readings.c.ts, readings.c.value)
+            .where(
+                in_ranges(pad),
+                readings.c.metric == "totaliser",
+                readings.c.quality == QualityFlag.normal,
+            )
+            .order_by(readings.c.device_id, readings.c.ts)
+        )
+        for dev, ts, value in conn.execute(tq):
+            totals[dev].append((ts.timestamp(), float(value)))
+
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for s, d in pairs:
+        sp = spans[d]
+        first, t0 = sp.first_slot, sp.start.timestamp()
+        day_meters = []
+        for dev, role in meters[s]:
+            flow = slot_means.get((dev, "flow"), {})
+            pressure = slot_means.get((dev, "pressure"), {})
+            day_meters.append(
+                MeterDay(
+                    dev,
+                    role,
+                    {n - first: v for n, v in flow.items() if 0 <= n - first < sp.slots},
+                    {n - first: v for n, v in pressure.items() if 0 <= n - first < sp.slots},
+                    tuple(
+                        TotaliserPoint(t - t0, v)
+                        for t, v in totals.get(dev, ())
+                        if -MAX_TOTALISER_GAP_S <= t - t0 < sp.slots * SLOT_S + MAX_TOTALISER_GAP_S
+                    ),
+                )
+            )
+        fig = day_figures(day_meters, params_of(site_rows[s]), sp.slots)
+        rows.append(
+            {
+                "site_id": s,
+                "day": d,
+                "valid": fig.valid,
+                "coverage": fig.coverage,
+                "night_coverage": fig.night_coverage,
+                "night_use_m3h": fig.night_use_m3h,
+                "inlet_m3": fig.inlet_m3,
+                "inlet_source": fig.inlet_source,
+                "mnf_m3h": fig.mnf_m3h,
+                "mnf_at": (
+                    None
+                    if fig.mnf_slot is None
+                    else sp.start + timedelta(seconds=fig.mnf_slot * SLOT_S)
+                ),
+                "net_night_flow_m3h": fig.net_night_flow_m3h,
+                "ndf_h": fig.ndf_h,
+                "leakage_m3": fig.leakage_m3,
+                "leakage_pct": fig.leakage_pct,
+                "computed_at": now,
+            }
+        )
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(dma_days)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["site_id", "day"],
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in ("site_id", "day")},
+        ),
+        rows,
+    )
+    return len(rows)
+
+
+class PeriodKind(StrEnum):
+    billing_period = "billing_period"  # one registered consumption period as billed
+    rolling_12m = "rolling_12m"  # the 365 days ending on the report's last day
+    calendar_year = "calendar_year"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One DMA's CJJ 92 inputs and rates (percent) over a billing period or a window."""
+
+    kind: PeriodKind
+    site_id: str
+    period_start: date
+    period_end: date
+    days: int
+    annual: bool  # a year or longer: the corrections apply
+    supply_m3: float  # Q_s: Σ inlet_m3 of the period's stored days
+    supply_days: int  # days of the period with an inlet volume
+    consumption_days: int  # days of the period that registered consumption covers
+    registered_m3: float  # Q_a: billed + unbilled (pro rata by days for a window)
+    residential_metered_m3: float | None
+    mains_km: float | None
+    outlet_pressure_mpa: float | None
+    frost_depth_m: float | None
+    inputs_source: str
+    r_wl: float | None
+    r1: float | None
+    r2: float | None
+    r2_unclamped: float | None
+    r3: float | None
+    r4: float | None
+    r_bl: float | None
+    grade: int | None
+
+
+INPUTS_SOURCE = (
+    "Q_s: the sum of the period's daily inlet volumes (dma_days); Q_a, residential volume: "
+    "registered consumption (pro rata by days where a billing period crosses a window's edge); "
+    "mains_km: the DMA site; outlet pressure, frost depth: settings "
+    "ENVMON_LEAKAGE_OUTLET_PRESSURE_MPA, ENVMON_LEAKAGE_FROST_DEPTH_M"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Area:
+    outlet_pressure_mpa: float | None
+    frost_depth_m: float | None
+
+
+def _supply(conn: Connection, site_id: str, start: date, end: date) -> tuple[float, int]:
+    supply, n = conn.execute(
+        select(func.coalesce(func.sum(dma_days.c.inlet_m3), 0.0), func.count()).where(
+            dma_days.c.site_id == site_id,
+            dma_days.c.day >= start,
+            dma_days.c.day <= end,
+            dma_days.c.inlet_m3.is_not(None),
+        )
+    ).one()
+    return float(supply), int(n)
+
+
+def _row(
+    conn: Connection,
+    kind: PeriodKind,
+    site: Any,
+    start: date,
+    end: date,
+    registered: float,
+    residential: float | None,
+    covered: int,
+    area: _Area,
+) -> Period:
+    supply, n = _supply(conn, site.id, start, end)
+    days = (end - start).days + 1
+    annual = days >= 365
+    # without consumption for every day of the window, Q_a and so every rate would be wrong
+    rates = (
+        cjj92(
+            Cjj92Inputs(
+                supply_m3=supply,
+                registered_m3=registered,
+                annual=annual,
+                residential_metered_m3=residential,
+                mains_km=site.mains_km,
+                outlet_pressure_mpa=area.outlet_pressure_mpa,
+                frost_depth_m=area.frost_depth_m,
+            )
+        )
+        if covered == days
+        else Cjj92Rates(r_wl=None)
+    )
+    return Period(
+        kind=kind,
+        site_id=site.id,
+        period_start=start,
+        period_end=end,
+        days=days,
+        annual=annual,
+        supply_m3=supply,
+        supply_days=n,
+        consumption_days=covered,
+        registered_m3=registered,
+        residential_metered_m3=residential,
+        mains_km=site.mains_km,
+        outlet_pressure_mpa=area.outlet_pressure_mpa,
+        frost_depth_m=area.frost_depth_m,
+        inputs_source=INPUTS_SOURCE,
+        r_wl=rates.r_wl,
+        r1=rates.r1,
+        r2=rates.r2,
+        r2_unclamped=rates.r2_unclamped,
+        r3=rates.r3,
+        r4=rates.r4,
+        r_bl=rates.r_bl,
+        grade=rates.grade,
+    )
+
+
+def periods(
+    conn: Connection,
+    site_rows: Iterable[Any],
+    day_from: date,
+    day_to: date,
+    *,
+    outlet_pressure_mpa: float | None,
+    frost_depth_m: float | None,
+) -> list[Period]:
+    """CJJ 92 rows of these DMAs: each billing period overlapping [day_from, day_to], the
+    rolling 12 months ending on day_to, and each calendar year the range touches."""
+    area = _Area(outlet_pressure_mpa, frost_depth_m)
+    by_id = {r.id: r for r in site_rows}
+    if not by_id:
+        return []
+    windows = [(PeriodKind.rolling_12m, day_to - timedelta(days=364), day_to)] + [
+        (PeriodKind.calendar_year, date(y, 1, 1), date(y, 12, 31))
+        for y in range(day_from.year, day_to.year + 1)
+    ]
+    lo = min(day_from, *(w[1] for w in windows))
+    hi = max(day_to, *(w[2] for w in windows))
+    bills: dict[str, list[Any]] = defaultdict(list)
+    for c in conn.execute(
+        select(consumption)
+        .where(
+            consumption.c.site_id.in_(list(by_id)),
+            consumption.c.period_start <= hi,
+            consumption.c.period_end >= lo,
+        )
+        .order_by(consumption.c.site_id, consumption.c.period_start)
+    ):
+        bills[c.site_id].append(c)
+    out: list[Period] = []
+    for site_id, site in by_id.items():
+        for c in bills[site_id]:
+            if c.period_start <= day_to and c.period_end >= day_from:
+                days = (c.period_end - c.period_start).days + 1
+                out.append(
+                    _row(
+                        conn,
+                        PeriodKind.billing_period,
+                        site,
+                        c.period_start,
+                        c.period_end,
+                        c.billed_m3 + c.unbilled_m3,
+                        c.residential_metered_m3,
+                        days,
+                        area,
+                    )
+                )
+        for kind, start, end in windows:
+            registered, covered = 0.0, 0
+            residential: float | None = None
+            for c in bills[site_id]:
+                overlap = (min(end, c.period_end) - max(start, c.period_start)).days + 1
+                if overlap <= 0:
+                    continue
+                share = overlap / ((c.period_end - c.period_start).days + 1)
+                covered += overlap
+                registered += (c.billed_m3 + c.unbilled_m3) * share
+                if c.residential_metered_m3 is not None:
+                    residential = (residential or 0.0) + c.residential_metered_m3 * share
+            if covered:
+                out.append(
+                    _row(conn, kind, site, start, end, registered, residential, covered, area)
+                )
+    return out
+
+
+def affected_days(
+    conn: Connection,
+    device_times: Iterable[tuple[str, datetime]],
+    *,
+    tz: ZoneInfo | None = None,
+) -> set[tuple[str, date]]:
+    """The (DMA site, local day) pairs a batch of readings changes: what to pass to
+    `recompute_days` after the batch is stored. A reading within an hour of local midnight
+    also touches the neighbouring day, whose totaliser it brackets."""
+    tz = tz or ZoneInfo(get_settings().timezone)
+    by_device: dict[str, set[date]] = defaultdict(set)
+    pad = timedelta(seconds=MAX_TOTALISER_GAP_S)
+    for device_id, ts in device_times:
+        for t in (ts - pad, ts, ts + pad):
+            by_device[device_id].add(t.astimezone(tz).date())
+    if not by_device:
+        return set()
+    rows = conn.execute(
+        select(devices.c.id, devices.c.site_id)
+        .join(sites, sites.c.id == devices.c.site_id)
+        .where(
+            devices.c.id.in_(list(by_device)),
+            devices.c.kind == DeviceKind.leak_meter,
+            sites.c.kind == SiteKind.dma,
+        )
+    )
+    site_of = {device_id: site_id for device_id, site_id in rows}
+    return {(site_of[d], day) for d, days in by_device.items() if d in site_of for day in days}
