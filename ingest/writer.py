@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from alerts.dma import affected_days, recompute_days
 from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
 from alerts.service import StaleAlert
 from ingest import metrics
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 TIMER_S = 30.0  # how often time-driven rules (no data) are evaluated
 # With several ingestors, one of them runs the timer rules at a time (an advisory lock).
 TIMER_LOCK = 0x656E766D  # "envm"
+DMA_METRICS = frozenset({"flow", "pressure", "totaliser"})  # what a DMA's daily figures read
 STALE_RETRIES = 3  # evaluations of a batch whose alerts an inspector changed meanwhile
 
 
@@ -402,6 +404,7 @@ class Writer:
                 span[key] = (min(lo, ts), max(hi, r.ts))
             opened = self._evaluate(conn, span)
             advance_watermarks(conn, marks)
+            self._dma_days(conn, rows)
         return Summary(
             len(messages),
             inserted,
@@ -441,6 +444,26 @@ class Writer:
         finally:
             metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
         return outcome.opened
+
+    def _dma_days(self, conn: Connection, rows: list[Row]) -> None:
+        """Recompute the DMA days (night flow, leakage) the batch's meter readings fall in,
+        in the batch's transaction: a backfilled or late day is redone at once. Like rule
+        evaluation, a failure costs the batch its figures, never its readings."""
+        hours = {
+            (r.device_id, r.ts.replace(minute=0, second=0, microsecond=0))
+            for r in rows
+            if r.metric in DMA_METRICS
+        }
+        if not hours:
+            return
+        try:
+            with conn.begin_nested():
+                recompute_days(conn, affected_days(conn, hours, tz=self._tz), tz=self._tz)
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("DMA day figures failed; the batch's readings are stored regardless")
+            metrics.EVALUATION_ERRORS.inc()
 
     def _count(self, summary: Summary) -> None:
         """Account for a committed batch."""
