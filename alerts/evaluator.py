@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -185,6 +185,7 @@ def evaluate_batch(
     tz: ZoneInfo = DEFAULT_TZ,
     *,
     page_ended: bool = False,
+    rule_ids: Collection[int] | None = None,
 ) -> Outcome:
     """Apply every enabled reading-driven rule to what a stored batch touched, then the
     composite rules over their results.
@@ -211,15 +212,14 @@ def evaluate_batch(
     by_metric: dict[str, dict[str, datetime]] = defaultdict(dict)
     for (d, m), ts in earliest.items():
         by_metric[m][d] = ts
-    rules = conn.execute(
-        select(rules_t)
-        .where(
-            rules_t.c.enabled.is_(True),
-            rules_t.c.kind.in_([*READING_KINDS, RuleKind.composite]),
-            or_(rules_t.c.metric.in_(list(by_metric)), rules_t.c.metric == "*"),
-        )
-        .order_by(rules_t.c.id)
-    ).all()
+    q = select(rules_t).where(
+        rules_t.c.enabled.is_(True),
+        rules_t.c.kind.in_([*READING_KINDS, RuleKind.composite]),
+        or_(rules_t.c.metric.in_(list(by_metric)), rules_t.c.metric == "*"),
+    )
+    if rule_ids is not None:
+        q = q.where(rules_t.c.id.in_(list(rule_ids)))
+    rules = conn.execute(q.order_by(rules_t.c.id)).all()
     if not rules:
         return outcome
     devices = _devices(conn, latest)
@@ -254,6 +254,25 @@ def evaluate_batch(
     if composites:
         _evaluate_composites(conn, composites, latest, devices, outcome)
     return outcome
+
+
+def reevaluate(
+    conn: Connection,
+    device_ids: Collection[str],
+    since: datetime,
+    tz: ZoneInfo = DEFAULT_TZ,
+    rule_ids: Collection[int] | None = None,
+) -> Outcome:
+    """Recompute the alerts of these devices from their stored readings since `since` (after
+    a rule change, or to check the engine). The same rebuild as every batch's, so running it
+    twice changes nothing the first run did not."""
+    pairs = conn.execute(
+        select(readings_t.c.device_id, readings_t.c.metric)
+        .where(one_of(conn, readings_t.c.device_id, device_ids), readings_t.c.ts >= since)
+        .distinct()
+    ).all()
+    touched = [Touched(d, m, since) for d, m in pairs]
+    return evaluate_batch(conn, touched, tz, rule_ids=rule_ids)
 
 
 def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) -> Outcome:

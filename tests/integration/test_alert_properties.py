@@ -254,3 +254,37 @@ def test_the_issue_example_late_early_episode_gives_two_alerts(engine: Engine) -
         (T0, "resolved"),
         (T0 + 20 * MIN, "firing"),
     ]
+
+
+def test_reevaluate_recomputes_stored_readings_and_a_second_run_changes_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from ingest.repository import insert_readings
+    from ingest.validate import Row
+    from monitor.cli import main
+
+    url = engine.url.render_as_string(hide_password=False)
+    minutes = [(m, 85.0 if m % 20 < 6 else 60.0) for m in range(50)]
+    ing = Ingestor(url)
+    for m in minutes:
+        ing.deliver([m])
+    ing.close()
+    expected = _alerts(engine)
+    assert expected
+    _empty(engine)
+    with engine.begin() as conn:  # stored, never evaluated (e.g. before a rule existed)
+        insert_readings(
+            conn, [Row(DEVICE, "noise", T0 + m * MIN, v, "N", T0 + m * MIN) for m, v in minutes]
+        )
+    monkeypatch.setenv("ENVMON_DATABASE_URL", url)
+    runner = CliRunner()
+    since = (T0 - timedelta(hours=1)).isoformat()
+    first = runner.invoke(main, ["reevaluate", "--since", since, "--device", DEVICE])
+    assert first.exit_code == 0, first.output
+    assert _alerts(engine) == expected
+    again = runner.invoke(main, ["reevaluate", "--since", since])
+    assert again.exit_code == 0, again.output
+    assert "already matched" in again.output
+    assert _alerts(engine) == expected
