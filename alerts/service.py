@@ -54,7 +54,15 @@ def save(conn: Connection, alert_id: int, version: int, changes: dict[str, Any])
 
 
 # Changes that reach people outside envmon (webhooks); the rest stay in the alert's history.
-NOTIFIED = frozenset({AlertEventKind.opened, AlertEventKind.escalated, AlertEventKind.resolved})
+NOTIFIED = frozenset(
+    {
+        AlertEventKind.opened,
+        AlertEventKind.escalated,
+        AlertEventKind.resolved,
+        AlertEventKind.reopened,
+        AlertEventKind.retracted,
+    }
+)
 
 
 def record_event(
