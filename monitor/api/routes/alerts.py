@@ -17,7 +17,16 @@ from sqlalchemy.orm import Session
 
 from alerts import service
 from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep, SettingsDep
-from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
+from monitor.api.filters import (
+    MAX_ID,
+    District,
+    End,
+    IdPath,
+    Kind,
+    SiteId,
+    Start,
+    check_range,
+)
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
 from monitor.api.schemas import AlertAction, AlertDetail, AlertEventRead, AlertRead
 from monitor.api.scope import district_clause
@@ -110,7 +119,9 @@ def alert_filter(
     site_id: SiteId = None,
     district: District = None,
     device_id: Annotated[str | None, Query(description="Only this device")] = None,
-    rule_id: Annotated[int | None, Query(alias="rule", description="Only this rule")] = None,
+    rule_id: Annotated[
+        int | None, Query(alias="rule", ge=1, le=MAX_ID, description="Only this rule")
+    ] = None,
     start: Start = None,
     end: End = None,
 ) -> AlertFilter:
@@ -219,8 +230,10 @@ def _events(session: Session, principal: Principal, after: int, limit: int) -> l
 async def stream_alert_events(
     request: Request,
     principal: PrincipalDep,
-    last_event_id: Annotated[int | None, Header()] = None,
-    after: Annotated[int | None, Query(description="Resume after this event id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Resume after this event id")
+    ] = None,
     follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
 ) -> StreamingResponse:
     """Server-Sent Events: every alert event in the caller's scope as it happens (resumable
@@ -257,7 +270,7 @@ async def stream_alert_events(
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> AlertDetail:
+def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: IdPath) -> AlertDetail:
     """One alert with its history of events and the readings around it."""
     row = session.execute(_select(principal).where(alerts.c.id == alert_id)).first()
     if row is None:
@@ -292,7 +305,7 @@ def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> Al
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertDetail)
 def acknowledge_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AlertAction
 ) -> AlertDetail:
     """Acknowledge a firing alert: an inspector has taken it on (recorded as the caller)."""
     get_alert(session, inspector, alert_id)  # in scope, or 404
@@ -302,7 +315,7 @@ def acknowledge_alert(
 
 @router.post("/{alert_id}/resolve", response_model=AlertDetail)
 def resolve_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AlertAction
 ) -> AlertDetail:
     """Resolve an alert (recorded as the caller); a later violation opens a new one."""
     get_alert(session, inspector, alert_id)  # in scope, or 404
@@ -321,7 +334,7 @@ class AssignBody(BaseModel):
 
 @router.post("/{alert_id}/comment", response_model=AlertDetail)
 def comment_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: CommentBody
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: CommentBody
 ) -> AlertDetail:
     """Add a note to an alert's history."""
     get_alert(session, inspector, alert_id)
@@ -333,7 +346,7 @@ def comment_alert(
 
 @router.post("/{alert_id}/assign", response_model=AlertDetail)
 def assign_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AssignBody
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AssignBody
 ) -> AlertDetail:
     """Assign an alert to a person (or unassign it)."""
     get_alert(session, inspector, alert_id)
