@@ -3,7 +3,8 @@ the error answers as they are sent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -74,3 +75,51 @@ async def test_a_number_is_not_a_date_time(api: httpx.AsyncClient, value: str) -
         assert r.json()["errors"][0]["field"] == "query.start"
     r = await api.get("/v1/alerts", params={"start": "2026-11-25T08:00:00Z"})
     assert r.status_code == 200
+
+
+def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            yield method.upper(), path, op
+
+
+async def test_every_operation_documents_its_errors_as_problem_json(
+    api: httpx.AsyncClient,
+) -> None:
+    spec = (await api.get("/v1/openapi.json")).json()
+    assert "Problem" in spec["components"]["schemas"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    missing = []
+    for method, path, op in _operations(spec):
+        responses = op["responses"]
+        params = op.get("parameters", [])
+        expected = set()
+        if op.get("security"):
+            expected.add("401")
+        if any(p["in"] == "path" for p in params):
+            expected.add("404")
+        if params or "requestBody" in op:
+            expected.add("422")
+        if "requestBody" in op:
+            expected.add("413")
+        if not expected <= set(responses):
+            missing.append(f"{method} {path}: {sorted(expected - set(responses))}")
+        for code, answer in responses.items():
+            if int(code) >= 400:
+                assert set(answer["content"]) == {"application/problem+json"}, (path, code)
+                schema = answer["content"]["application/problem+json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Problem"}, (path, code)
+    assert not missing, missing
+    by_op = {(m, p): op["responses"] for m, p, op in _operations(spec)}
+    assert "403" in by_op[("DELETE", "/v1/rules/{rule_id}")]
+    assert "403" not in by_op[("GET", "/v1/alerts")]
+    assert "409" in by_op[("POST", "/v1/alerts/{alert_id}/resolve")]
+
+
+async def test_the_documented_error_answers_are_the_ones_sent(api: httpx.AsyncClient) -> None:
+    anonymous = await api.get("/v1/alerts", headers={"Authorization": ""})
+    missing = await api.get("/v1/alerts/12345")
+    for r, code in ((anonymous, 401), (missing, 404)):
+        assert r.status_code == code
+        assert r.headers["content-type"] == "application/problem+json"
+        assert {"type", "title", "status", "detail"} <= set(r.json())
