@@ -14,9 +14,14 @@ from monitor.core.models import Device, DeviceStatus, table
 devices = table(Device)
 
 
+MAX_MISSES = 100_000  # remembered unknown ids; a flood of random ids cannot grow it further
+
+
 class DeviceRegistry:
-    """Known devices, refreshed in full every `ttl_s`; an unknown id is looked up at most
-    once per `miss_ttl_s`, so a flood from an unregistered device costs no query per message."""
+    """Known devices, refreshed in full every `ttl_s`. A miss refreshes too, but at most once
+    per `miss_ttl_s` whatever the ids, and an unknown id stays a miss for `miss_ttl_s`: a
+    flood of messages from unregistered ids (one or many) costs no scan per message, and a
+    device registered meanwhile is seen within about twice `miss_ttl_s`."""
 
     def __init__(self, engine: Engine, *, ttl_s: float = 30.0, miss_ttl_s: float = 5.0) -> None:
         self._engine = engine
@@ -33,8 +38,11 @@ class DeviceRegistry:
         self._known = {
             r.id: DeviceInfo(DeviceKind(r.kind), r.status == DeviceStatus.active) for r in rows
         }
-        self._misses.clear()
         self._loaded_at = time.monotonic()
+        # forget only the misses that expired: clearing them all would make every unknown
+        # id cost a full scan again right after each refresh
+        expired = self._loaded_at - self._miss_ttl
+        self._misses = {k: t for k, t in self._misses.items() if t > expired}
 
     def __call__(self, device_id: str) -> DeviceInfo | None:
         with self._lock:
@@ -47,8 +55,11 @@ class DeviceRegistry:
             missed = self._misses.get(device_id)
             if missed is not None and now - missed < self._miss_ttl:
                 return None
-            self._refresh()
-            info = self._known.get(device_id)
+            if now - self._loaded_at >= self._miss_ttl:
+                self._refresh()
+                info = self._known.get(device_id)
             if info is None:
+                if len(self._misses) >= MAX_MISSES:
+                    self._misses.clear()
                 self._misses[device_id] = now
             return info
