@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -13,11 +14,11 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     or_,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
@@ -134,22 +135,29 @@ def fold_rollups(
 def insert_dead_letters(
     conn: Connection, records: Sequence[DeadLetterRecord], received_at: datetime
 ) -> None:
+    """Keep dead letters; one already kept (the same message delivered again) is skipped."""
     if not records:
         return
-    conn.execute(
-        insert(dead_letters),
-        [
-            {
-                "received_at": received_at,
-                "topic": r.topic,
-                "device_id": r.device_id,
-                "reason": r.reason.value,
-                "detail": r.detail,
-                "payload": r.payload,
-            }
-            for r in records
-        ],
-    )
+    rows = {
+        digest: {
+            "received_at": received_at,
+            "topic": r.topic,
+            "device_id": r.device_id,
+            "reason": r.reason.value,
+            "detail": r.detail,
+            "payload": r.payload,
+            "digest": digest,
+        }
+        for r in records
+        for digest in [dead_letter_digest(r)]
+    }
+    stmt = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(dead_letters)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]), list(rows.values()))
+
+
+def dead_letter_digest(r: DeadLetterRecord) -> str:
+    parts = (r.topic, r.device_id or "", r.reason.value, r.detail, r.payload)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 # Per device: last seen, clock skew and connection state, in one statement. The devices are

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from ingest.repository import touch_devices
+from ingest.repository import insert_dead_letters, touch_devices
+from ingest.validate import DeadLetterRecord, Reason
 from monitor.core.db import make_engine
-from monitor.core.models import Device, table
+from monitor.core.models import DeadLetter, Device, table
 from tests.conftest import register
 
 T = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -37,5 +38,24 @@ def test_an_older_message_moves_neither_last_seen_nor_status_back(
             row = conn.execute(select(table(Device)).where(table(Device).c.id == "dust-1")).one()
         assert row.last_seen_at.astimezone(UTC) == T + timedelta(minutes=1)
         assert (row.connection, row.clock_skew_s) == ("offline", 1.5)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "pg"])
+def test_a_redelivered_bad_message_is_one_dead_letter(
+    db: str, request: pytest.FixtureRequest
+) -> None:
+    engine = make_engine(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
+    bad = DeadLetterRecord("envmon/v1/devices/x/telemetry", "x", Reason.bad_json, "no", "{")
+    other = DeadLetterRecord("envmon/v1/devices/x/telemetry", "x", Reason.bad_json, "no", "[")
+    try:
+        with engine.begin() as conn:
+            insert_dead_letters(conn, [bad, bad], T)
+        with engine.begin() as conn:  # delivered again after a reconnect
+            insert_dead_letters(conn, [bad, other], T + timedelta(seconds=30))
+        with engine.connect() as conn:
+            kept = conn.execute(select(table(DeadLetter).c.payload)).scalars().all()
+        assert sorted(kept) == ["[", "{"]
     finally:
         engine.dispose()
