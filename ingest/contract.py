@@ -27,7 +27,11 @@ def _epoch_ms(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("ts must be an ISO 8601 string with offset, or epoch milliseconds")
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            # past the platform's time_t (1e20) the C library answers OSError/OverflowError
+            raise ValueError(f"ts {value!r} ms is not a representable instant") from exc
     return value
 
 

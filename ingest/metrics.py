@@ -29,6 +29,13 @@ EVALUATION_ERRORS = Counter(
 QUEUE_DEPTH = Gauge("envmon_queue_depth", "Messages waiting between the MQTT thread and writer")
 SPOOL_DEPTH = Gauge("envmon_spool_depth", "Messages in the local spool awaiting the database")
 SPOOL_FULL = Counter("envmon_spool_full", "Times the spool was full and intake was held back")
+WRITER_ERRORS = Counter(
+    "envmon_writer_errors", "Writer steps that failed unexpectedly (the batch is retried)"
+)
+DB_RETRIES = Counter(
+    "envmon_database_retries",
+    "Transactions retried after a deadlock, serialisation failure or timeout",
+)
 DB_UP = Gauge("envmon_database_up", "1 while the writer can reach the database")
 ALERTS_OPENED = Counter("envmon_alerts_opened", "Alerts opened by the evaluator")
 LAST_SEEN = Gauge(

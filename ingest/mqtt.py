@@ -44,6 +44,10 @@ class LoginRefused(RuntimeError):
     """The broker refused our credentials: retrying will not help."""
 
 
+class SubscriptionRefused(RuntimeError):
+    """The broker refused our subscription (e.g. its ACL): no message would ever arrive."""
+
+
 class MqttIntake:
     def __init__(self, settings: Settings, inbox: queue.Queue[Message]) -> None:
         self._settings = settings
@@ -155,7 +159,11 @@ class MqttIntake:
     ) -> None:
         refused = [r for r in reasons if r.is_failure]
         if refused:
-            log.error("mqtt subscription refused: %s", ", ".join(str(r) for r in refused))
+            # Not ready, and not a state to idle in (it looks healthy and receives nothing):
+            # fatal, like a refused login; start() raises it, the CLI exits on it later.
+            detail = ", ".join(str(r) for r in refused)
+            log.error("mqtt subscription to %s refused: %s", self.topics, detail)
+            self.fatal = SubscriptionRefused(f"MQTT broker refused the subscription: {detail}")
         else:
             # The catch-up marker must queue behind whatever the broker holds for this session.
             # Mosquitto 2.0 puts a new message straight in flight while it has room, and right

@@ -14,9 +14,14 @@ from monitor.core.models import Device, DeviceStatus, table
 devices = table(Device)
 
 
+MAX_MISSES = 100_000  # remembered unknown ids; a flood of random ids cannot grow it further
+
+
 class DeviceRegistry:
-    """Known devices, refreshed in full every `ttl_s`; an unknown id is looked up at most
-    once per `miss_ttl_s`, so a flood from an unregistered device costs no query per message."""
+    """Known devices, refreshed in full every `ttl_s`. An id not among them is looked up alone
+    (by primary key: a device registered a moment ago is seen at once) and, if unknown, stays
+    a miss for `miss_ttl_s`: a flood from unregistered ids costs no scan of the table, and
+    at most one indexed lookup per id per `miss_ttl_s`."""
 
     def __init__(self, engine: Engine, *, ttl_s: float = 30.0, miss_ttl_s: float = 5.0) -> None:
         self._engine = engine
@@ -33,8 +38,22 @@ class DeviceRegistry:
         self._known = {
             r.id: DeviceInfo(DeviceKind(r.kind), r.status == DeviceStatus.active) for r in rows
         }
-        self._misses.clear()
         self._loaded_at = time.monotonic()
+        # forget only the misses that expired: clearing them all would make every unknown
+        # id cost a query again right after each refresh
+        expired = self._loaded_at - self._miss_ttl
+        self._misses = {k: t for k, t in self._misses.items() if t > expired}
+
+    def _lookup(self, device_id: str) -> DeviceInfo | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(devices.c.kind, devices.c.status).where(devices.c.id == device_id)
+            ).first()
+        return (
+            None
+            if row is None
+            else DeviceInfo(DeviceKind(row.kind), row.status == DeviceStatus.active)
+        )
 
     def __call__(self, device_id: str) -> DeviceInfo | None:
         with self._lock:
@@ -47,8 +66,11 @@ class DeviceRegistry:
             missed = self._misses.get(device_id)
             if missed is not None and now - missed < self._miss_ttl:
                 return None
-            self._refresh()
-            info = self._known.get(device_id)
-            if info is None:
+            info = self._lookup(device_id)
+            if info is not None:
+                self._known[device_id] = info
+            else:
+                if len(self._misses) >= MAX_MISSES:
+                    self._misses.clear()
                 self._misses[device_id] = now
             return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -11,13 +12,14 @@ from sqlalchemy import (
     Float,
     String,
     bindparam,
+    case,
     func,
-    insert,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ingest.validate import DeadLetterRecord, Row
@@ -134,26 +136,35 @@ def fold_rollups(
 def insert_dead_letters(
     conn: Connection, records: Sequence[DeadLetterRecord], received_at: datetime
 ) -> None:
+    """Keep dead letters; one already kept (the same message delivered again) is skipped."""
     if not records:
         return
-    conn.execute(
-        insert(dead_letters),
-        [
-            {
-                "received_at": received_at,
-                "topic": r.topic,
-                "device_id": r.device_id,
-                "reason": r.reason.value,
-                "detail": r.detail,
-                "payload": r.payload,
-            }
-            for r in records
-        ],
-    )
+    rows = {
+        digest: {
+            "received_at": received_at,
+            "topic": r.topic,
+            "device_id": r.device_id,
+            "reason": r.reason.value,
+            "detail": r.detail,
+            "payload": r.payload,
+            "digest": digest,
+        }
+        for r in records
+        for digest in [dead_letter_digest(r)]
+    }
+    stmt = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(dead_letters)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]), list(rows.values()))
+
+
+def dead_letter_digest(r: DeadLetterRecord) -> str:
+    parts = (r.topic, r.device_id or "", r.reason.value, r.detail, r.payload)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 # Per device: last seen, clock skew and connection state, in one statement. The devices are
-# locked in id order first, as every ingestor does, so two batches never deadlock.
+# locked in id order first, as every ingestor does, so two batches never deadlock. A message
+# older than what is stored (a redelivery, a batch that lost a race) moves nothing back: not
+# last_seen_at, and not the skew or status it carries (GREATEST ignores NULL).
 _PG_TOUCH = text(
     """
     WITH u AS (
@@ -164,9 +175,11 @@ _PG_TOUCH = text(
         SELECT d.id FROM devices d JOIN u ON u.id = d.id ORDER BY d.id FOR UPDATE OF d
     )
     UPDATE devices AS d SET
-        last_seen_at = u.at,
-        clock_skew_s = COALESCE(u.skew, d.clock_skew_s),
-        connection = COALESCE(u.conn, d.connection)
+        last_seen_at = GREATEST(d.last_seen_at, u.at),
+        clock_skew_s = CASE WHEN d.last_seen_at > u.at THEN d.clock_skew_s
+                            ELSE COALESCE(u.skew, d.clock_skew_s) END,
+        connection = CASE WHEN d.last_seen_at > u.at THEN d.connection
+                          ELSE COALESCE(u.conn, d.connection) END
     FROM u, locked
     WHERE d.id = u.id AND locked.id = u.id
     """
@@ -196,13 +209,21 @@ def touch_devices(
         {"b_id": d, "b_at": at, "b_skew": skew, "b_conn": status}
         for d, (at, skew, status) in sorted(seen.items())
     ]
+    at = bindparam("b_at", type_=devices.c.last_seen_at.type)
+    newer = or_(devices.c.last_seen_at.is_(None), devices.c.last_seen_at <= at)
     conn.execute(
         update(devices)
         .where(devices.c.id == bindparam("b_id"))
         .values(
-            last_seen_at=bindparam("b_at"),
-            clock_skew_s=func.coalesce(bindparam("b_skew", type_=Float), devices.c.clock_skew_s),
-            connection=func.coalesce(bindparam("b_conn", type_=String), devices.c.connection),
+            last_seen_at=case((newer, at), else_=devices.c.last_seen_at),
+            clock_skew_s=case(
+                (newer, func.coalesce(bindparam("b_skew", type_=Float), devices.c.clock_skew_s)),
+                else_=devices.c.clock_skew_s,
+            ),
+            connection=case(
+                (newer, func.coalesce(bindparam("b_conn", type_=String), devices.c.connection)),
+                else_=devices.c.connection,
+            ),
         ),
         params,
     )

@@ -11,6 +11,7 @@ from ingest.mqtt import Message, MqttIntake
 from ingest.registry import DeviceRegistry
 from ingest.writer import Stats, Writer
 from monitor.core.settings import Settings
+from monitor.retention import Pruner
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Ingestor:
             self.intake.ack,
             generation=lambda: self.intake.generation,
         )
+        self.pruner = Pruner(settings, engine)
 
     @property
     def stats(self) -> Stats:
@@ -37,10 +39,12 @@ class Ingestor:
     def start(self) -> None:
         self.writer.start()
         self.intake.start()
+        self.pruner.start()
         log.info("ingestor running")
 
     def stop(self) -> None:
         """Stop intake, flush the last batch, acknowledge it, disconnect."""
+        self.pruner.stop()
         self.intake.stop_intake()
         self.writer.stop()
         self.intake.close()

@@ -53,6 +53,16 @@ TIMER_LOCK = 0x656E766D  # "envm"
 DMA_METRICS = frozenset({"flow", "pressure", "totaliser"})  # what a DMA's daily figures read
 STALE_RETRIES = 3  # evaluations of a batch whose alerts an inspector changed meanwhile
 
+# PostgreSQL answers these with the server up: deadlock_detected, serialization_failure,
+# query_canceled (statement_timeout). psycopg raises them as OperationalError, which here
+# otherwise means "the database is away": retry the transaction instead of spooling.
+RETRY_SQLSTATES = frozenset({"40P01", "40001", "57014"})
+RETRY_ATTEMPTS = 5
+
+
+def _retryable(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
+
 
 @dataclass(slots=True)
 class Stats:
@@ -126,6 +136,9 @@ class Writer:
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
+        # the batch taken from the queue and not yet acknowledged (or spooled): kept across
+        # a failed step, so that it is retried, never dropped un-acknowledged
+        self._pending: Batch | None = None
 
     @property
     def spool_depth(self) -> int:
@@ -170,16 +183,22 @@ class Writer:
                 if self._step():
                     return
             except Exception:
-                # Never let the writer thread die: un-acknowledged messages stay with the broker
-                log.exception("writer step failed; retrying in 2 s")
+                # Never let the writer thread die, nor forget its batch: the broker holds
+                # those messages for us (un-acknowledged, counted against Receive Maximum),
+                # so dropping them from memory would stall intake for good.
+                held = len(self._pending.messages) if self._pending else 0
+                log.exception("writer step failed; retrying it (%d messages held) in 2 s", held)
+                metrics.WRITER_ERRORS.inc()
                 time.sleep(2)
 
     def _step(self) -> bool:
         """One batch; True once stopping and everything is written."""
-        batch = self._collect()
+        batch = self._pending or self._collect()
+        self._pending = batch
         if self._spool.depth:
             if batch.messages:
                 self._spool_or_hold(batch)
+            self._pending = None
             if self._drain_spool():
                 self._retry_delay = 0.5
             else:
@@ -189,6 +208,7 @@ class Writer:
             self._store_or_spool(batch)
         elif self._stopping.is_set():
             return True
+        self._pending = None
         return False
 
     def _timers(self) -> None:
@@ -293,11 +313,13 @@ class Writer:
         Raises OperationalError when the database cannot be reached."""
         started = time.perf_counter()
         try:
-            with self._engine.begin() as conn:
-                summary = self._store(conn, messages)
-            self._count(summary)
-        except OperationalError:
-            raise
+            self._count(self._transaction(messages))
+        except OperationalError as exc:
+            if not _retryable(exc):
+                raise
+            log.warning("batch of %d messages still failing (%s); one by one", len(messages), exc)
+            for msg in messages:
+                self._store_one(msg)
         except DBAPIError:
             log.exception("batch of %d messages failed; storing them one by one", len(messages))
             for msg in messages:
@@ -306,12 +328,27 @@ class Writer:
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.DB_UP.set(1)
 
+    def _transaction(self, messages: list[Message]) -> Summary:
+        """Store messages in one transaction, retrying a deadlock, serialisation failure or
+        statement timeout a few times (each rolled back whole) with a short backoff."""
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                with self._engine.begin() as conn:
+                    return self._store(conn, messages)
+            except OperationalError as exc:
+                if not _retryable(exc) or attempt == RETRY_ATTEMPTS - 1:
+                    raise
+                log.warning("transaction failed (%s); retrying", exc.orig)
+                metrics.DB_RETRIES.inc()
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def _store_one(self, msg: Message) -> None:
         try:
-            with self._engine.begin() as conn:
-                summary = self._store(conn, [msg])
-            self._count(summary)
-        except OperationalError:
+            self._count(self._transaction([msg]))
+        except OperationalError as exc:
+            if _retryable(exc):
+                log.error("message on %s kept failing (%s); spooling it", msg.topic, exc.orig)
             raise
         except DBAPIError as exc:
             log.exception("message on %s could not be stored", msg.topic)

@@ -8,10 +8,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 from pydantic import ValidationError
@@ -19,6 +19,9 @@ from pydantic import ValidationError
 from monitor import __version__
 from monitor.core.exceptions import EnvmonError, NotFound
 from monitor.core.settings import Environment, Settings
+
+if TYPE_CHECKING:
+    from ingest.mqtt import MqttIntake
 
 log = logging.getLogger("envmon")
 DEMO_ADMIN = "demo-admin"
@@ -153,12 +156,36 @@ def up(
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None)
         )
+        stoppers.insert(
+            0, _stop_on_fatal(ingestor.intake, lambda: setattr(server, "should_exit", True)).set
+        )
         # uvicorn re-raises the Ctrl-C it handled; stopping is the normal way out
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
+        if ingestor.intake.fatal is not None:
+            raise click.ClickException(str(ingestor.intake.fatal))
     finally:
         for stop in stoppers:
             stop()
+
+
+def _stop_on_fatal(
+    intake: MqttIntake, stop: Callable[[], None], every_s: float = 5.0
+) -> threading.Event:
+    """Call `stop` once the intake meets a fatal error, e.g. a login refused at a reconnect
+    after a password rotation: retrying will not help, and an ingestor that silently idles
+    is worse than one that exits. Set the returned event to end the watch."""
+    ended = threading.Event()
+
+    def watch() -> None:
+        while not ended.wait(every_s):
+            if intake.fatal is not None:
+                log.error("stopping: %s", intake.fatal)
+                stop()
+                return
+
+    threading.Thread(target=watch, name="envmon-fatal-watch", daemon=True).start()
+    return ended
 
 
 INGEST_USER = "envmon-ingest"
@@ -349,13 +376,13 @@ def ingest() -> None:
 
     dispatcher = Dispatcher(settings, engine)
     dispatcher.start()
+    watcher = _stop_on_fatal(ingestor.intake, done.set)
     try:
-        while not done.wait(5):
-            if ingestor.intake.fatal is not None:
-                # e.g. the broker refused our login after a password rotation: retrying will
-                # not help, and an ingestor that silently idles is worse than one that exits
-                raise click.ClickException(str(ingestor.intake.fatal))
+        done.wait()
+        if ingestor.intake.fatal is not None:
+            raise click.ClickException(str(ingestor.intake.fatal))
     finally:
+        watcher.set()
         ingestor.stop()
         dispatcher.stop()
         engine.dispose()

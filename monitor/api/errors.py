@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from monitor.core.exceptions import EnvmonError
@@ -60,3 +64,122 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem object; `errors[].field` names each offending field.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "example": "about:blank"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": ["string", "null"]},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+ANSWERS = {
+    400: "Malformed request (e.g. a Content-Length that is not a number)",
+    401: "No API key, or one that is unknown, revoked or disabled",
+    403: "The caller's role may not do this",
+    404: "No such resource in the caller's scope",
+    409: "Conflicts with the current state (a duplicate name, an alert already resolved)",
+    411: "A body without Content-Length",
+    413: "The body is larger than the limit",
+    422: "Invalid parameters or body; `errors[].field` names each",
+}
+
+
+def _answers(route: APIRoute) -> set[int]:
+    """The error statuses a route can send, read from what it depends on."""
+    from monitor.api.deps import get_principal
+
+    dependants = [route.dependant, *_flat(route.dependant)]
+    calls = [d.call for d in dependants]
+    methods = route.methods or set()
+    inputs = any(
+        d.path_params or d.query_params or d.header_params or d.body_params for d in dependants
+    )
+    codes: set[int] = set()
+    if get_principal in calls:
+        codes.add(401)
+    # the role check of deps._role
+    if any(getattr(c, "__qualname__", "").startswith("_role.") for c in calls):
+        codes.add(403)
+    if route.dependant.path_params:
+        codes.add(404)
+    if methods & {"POST", "PUT", "PATCH"}:
+        codes |= {400, 411, 413}
+    if methods & {"POST", "PUT", "PATCH", "DELETE"} and 401 in codes:
+        codes.add(409)
+    if inputs:
+        codes.add(422)
+    return codes
+
+
+def _flat(dependant: Dependant) -> list[Dependant]:
+    out: list[Dependant] = []
+    for dep in dependant.dependencies:
+        out.append(dep)
+        out.extend(_flat(dep))
+    return out
+
+
+def _routes(app: FastAPI) -> Iterator[tuple[str, APIRoute]]:
+    """Each API route with its full path."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI copies the included routes, prefix applied
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path_format, route
+        return
+    # newer FastAPI keeps an included router as one lazy route; its contexts carry the prefix
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute) and context.path_format:
+            yield context.path_format, context.original_route
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI list each route's error answers as they are sent: problem+json."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = PROBLEM_SCHEMA
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for path, route in _routes(app):
+            for method in route.methods or ():
+                op = schema["paths"].get(path, {}).get(method.lower())
+                if op is None:
+                    continue
+                responses = op.setdefault("responses", {})
+                for code in sorted(_answers(route)):
+                    responses[str(code)] = {
+                        "description": ANSWERS[code],
+                        "content": {PROBLEM: {"schema": ref}},
+                    }
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

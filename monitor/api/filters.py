@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Query
-from pydantic import AwareDatetime
+from fastapi import Path, Query
+from pydantic import AwareDatetime, BeforeValidator, Field
 
 from monitor.core.catalogue import DeviceKind
 from monitor.core.exceptions import InvalidInput
 
+# Ids are BIGINT (or SQLite's 64-bit INTEGER): a larger value would overflow in the driver
+# (a 500) instead of being refused here with the field's name.
+MAX_ID = 2**63 - 1
+BoundedId = Annotated[int, Field(ge=1, le=MAX_ID)]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _date_time_text(value: Any) -> Any:
+    # pydantic's lax mode reads a number ("0.5") as Unix seconds; the OpenAPI says date-time
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("not an ISO 8601 date-time, e.g. 2026-11-25T08:00:00Z")
+    if isinstance(value, int | float):
+        raise ValueError("not an ISO 8601 date-time, e.g. 2026-11-25T08:00:00Z")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 Start = Annotated[
-    AwareDatetime | None, Query(description="From this instant (ISO 8601 with offset), inclusive")
+    DateTime | None, Query(description="From this instant (ISO 8601 with offset), inclusive")
 ]
 End = Annotated[
-    AwareDatetime | None, Query(description="Until this instant (ISO 8601 with offset), exclusive")
+    DateTime | None, Query(description="Until this instant (ISO 8601 with offset), exclusive")
 ]
 SiteId = Annotated[str | None, Query(alias="site", description="Only this site")]
 District = Annotated[str | None, Query(description="Only sites in this district")]

@@ -47,6 +47,11 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
         key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise InvalidInput("cursor is not one this API issued", field="query.cursor") from exc
-    if not isinstance(key, list) or len(key) != arity:
+    if (
+        not isinstance(key, list)
+        or len(key) != arity
+        # a forged integer past 64 bits would overflow in the driver: a 500, not a 422
+        or any(isinstance(k, int) and not -(2**63) <= k < 2**63 for k in key)
+    ):
         raise InvalidInput("cursor is not one this API issued", field="query.cursor")
     return key

@@ -259,6 +259,8 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
+    # sha256 of what the dead letter says: a redelivered message is not kept twice
+    digest: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class Rule(Base):

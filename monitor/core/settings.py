@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     spool_file: Path | None = Field(
         None, description="Spool file (SQLite); unset = <data dir>/spool.sqlite"
     )
+    retention_dead_letters_days: int = Field(
+        30, ge=0, description="Dead letters older than this are deleted; 0 keeps them forever"
+    )
+    retention_notifications_days: int = Field(
+        30,
+        ge=0,
+        description="Sent or failed notifications older than this are deleted (pending ones "
+        "never); 0 keeps them forever",
+    )
+    retention_interval_s: float = Field(
+        3600, gt=0, description="How often the ingestor applies the retention settings"
+    )
     metrics_port: int = Field(
         9108, description="Port of /metrics for `envmon ingest` (the API serves its own)"
     )

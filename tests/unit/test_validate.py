@@ -3,10 +3,13 @@ reason a person can act on, and good parts beside it are kept."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.contract import ReadingSet, TelemetryBatch, encode, parse_topic, telemetry_topic
 from ingest.validate import DeviceInfo, Limits, Parsed, Reason, parse_message
@@ -115,3 +118,51 @@ def test_published_encoding_is_accepted_by_the_ingestor() -> None:
     rs = ReadingSet(ts=NOW - timedelta(seconds=5), values={"pm10": 1.5}, flags={})
     p = parse(encode(TelemetryBatch(batch=[rs, rs])))
     assert len(p.rows) == 2 and p.dead == []
+
+
+@pytest.mark.parametrize("ts", [1e20, -1e20, 1e308, 2**63 - 1, -(2**63)])
+def test_an_epoch_past_the_calendar_is_a_bad_timestamp_with_its_device(ts: float) -> None:
+    p = parse({"ts": ts, "values": {"pm10": 1.0}})
+    assert p.rows == []
+    assert reasons(p) == [Reason.bad_timestamp]
+    assert p.dead[0].device_id == "dust-1"
+
+
+def _dumps(doc: object) -> bytes:
+    # the stdlib writes what orjson refuses: integers past 64 bits, NaN, Infinity
+    return json.dumps(doc).encode()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_reading_like = st.fixed_dictionaries(
+    {
+        "ts": st.integers() | st.floats() | st.text(max_size=30) | st.just("2026-11-25T08:00:00Z"),
+        "values": st.dictionaries(st.sampled_from(["pm10", "pm25", "ph", "x"]), _json, max_size=3),
+    },
+    optional={"flags": _json, "units": _json},
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    payload=st.binary(max_size=300)
+    | _json.map(_dumps)
+    | _reading_like.map(_dumps)
+    | st.lists(_reading_like, max_size=3).map(lambda b: _dumps({"batch": b})),
+    topic=st.sampled_from([TOPIC, "envmon/v1/devices/dust-1/status", "envmon/x", "#"]),
+)
+def test_any_payload_gives_readings_or_dead_letters_with_a_reason(
+    payload: bytes, topic: str
+) -> None:
+    p = parse(payload, topic)  # never raises
+    assert p.rows or p.dead or p.status
+    for d in p.dead:
+        assert isinstance(d.reason, Reason) and d.detail
+    for r in p.rows:
+        assert r.device_id == "dust-1" and r.ts.tzinfo is not None

@@ -3,7 +3,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -12,12 +13,22 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from alerts import service
 from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep, SettingsDep
-from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
+from monitor.api.filters import (
+    MAX_ID,
+    District,
+    End,
+    IdPath,
+    Kind,
+    SiteId,
+    Start,
+    check_range,
+)
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
 from monitor.api.schemas import AlertAction, AlertDetail, AlertEventRead, AlertRead
 from monitor.api.scope import district_clause
@@ -109,7 +120,9 @@ def alert_filter(
     site_id: SiteId = None,
     district: District = None,
     device_id: Annotated[str | None, Query(description="Only this device")] = None,
-    rule_id: Annotated[int | None, Query(alias="rule", description="Only this rule")] = None,
+    rule_id: Annotated[
+        int | None, Query(alias="rule", ge=1, le=MAX_ID, description="Only this rule")
+    ] = None,
     start: Start = None,
     end: End = None,
 ) -> AlertFilter:
@@ -192,7 +205,9 @@ def acknowledge_by_filter(
     return BulkResult(acknowledged=ids)
 
 
-def _events(session: Session, principal: Principal, after: int, limit: int) -> list[Any]:
+def _events(
+    session: Session, principal: Principal, after: int, limit: int, holes: Sequence[int] = ()
+) -> list[Any]:
     q = (
         select(
             events,
@@ -207,19 +222,62 @@ def _events(session: Session, principal: Principal, after: int, limit: int) -> l
         .join(rules, rules.c.id == alerts.c.rule_id)
         .join(devices, devices.c.id == alerts.c.device_id)
         .join(sites, sites.c.id == devices.c.site_id)
-        .where(events.c.id > after, district_clause(principal, sites.c.district))
+        .where(
+            or_(events.c.id > after, events.c.id.in_(holes)) if holes else events.c.id > after,
+            district_clause(principal, sites.c.district),
+        )
         .order_by(events.c.id)
         .limit(limit)
     )
     return [dict(r._mapping) for r in session.execute(q)]
 
 
+STREAM_BATCH = 500
+HOLE_WAIT_S = 30.0  # a transaction holding an event id commits within this, or never
+MAX_HOLES = 1000
+
+
+class EventCursor:
+    """Where a stream is in the event ids. Ids come from a sequence at insert, not at commit:
+    id 11 can be visible before id 10 commits. An id skipped over is a hole, asked for again
+    on each poll for HOLE_WAIT_S (then given up: rolled back, or outside the caller's scope),
+    so an event committed out of id order is still sent, once."""
+
+    def __init__(self, since: int) -> None:
+        self.since = since
+        self._holes: dict[int, float] = {}  # id -> when it was first missing
+
+    def pending(self) -> list[int]:
+        return list(self._holes)
+
+    def take(self, rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """The rows not sent yet, in the order to send them; remembers the new holes."""
+        out = []
+        for row in sorted(rows, key=lambda r: int(r["id"])):
+            event_id = int(row["id"])
+            if event_id in self._holes:
+                del self._holes[event_id]
+            elif event_id > self.since:
+                for missing in range(max(self.since + 1, event_id - MAX_HOLES), event_id):
+                    self._holes[missing] = now
+                self.since = event_id
+            else:
+                continue  # sent already
+            out.append(row)
+        self._holes = {k: t for k, t in self._holes.items() if now - t < HOLE_WAIT_S}
+        while len(self._holes) > MAX_HOLES:
+            del self._holes[min(self._holes)]
+        return out
+
+
 @router.get("/stream", response_class=StreamingResponse)
 async def stream_alert_events(
     request: Request,
     principal: PrincipalDep,
-    last_event_id: Annotated[int | None, Header()] = None,
-    after: Annotated[int | None, Query(description="Resume after this event id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Resume after this event id")
+    ] = None,
     follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
 ) -> StreamingResponse:
     """Server-Sent Events: every alert event in the caller's scope as it happens (resumable
@@ -227,23 +285,28 @@ async def stream_alert_events(
     factory = request.app.state.sessionmaker
     position = after if after is not None else last_event_id
     if position is None:
-        with factory() as s:
-            position = int(s.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
 
-    def fetch(since: int) -> list[Any]:
+        def newest() -> int:
+            with factory() as s:
+                return int(s.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+
+        position = await run_in_threadpool(newest)
+
+    cursor = EventCursor(position)
+
+    def fetch(since: int, holes: list[int]) -> list[Any]:
         with factory() as s:
-            return _events(s, principal, since, 500)
+            return _events(s, principal, since, STREAM_BATCH, holes)
 
     async def stream() -> AsyncIterator[bytes]:
-        since = position
         yield b": envmon alert events\n\n"
         while True:
-            batch = await asyncio.to_thread(fetch, since)
+            rows = await asyncio.to_thread(fetch, cursor.since, cursor.pending())
+            batch = cursor.take(rows, time.monotonic())
             for e in batch:
-                since = e["id"]
                 data = orjson.dumps(e, default=str)
-                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (since, e["kind"].encode(), data)
-            if not follow and len(batch) < 500:
+                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (e["id"], e["kind"].encode(), data)
+            if not follow and len(rows) < STREAM_BATCH:
                 return
             if not batch:
                 if await request.is_disconnected():
@@ -256,7 +319,7 @@ async def stream_alert_events(
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> AlertDetail:
+def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: IdPath) -> AlertDetail:
     """One alert with its history of events and the readings around it."""
     row = session.execute(_select(principal).where(alerts.c.id == alert_id)).first()
     if row is None:
@@ -291,7 +354,7 @@ def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: int) -> Al
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertDetail)
 def acknowledge_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AlertAction
 ) -> AlertDetail:
     """Acknowledge a firing alert: an inspector has taken it on (recorded as the caller)."""
     get_alert(session, inspector, alert_id)  # in scope, or 404
@@ -301,7 +364,7 @@ def acknowledge_alert(
 
 @router.post("/{alert_id}/resolve", response_model=AlertDetail)
 def resolve_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AlertAction
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AlertAction
 ) -> AlertDetail:
     """Resolve an alert (recorded as the caller); a later violation opens a new one."""
     get_alert(session, inspector, alert_id)  # in scope, or 404
@@ -320,7 +383,7 @@ class AssignBody(BaseModel):
 
 @router.post("/{alert_id}/comment", response_model=AlertDetail)
 def comment_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: CommentBody
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: CommentBody
 ) -> AlertDetail:
     """Add a note to an alert's history."""
     get_alert(session, inspector, alert_id)
@@ -332,7 +395,7 @@ def comment_alert(
 
 @router.post("/{alert_id}/assign", response_model=AlertDetail)
 def assign_alert(
-    session: SessionDep, inspector: InspectorDep, alert_id: int, body: AssignBody
+    session: SessionDep, inspector: InspectorDep, alert_id: IdPath, body: AssignBody
 ) -> AlertDetail:
     """Assign an alert to a person (or unassign it)."""
     get_alert(session, inspector, alert_id)

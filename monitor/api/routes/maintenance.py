@@ -8,6 +8,7 @@ from sqlalchemy import delete, insert, or_, select
 
 from monitor import audit
 from monitor.api.deps import InspectorDep, PrincipalDep, SessionDep
+from monitor.api.filters import IdPath
 from monitor.api.scope import devices_in_scope, district_clause
 from monitor.core.exceptions import InvalidInput, NotFound
 from monitor.core.models import Device, MaintenanceWindow, Site, table, utcnow
@@ -100,7 +101,7 @@ def create_window(
 
 
 @router.delete("/{window_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_window(session: SessionDep, inspector: InspectorDep, window_id: int) -> None:
+def delete_window(session: SessionDep, inspector: InspectorDep, window_id: IdPath) -> None:
     """Cancel a maintenance window."""
     done = session.connection().execute(
         delete(windows).where(windows.c.id == window_id, _scoped(inspector))  # type: ignore[arg-type]

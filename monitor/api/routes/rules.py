@@ -13,7 +13,7 @@ from alerts.evaluator import Touched, applies, evaluate_batch
 from alerts.schemas import RuleSpec, RuleUpdate
 from monitor import audit
 from monitor.api.deps import AdminDep, InspectorDep, PrincipalDep, SessionDep, SettingsDep
-from monitor.api.filters import check_range
+from monitor.api.filters import MAX_ID, IdPath, check_range
 from monitor.api.schemas import RuleRead
 from monitor.api.scope import district_clause
 from monitor.core.exceptions import Conflict, InvalidInput, NotFound
@@ -52,7 +52,7 @@ def list_rules(
 
 
 @router.get("/{rule_id}", response_model=RuleRead)
-def get_rule(session: SessionDep, principal: PrincipalDep, rule_id: int) -> RuleRead:
+def get_rule(session: SessionDep, principal: PrincipalDep, rule_id: IdPath) -> RuleRead:
     """One rule."""
     row = session.execute(select(rules).where(rules.c.id == rule_id)).first()
     if row is None:
@@ -99,7 +99,9 @@ def create_rule(session: SessionDep, admin: AdminDep, body: RuleSpec) -> RuleRea
 
 
 @router.patch("/{rule_id}", response_model=RuleRead)
-def update_rule(session: SessionDep, admin: AdminDep, rule_id: int, body: RuleUpdate) -> RuleRead:
+def update_rule(
+    session: SessionDep, admin: AdminDep, rule_id: IdPath, body: RuleUpdate
+) -> RuleRead:
     """Change a rule, e.g. its thresholds, or disable it with {"enabled": false} (admin).
     The changed rule is validated as a whole."""
     current = get_rule(session, admin, rule_id).model_dump()
@@ -126,7 +128,7 @@ def update_rule(session: SessionDep, admin: AdminDep, rule_id: int, body: RuleUp
 
 
 @router.delete("/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_rule(session: SessionDep, admin: AdminDep, rule_id: int) -> None:
+def delete_rule(session: SessionDep, admin: AdminDep, rule_id: IdPath) -> None:
     """Delete a rule that never raised an alert (admin); one with alerts is evidence: disable
     it instead."""
     rule = get_rule(session, admin, rule_id)
@@ -142,7 +144,7 @@ def delete_rule(session: SessionDep, admin: AdminDep, rule_id: int) -> None:
 
 
 class BacktestRequest(BaseModel):
-    rule_id: int | None = Field(None, description="An existing rule")
+    rule_id: int | None = Field(None, ge=1, le=MAX_ID, description="An existing rule")
     rule: RuleSpec | None = Field(None, description="Or a rule not saved yet")
     start: AwareDatetime
     end: AwareDatetime

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from monitor import audit, auth
 from monitor.api.deps import AdminDep, PrincipalDep, SessionDep
+from monitor.api.filters import IdPath
 from monitor.core.models import ApiKey, AuditEntry, User, table
 
 router = APIRouter(tags=["users"])
@@ -136,7 +137,7 @@ def create_key(session: SessionDep, admin: AdminDep, name: str, body: KeyCreate)
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_key(session: SessionDep, admin: AdminDep, key_id: int) -> None:
+def revoke_key(session: SessionDep, admin: AdminDep, key_id: IdPath) -> None:
     """Revoke an API key; it stops working at once (admin)."""
     auth.revoke_key(session.connection(), key_id)
     audit.record(session.connection(), admin.actor, "key.revoke", f"key:{key_id}")

@@ -1,0 +1,125 @@
+"""API hardening: every id and query bounded before it reaches a query; the OpenAPI documents
+the error answers as they are sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from monitor.api.app import create_app
+from monitor.core.db import make_engine
+from monitor.core.settings import Settings
+from tests.conftest import bearer, make_key
+
+TOO_BIG = 2**64 + 1
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    engine = make_engine(url)
+    key = make_key(engine)
+    engine.dispose()
+    app = create_app(Settings(database_url=url))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=bearer(key)
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field", "body"),
+    [
+        ("GET", f"/v1/alerts/{TOO_BIG}", "path.alert_id", None),
+        ("POST", f"/v1/alerts/{TOO_BIG}/acknowledge", "path.alert_id", {}),
+        ("POST", f"/v1/alerts/{TOO_BIG}/resolve", "path.alert_id", {}),
+        ("POST", f"/v1/alerts/{TOO_BIG}/comment", "path.alert_id", {"note": "x"}),
+        ("POST", f"/v1/alerts/{TOO_BIG}/assign", "path.alert_id", {"assignee": None}),
+        ("GET", f"/v1/rules/{TOO_BIG}", "path.rule_id", None),
+        ("PATCH", f"/v1/rules/{TOO_BIG}", "path.rule_id", {}),
+        ("DELETE", f"/v1/rules/{TOO_BIG}", "path.rule_id", None),
+        ("DELETE", f"/v1/maintenance/{TOO_BIG}", "path.window_id", None),
+        ("DELETE", f"/v1/keys/{TOO_BIG}", "path.key_id", None),
+        ("GET", f"/v1/alerts?rule={TOO_BIG}", "query.rule", None),
+        ("GET", f"/v1/alerts/stream?follow=false&after={TOO_BIG}", "query.after", None),
+        ("GET", "/v1/alerts/0", "path.alert_id", None),
+    ],
+)
+async def test_ids_past_64_bits_are_a_422_naming_the_field(
+    api: httpx.AsyncClient, method: str, path: str, field: str, body: object
+) -> None:
+    r = await api.request(method, path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"].startswith(field)
+
+
+async def test_a_forged_cursor_past_64_bits_is_a_422(api: httpx.AsyncClient) -> None:
+    from monitor.api.pagination import encode_cursor
+
+    r = await api.get("/v1/alerts", params={"cursor": encode_cursor([2**63])})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.cursor"
+
+
+@pytest.mark.parametrize("value", ["0.5", "1764000000", "now"])
+async def test_a_number_is_not_a_date_time(api: httpx.AsyncClient, value: str) -> None:
+    for path in ("/v1/readings", "/v1/alerts", "/v1/dead-letters"):
+        r = await api.get(path, params={"start": value})
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["errors"][0]["field"] == "query.start"
+    r = await api.get("/v1/alerts", params={"start": "2026-11-25T08:00:00Z"})
+    assert r.status_code == 200
+
+
+def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            yield method.upper(), path, op
+
+
+async def test_every_operation_documents_its_errors_as_problem_json(
+    api: httpx.AsyncClient,
+) -> None:
+    spec = (await api.get("/v1/openapi.json")).json()
+    assert "Problem" in spec["components"]["schemas"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    missing = []
+    for method, path, op in _operations(spec):
+        responses = op["responses"]
+        params = op.get("parameters", [])
+        expected = set()
+        if op.get("security"):
+            expected.add("401")
+        if any(p["in"] == "path" for p in params):
+            expected.add("404")
+        if params or "requestBody" in op:
+            expected.add("422")
+        if "requestBody" in op:
+            expected.add("413")
+        if not expected <= set(responses):
+            missing.append(f"{method} {path}: {sorted(expected - set(responses))}")
+        for code, answer in responses.items():
+            if int(code) >= 400:
+                assert set(answer["content"]) == {"application/problem+json"}, (path, code)
+                schema = answer["content"]["application/problem+json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Problem"}, (path, code)
+    assert not missing, missing
+    by_op = {(m, p): op["responses"] for m, p, op in _operations(spec)}
+    assert "403" in by_op[("DELETE", "/v1/rules/{rule_id}")]
+    assert "403" not in by_op[("GET", "/v1/alerts")]
+    assert "409" in by_op[("POST", "/v1/alerts/{alert_id}/resolve")]
+
+
+async def test_the_documented_error_answers_are_the_ones_sent(api: httpx.AsyncClient) -> None:
+    anonymous = await api.get("/v1/alerts", headers={"Authorization": ""})
+    missing = await api.get("/v1/alerts/12345")
+    for r, code in ((anonymous, 401), (missing, 404)):
+        assert r.status_code == code
+        assert r.headers["content-type"] == "application/problem+json"
+        assert {"type", "title", "status", "detail"} <= set(r.json())
