@@ -28,7 +28,7 @@ from monitor.api.schemas import AlertAction
 from monitor.api.scope import district_clause
 from monitor.auth import Forbidden, Principal, Unauthenticated, authenticate_session, open_session
 from monitor.core.catalogue import DeviceKind, metrics_for
-from monitor.core.exceptions import NotFound
+from monitor.core.exceptions import EnvmonError, NotFound
 from monitor.core.models import AlertStatus, Role, Severity
 from monitor.core.settings import Environment, Settings
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
@@ -403,7 +403,9 @@ def device_page(
         d=device,
         latest=latest.readings,
         metrics=metrics,
-        metric=request.query_params.get("metric") or (metrics[0] if metrics else ""),
+        # a metric it reports, not merely one its kind could report
+        metric=request.query_params.get("metric")
+        or next((r.metric for r in latest.readings), metrics[0] if metrics else ""),
     )
 
 
@@ -421,8 +423,16 @@ def reports_page(
     if end < start or (end - start).days >= report_routes.MAX_DAYS:
         start, end = today - timedelta(days=6), today
     p = user.principal
-    dust = report_routes.dust_compliance(session, settings, p, start, end)
-    water = report_routes.water_compliance(session, settings, p, start, end)
+    tables: dict[str, list[Any]] = {}
+    problems: dict[str, str] = {}
+    for name, report in (
+        ("dust", report_routes.dust_compliance),
+        ("water", report_routes.water_compliance),
+    ):
+        try:
+            tables[name] = getattr(report(session, settings, p, start, end), "items", [])
+        except EnvmonError as exc:  # e.g. no rule to judge by: say so, show the other one
+            tables[name], problems[name] = [], str(exc)
     span = {"start": start.isoformat(), "end": end.isoformat()}
     return render(
         request,
@@ -431,8 +441,9 @@ def reports_page(
         user,
         start=start,
         end=end,
-        dust=getattr(dust, "items", []),
-        water=getattr(water, "items", []),
+        dust=tables["dust"],
+        water=tables["water"],
+        problems=problems,
         dust_csv="/v1/reports/dust-compliance?" + urlencode({**span, "format": "csv"}),
         water_csv="/v1/reports/water-compliance?" + urlencode({**span, "format": "csv"}),
     )
