@@ -75,6 +75,11 @@ _EN: dict[str, str] = {
     "hours_short": "h",
     "days": "d",
     "no_rights": "Your role may only read.",
+    "map": "Map",
+    "opened": "opened",
+    "escalated": "escalated",
+    "assigned": "assigned",
+    "no_open": "no open alert",
 }
 
 _ZH: dict[str, str] = {
@@ -145,6 +150,11 @@ _ZH: dict[str, str] = {
     "hours_short": "小时",
     "days": "天",
     "no_rights": "您的角色只能查看。",
+    "map": "地图",
+    "opened": "触发",
+    "escalated": "升级",
+    "assigned": "指派",
+    "no_open": "无未结告警",
 }
 
 assert _EN.keys() == _ZH.keys()

@@ -337,14 +337,22 @@ def alert_page(
     """One alert: what fired, its rule and basis, its readings and events, the actions."""
     detail = alert_routes.get_alert(session, user.principal, alert_id)
     template = "alert_body.html" if request.query_params.get("body") else "alert.html"
-    return render(request, template, settings, user, a=detail, chart=_alert_chart(detail))
+    r = alert_routes.rules
+    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
+    return render(request, template, settings, user, a=detail, chart=_alert_chart(detail, rule))
 
 
-def _alert_chart(detail: Any) -> dict[str, Any]:
+TIERS = ("warn_above", "alarm_above", "warn_below", "alarm_below")
+
+
+def _alert_chart(detail: Any, rule: Any) -> dict[str, Any]:
+    """The readings around the alert, and the rule's tiers to draw across them."""
+    m = rule._mapping if rule is not None else {}
     return {
         "x": [_aware(r.ts).timestamp() for r in detail.readings],
         "y": [r.value for r in detail.readings],
         "label": detail.metric,
+        "tiers": {t: m[t] for t in TIERS if m.get(t) is not None},
     }
 
 
@@ -380,7 +388,12 @@ def alert_action(
         q = alert_routes._select(p).where(alert_routes.alerts.c.id == alert_id)
         rows = [r._mapping for r in session.execute(q)]
         return render(request, "alert_rows.html", settings, user, rows=rows)
-    return alert_page(request, session, settings, user, alert_id)
+    detail = alert_routes.get_alert(session, p, alert_id)
+    r = alert_routes.rules
+    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
+    return render(  # only the alert's body: htmx swaps it in place
+        request, "alert_body.html", settings, user, a=detail, chart=_alert_chart(detail, rule)
+    )
 
 
 # --- devices ---------------------------------------------------------------------------------
@@ -407,6 +420,80 @@ def device_page(
         metric=request.query_params.get("metric")
         or next((r.metric for r in latest.readings), metrics[0] if metrics else ""),
     )
+
+
+# --- map ------------------------------------------------------------------------------------
+
+SEVERITY_RANK = {Severity.warning.value: 1, Severity.alarm.value: 2}
+MAP_W, MAP_H, MAP_PAD = 1000, 700, 40
+
+
+@router.get("/map", response_class=HTMLResponse)
+def map_page(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
+) -> HTMLResponse:
+    """The sites in scope on a plain coordinate grid, coloured by their worst open alert."""
+    p = user.principal
+    a, d, s = alert_routes.alerts, alert_routes.devices, alert_routes.sites
+    worst: dict[str, int] = {}
+    for site_id, severity in session.execute(
+        select(d.c.site_id, a.c.severity)
+        .join(a, a.c.device_id == d.c.id)
+        .join(s, s.c.id == d.c.site_id)
+        .where(
+            district_clause(p, s.c.district),
+            a.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+        )
+        .distinct()
+    ):
+        worst[site_id] = max(worst.get(site_id, 0), SEVERITY_RANK.get(severity, 1))
+    placed = [
+        r
+        for r in session.execute(select(s).where(district_clause(p, s.c.district)).order_by(s.c.id))
+        if r.latitude is not None and r.longitude is not None
+    ]
+    return render(request, "map.html", settings, user, **_layout(placed, worst))
+
+
+def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
+    """Equirectangular placement in an SVG box, with grid lines on round degrees."""
+    if not placed:
+        return {"points": [], "grid": [], "w": MAP_W, "h": MAP_H}
+    lats = [r.latitude for r in placed]
+    lons = [r.longitude for r in placed]
+    lat0, lat1 = min(lats) - 0.005, max(lats) + 0.005
+    lon0, lon1 = min(lons) - 0.005, max(lons) + 0.005
+    span = max(lat1 - lat0, lon1 - lon0)
+    step = next(g for g in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0) if span / g <= 10)
+
+    def x(lon: float) -> float:
+        return float(MAP_PAD + (lon - lon0) / (lon1 - lon0) * (MAP_W - 2 * MAP_PAD))
+
+    def y(lat: float) -> float:
+        return float(MAP_H - MAP_PAD - (lat - lat0) / (lat1 - lat0) * (MAP_H - 2 * MAP_PAD))
+
+    grid: list[dict[str, Any]] = []
+    g = (lon0 // step + 1) * step
+    while g < lon1:
+        grid.append({"x1": x(g), "y1": 0, "x2": x(g), "y2": MAP_H, "label": f"{g:.2f}°E"})
+        g += step
+    g = (lat0 // step + 1) * step
+    while g < lat1:
+        grid.append({"x1": 0, "y1": y(g), "x2": MAP_W, "y2": y(g), "label": f"{g:.2f}°N"})
+        g += step
+    level = {0: "none", 1: "warning", 2: "alarm"}
+    points = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "district": r.district,
+            "x": x(r.longitude),
+            "y": y(r.latitude),
+            "worst": level[worst.get(r.id, 0)],
+        }
+        for r in placed
+    ]
+    return {"points": points, "grid": grid, "w": MAP_W, "h": MAP_H}
 
 
 # --- reports ---------------------------------------------------------------------------------

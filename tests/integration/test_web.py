@@ -81,11 +81,18 @@ def web(pg_url: str, pg_engine: Engine) -> Iterator[Web]:
         devices={"d-ls": "dust_monitor", "d-ls2": "dust_monitor"},
     )
     with pg_engine.begin() as conn:
+        conn.execute(update(table(Site)).values(latitude=35.05, longitude=118.33))
         # the default rules stay off while the test's own rule makes the alerts
         conn.execute(update(table(Rule)).values(enabled=False))
         conn.execute(
             insert(table(Site)).values(
-                id="cs-hd", name="cs-hd", district="Hedong", kind="construction_site", created_at=T0
+                id="cs-hd",
+                name="cs-hd",
+                district="Hedong",
+                kind="construction_site",
+                latitude=35.10,
+                longitude=118.40,
+                created_at=T0,
             )
         )
         conn.execute(
@@ -228,9 +235,12 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     page.goto(f"/alerts/{ack}")
     assert "GB 3095-2012" in page.inner_text("#alert-body")
     wait_js(page, "window.envmon.charts['alert-chart'].data[0].length > 0")
+    # the readings and the rule's two tiers (warning 150, alarm 250)
+    assert page.evaluate("window.envmon.charts['alert-chart'].series.length") == 4
     page.fill("form[hx-post$='/comment'] input[name=note]", "洒水车已到场")
     page.click("#do-comment")
     page.wait_for_selector("#events >> text=洒水车已到场")
+    assert page.locator("header.top").count() == 1  # the body was swapped, not a page nested
     shoot(page, "alert")
 
     # device page: trend chart with points from /v1/readings (cookie-authenticated GET)
@@ -239,6 +249,14 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     points = page.evaluate("window.envmon.charts.trend.data[1]")
     assert points == [120, 180, 300, 310, 290, 260, 255]
     shoot(page, "device")
+
+    # map: the district's site, coloured by its worst open alert (acknowledged is still open)
+    page.goto("/map")
+    sites = page.locator("#map circle.site")
+    assert sites.evaluate_all("cs => cs.map(c => [c.dataset.site, c.dataset.worst])") == [
+        ["cs-ls", "alarm"]
+    ]
+    shoot(page, "map")
 
     # reports, with CSV downloads of the API's reports
     page.goto("/reports")

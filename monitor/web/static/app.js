@@ -18,14 +18,18 @@
     window.envmon.stream = source;
   }
 
-  function plot(el, label, x, y) {
+  function plot(el, label, x, y, extra) {
     if (window.envmon.charts[el.id]) window.envmon.charts[el.id].destroy();
+    extra = extra || [];
     var width = Math.max(280, el.clientWidth);
     var chart = new uPlot({
       width: width, height: 240,
-      series: [{}, { label: label, stroke: "#0b5cad", width: 2, points: { show: x.length < 200 } }],
+      // the city's time zone on the axis, as everywhere else on the page
+      tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), document.body.dataset.tz || "Asia/Shanghai"); },
+      series: [{}, { label: label, stroke: "#0b5cad", width: 2, points: { show: x.length < 200 } }]
+        .concat(extra.map(function (e) { return e.series; })),
       axes: [{}, {}],
-    }, [x, y], el);
+    }, [x, y].concat(extra.map(function (e) { return e.data; })), el);
     window.envmon.charts[el.id] = chart;
     return chart;
   }
@@ -34,7 +38,13 @@
     var el = document.getElementById("alert-chart");
     if (!el) return;
     var s = JSON.parse(el.getAttribute("data-series"));
-    plot(el, s.label, s.x, s.y);
+    // the rule's tiers as flat dashed lines across the readings
+    var colours = { warn_above: "#e0a000", warn_below: "#e0a000", alarm_above: "#b00020", alarm_below: "#b00020" };
+    var extra = Object.keys(s.tiers || {}).map(function (name) {
+      return { series: { label: name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
+               data: s.x.map(function () { return s.tiers[name]; }) };
+    });
+    plot(el, s.label, s.x, s.y, extra);
   }
 
   function trend() {
