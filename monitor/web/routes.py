@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from monitor.api.deps import CSRF_HEADER, SESSION_COOKIE, SessionDep, SettingsDep
 from monitor.api.routes import alerts as alert_routes
+from monitor.api.routes import dead_letters as dead_letter_routes
 from monitor.api.routes import devices as device_routes
 from monitor.api.routes import reports as report_routes
 from monitor.api.schemas import AlertAction
@@ -324,10 +325,26 @@ def alert_list(
         severities=list(Severity),
         kinds=list(DeviceKind),
         rows_url="/alerts?" + urlencode({**query, "rows": "1"}),
+        bulk_url="/alerts/acknowledge?" + urlencode(query),
     )
 
 
 FILTERS = ("status", "severity", "district", "kind", "site", "lang")
+
+
+@router.post("/alerts/acknowledge", response_model=None)
+def acknowledge_matching(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, form: FormDep
+) -> Response:
+    """Acknowledge every firing alert the list's filters match, as the API's bulk route."""
+    check_csrf(request, user, form)
+    p = user.principal
+    p.require(Role.admin, Role.inspector)
+    alert_routes.acknowledge_by_filter(
+        session, settings, p, _alert_filter(request), AlertAction(note=form.get("note") or None)
+    )
+    query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
+    return RedirectResponse("/alerts?" + urlencode(query), status_code=303)
 
 
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
@@ -407,6 +424,9 @@ def device_page(
     p = user.principal
     device = device_routes.get_device(session, settings, p, device_id)
     latest = device_routes.latest_readings(session, settings, p, device_id)
+    dead = dead_letter_routes.list_dead_letters(
+        session, settings, p, None, device_id, None, None, 20, None
+    )
     metrics = [m.name for m in metrics_for(DeviceKind(device.kind))]
     return render(
         request,
@@ -415,6 +435,7 @@ def device_page(
         user,
         d=device,
         latest=latest.readings,
+        dead_letters=dead.items,
         metrics=metrics,
         # a metric it reports, not merely one its kind could report
         metric=request.query_params.get("metric")

@@ -227,6 +227,9 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     page.wait_for_selector(f"#alert-{other}[data-status=resolved]", timeout=10_000)
     assert page.evaluate("window.__noReload") is True
 
+    # bulk acknowledge by filter, refused without the page's token
+    forged = ctx.request.post("/alerts/acknowledge?district=Hedong", form={"note": "x"})
+    assert forged.status == 403
     # filters: the API's, applied on the page
     page.goto("/alerts?status=acknowledged")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.alertId)") == [str(ack)]
@@ -248,6 +251,7 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     wait_js(page, "!!window.envmon.charts.trend && window.envmon.charts.trend.data[0].length > 0")
     points = page.evaluate("window.envmon.charts.trend.data[1]")
     assert points == [120, 180, 300, 310, 290, 260, 255]
+    assert page.locator("#latest tr").count() >= 2
     shoot(page, "device")
 
     # map: the district's site, coloured by its worst open alert (acknowledged is still open)
@@ -310,6 +314,24 @@ def test_revoked_key_disabled_user_and_csrf_less_posts_end_or_refused(
     assert (
         httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()["status"]
         == "firing"
+    )
+
+    # bulk acknowledge by filter: within the key's scope only
+    def status(device: str) -> str:
+        url = f"{web.base}/v1/alerts/{web.alerts[device]}"
+        return str(httpx.get(url, headers=bearer(web.admin)).json()["status"])
+
+    page.goto("/alerts?district=Hedong")
+    page.click("#bulk-ack button")
+    page.wait_for_url("**/alerts?district=Hedong")
+    assert status("d-hd") == "firing"
+    page.goto("/alerts")
+    page.click("#bulk-ack button")
+    page.wait_for_selector(f"#alert-{web.alerts['d-ls2']}[data-status=acknowledged]")
+    assert (status("d-ls"), status("d-ls2"), status("d-hd")) == (
+        "acknowledged",
+        "acknowledged",
+        "firing",
     )
 
     # disabling the user ends the session at once; enabling it brings it back
