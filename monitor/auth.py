@@ -140,13 +140,19 @@ def authenticate(conn: Connection, token: str | None, *, production: bool) -> Pr
     parts = token.split("_")
     if len(parts) < 3 or not token.startswith(KEY_PREFIX):
         raise Unauthenticated("malformed API key")
-    row = conn.execute(
-        select(keys_t, users_t.c.name, users_t.c.role, users_t.c.district, users_t.c.disabled)
-        .join(users_t, users_t.c.id == keys_t.c.user_id)
-        .where(keys_t.c.prefix == parts[1])
-    ).first()
+    row = conn.execute(_key_query().where(keys_t.c.prefix == parts[1])).first()
     if row is None or not hmac.compare_digest(row.hash, _digest(token)):
         raise Unauthenticated("unknown API key")
+    return _principal(row, production)
+
+
+def _key_query() -> Any:
+    return select(
+        keys_t, users_t.c.name, users_t.c.role, users_t.c.district, users_t.c.disabled
+    ).join(users_t, users_t.c.id == keys_t.c.user_id)
+
+
+def _principal(row: Any, production: bool) -> Principal:
     if row.revoked_at is not None:
         raise Unauthenticated("this API key was revoked")
     if row.disabled:
@@ -154,3 +160,35 @@ def authenticate(conn: Connection, token: str | None, *, production: bool) -> Pr
     if production and row.demo:
         raise Unauthenticated("demo keys are refused when ENVMON_ENV=production")
     return Principal(row.user_id, row.name, Role(row.role), row.district, row.id)
+
+
+# --- browser sessions -------------------------------------------------------------------
+# The web page's cookie names a key and is signed with that key's stored hash, so no session
+# table is needed and every request re-reads the key row: revoking the key or disabling its
+# user ends the session at once, as it does for the bearer key itself.
+
+
+def _sign(key_hash: str, purpose: str, key_id: int, nonce: str) -> str:
+    msg = f"{purpose}:{key_id}:{nonce}".encode()
+    return hmac.new(key_hash.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def open_session(conn: Connection, token: str, *, production: bool) -> str:
+    """Check a key as `authenticate` does, and return the cookie value of a new session."""
+    principal = authenticate(conn, token, production=production)
+    nonce = secrets.token_urlsafe(16)
+    return f"{principal.key_id}.{nonce}.{_sign(_digest(token), 'session', principal.key_id, nonce)}"
+
+
+def authenticate_session(
+    conn: Connection, cookie: str | None, *, production: bool
+) -> tuple[Principal, str]:
+    """The principal behind a session cookie, and the session's CSRF token."""
+    parts = (cookie or "").split(".")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise Unauthenticated("sign in again: no valid session")
+    key_id, nonce, sig = int(parts[0]), parts[1], parts[2]
+    row = conn.execute(_key_query().where(keys_t.c.id == key_id)).first()
+    if row is None or not hmac.compare_digest(_sign(row.hash, "session", key_id, nonce), sig):
+        raise Unauthenticated("sign in again: no valid session")
+    return _principal(row, production), _sign(row.hash, "csrf", key_id, nonce)

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -30,6 +31,7 @@ from monitor.api.routes import (
 )
 from monitor.core.db import make_engine, make_sessionmaker
 from monitor.core.settings import Settings, get_settings
+from monitor.web import routes as web
 
 
 class BodyLimit:
@@ -96,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # served below from the vendored assets, not from a CDN
         redoc_url=None,
     )
     errors.install(app)
@@ -116,6 +118,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         v1.include_router(module.router)
     app.include_router(v1)
+
+    @app.get("/v1/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/v1/openapi.json",
+            title="envmon API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
+
+    web.install(app)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics(principal: PrincipalDep) -> PlainTextResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -9,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from monitor.auth import Principal, authenticate
+from monitor.auth import Forbidden, Principal, authenticate, authenticate_session
 from monitor.core.models import Role
 from monitor.core.settings import Environment, Settings
 
@@ -35,15 +36,29 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 bearer = HTTPBearer(auto_error=False, description="An API key: `envmon keys create USER`")
 
 
+SESSION_COOKIE = "envmon_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_principal(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
+    production = settings.env == Environment.production
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if credentials is None and cookie:
+        # the web page's fetches and its EventSource, which cannot send a bearer header
+        principal, csrf = authenticate_session(session.connection(), cookie, production=production)
+        if request.method not in SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get(CSRF_HEADER, ""), csrf
+        ):
+            raise Forbidden(f"a cookie-authenticated {request.method} needs the {CSRF_HEADER}")
+        return principal
     token = credentials.credentials if credentials else None
-    return authenticate(
-        session.connection(), token, production=settings.env == Environment.production
-    )
+    return authenticate(session.connection(), token, production=production)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

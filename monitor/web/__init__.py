@@ -1,0 +1,1 @@
+"""The inspectors' web page: server-rendered Jinja2 pages on the API's own queries and scope."""

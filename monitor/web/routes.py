@@ -1,0 +1,578 @@
+"""The inspectors' pages. Every query goes through the API's own scope (`district_clause`, the
+routes' `_select`s) or calls the API's route functions, so a page never shows what the key
+could not read from the API."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+
+from monitor.api.deps import CSRF_HEADER, SESSION_COOKIE, SessionDep, SettingsDep
+from monitor.api.routes import alerts as alert_routes
+from monitor.api.routes import dead_letters as dead_letter_routes
+from monitor.api.routes import devices as device_routes
+from monitor.api.routes import reports as report_routes
+from monitor.api.schemas import AlertAction
+from monitor.api.scope import district_clause
+from monitor.auth import Forbidden, Principal, Unauthenticated, authenticate_session, open_session
+from monitor.core.catalogue import DeviceKind, metrics_for
+from monitor.core.exceptions import EnvmonError, NotFound
+from monitor.core.models import AlertStatus, Role, Severity
+from monitor.core.settings import Environment, Settings
+from monitor.web.i18n import LANG_COOKIE, WORDS, language
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+SECURITY_HEADERS = {
+    # nothing but this server: the page must work with the outside network cut
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class SignInThrottle:
+    """At most `attempts` failed sign-ins per client address in `window_s` seconds."""
+
+    def __init__(self, attempts: int = 5, window_s: float = 60.0) -> None:
+        self.attempts = attempts
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        q = self._failures.setdefault(client, deque())
+        while q and now - q[0] > self.window_s:
+            q.popleft()
+        return q
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            return len(self._recent(client, time.monotonic())) >= self.attempts
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._recent(client, now).append(now)
+            if len(self._failures) > 10_000:  # bounded: forget the quietest clients
+                for k in [k for k, v in self._failures.items() if not v]:
+                    del self._failures[k]
+
+
+@dataclass(frozen=True, slots=True)
+class WebUser:
+    principal: Principal
+    csrf: str
+
+    @property
+    def can_act(self) -> bool:
+        return self.principal.role in (Role.admin, Role.inspector)
+
+
+def _production(settings: Settings) -> bool:
+    return settings.env == Environment.production
+
+
+def optional_user(request: Request, session: SessionDep, settings: SettingsDep) -> WebUser | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    try:
+        principal, csrf = authenticate_session(
+            session.connection(), cookie, production=_production(settings)
+        )
+    except Unauthenticated:
+        return None
+    return WebUser(principal, csrf)
+
+
+OptionalUser = Annotated[WebUser | None, Depends(optional_user)]
+
+
+class SignInNeeded(Exception):
+    """A signed-out browser asked for a page: send it to the sign-in form."""
+
+
+def signed_in(user: OptionalUser) -> WebUser:
+    if user is None:
+        raise SignInNeeded
+    return user
+
+
+UserDep = Annotated[WebUser, Depends(signed_in)]
+
+
+async def form_data(request: Request) -> dict[str, str]:
+    """An urlencoded form body (the page's only form encoding), last value per name."""
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+FormDep = Annotated[dict[str, str], Depends(form_data)]
+
+
+def check_csrf(request: Request, user: WebUser, form: dict[str, str]) -> None:
+    sent = request.headers.get(CSRF_HEADER) or form.get("csrf", "")
+    if not hmac.compare_digest(sent, user.csrf):
+        raise Forbidden("this form needs the page's CSRF token; reload the page")
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def render(
+    request: Request,
+    name: str,
+    settings: Settings,
+    user: WebUser | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    lang = language(request)
+    words = WORDS[lang]
+    tz = ZoneInfo(settings.timezone)
+
+    def local(value: datetime | None) -> str:
+        if value is None:
+            return "–"
+        return _aware(value).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def age(value: datetime | None) -> str:
+        if value is None:
+            return words["never"]
+        s = max(0, int((datetime.now(UTC) - _aware(value)).total_seconds()))
+        for size, unit in ((86400, "days"), (3600, "hours_short"), (60, "minutes")):
+            if s >= size:
+                return f"{s // size} {words[unit]}"
+        return f"{s} {words['seconds']}"
+
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {
+            "t": words,
+            "lang": lang,
+            "user": user,
+            "local": local,
+            "age": age,
+            "tzname": settings.timezone,
+            **context,
+        },
+        status_code=status_code,
+    )
+    response.headers.update(SECURITY_HEADERS)
+    if request.query_params.get("lang"):
+        response.set_cookie(LANG_COOKIE, lang, samesite="strict", max_age=365 * 86400)
+    return response
+
+
+def _choice(enum: Any, value: str | None) -> Any:
+    try:
+        return enum(value) if value else None
+    except ValueError:
+        return None
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(
+    request: Request, session: SessionDep, settings: SettingsDep, user: OptionalUser
+) -> HTMLResponse:
+    """The overview, or the sign-in form for a signed-out browser."""
+    if user is None:
+        return render(request, "signin.html", settings, None)
+    p = user.principal
+    a, d, s = alert_routes.alerts, alert_routes.devices, alert_routes.sites
+    open_alerts = session.execute(
+        select(s.c.district, d.c.kind, a.c.status, func.count())
+        .select_from(a.join(d, d.c.id == a.c.device_id).join(s, s.c.id == d.c.site_id))
+        .where(
+            district_clause(p, s.c.district),
+            a.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+        )
+        .group_by(s.c.district, d.c.kind, a.c.status)
+        .order_by(s.c.district, d.c.kind)
+    ).all()
+    table: dict[tuple[str, str], dict[str, int]] = {}
+    for district, kind, status, n in open_alerts:
+        table.setdefault((district, kind), {})[status] = int(n)
+    devices = _devices(session, settings, p)
+    return render(
+        request,
+        "overview.html",
+        settings,
+        user,
+        open_alerts=sorted(table.items()),
+        offline=[x for x in devices if not x.online],
+        devices=sorted(devices, key=lambda x: (x.last_seen_at is not None, x.last_seen_at)),
+    )
+
+
+def _devices(session: Any, settings: Settings, p: Principal) -> list[Any]:
+    rows = session.execute(
+        device_routes._select(p).order_by(device_routes.devices.c.id).limit(2000)
+    ).all()
+    return [device_routes._read(r, settings.offline_after_s) for r in rows]
+
+
+@router.post("/signin", response_model=None)
+def sign_in(
+    request: Request, session: SessionDep, settings: SettingsDep, form: FormDep
+) -> Response:
+    """Turn an API key into a session cookie."""
+    throttle: SignInThrottle = request.app.state.signin_throttle
+    client = request.client.host if request.client else "?"
+    if throttle.blocked(client):
+        return render(request, "signin.html", settings, None, 429, error="throttled")
+    try:
+        cookie = open_session(
+            session.connection(), form.get("key", "").strip(), production=_production(settings)
+        )
+    except Unauthenticated:
+        throttle.failed(client)
+        return render(request, "signin.html", settings, None, 401, error="bad_key")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/signout")
+def sign_out(request: Request, user: UserDep, form: FormDep) -> RedirectResponse:
+    """Forget the session cookie."""
+    check_csrf(request, user, form)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+
+def _alert_filter(request: Request) -> alert_routes.AlertFilter:
+    q = request.query_params
+    return alert_routes.AlertFilter(
+        status=_choice(AlertStatus, q.get("status")),
+        severity=_choice(Severity, q.get("severity")),
+        kind=_choice(DeviceKind, q.get("kind")),
+        site_id=q.get("site") or None,
+        district=q.get("district") or None,
+        device_id=q.get("device_id") or None,
+        rule_id=None,
+        start=None,
+        end=None,
+    )
+
+
+def _alert_rows(session: Any, settings: Settings, p: Principal, f: Any) -> list[Any]:
+    a = alert_routes.alerts
+    q = f.apply(alert_routes._select(p), settings).order_by(a.c.id.desc()).limit(200)
+    return [r._mapping for r in session.execute(q)]
+
+
+def _districts(session: Any, p: Principal) -> list[str]:
+    s = alert_routes.sites
+    q = select(s.c.district).distinct().where(district_clause(p, s.c.district))
+    return sorted(r[0] for r in session.execute(q))
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alert_list(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
+) -> HTMLResponse:
+    """Alerts with the API's filters; the rows refresh from the alert stream."""
+    f = _alert_filter(request)
+    rows = _alert_rows(session, settings, user.principal, f)
+    template = "alert_rows.html" if request.query_params.get("rows") else "alerts.html"
+    query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
+    return render(
+        request,
+        template,
+        settings,
+        user,
+        rows=rows,
+        f=f,
+        districts=_districts(session, user.principal),
+        statuses=list(AlertStatus),
+        severities=list(Severity),
+        kinds=list(DeviceKind),
+        rows_url="/alerts?" + urlencode({**query, "rows": "1"}),
+        bulk_url="/alerts/acknowledge?" + urlencode(query),
+    )
+
+
+FILTERS = ("status", "severity", "district", "kind", "site", "lang")
+
+
+@router.post("/alerts/acknowledge", response_model=None)
+def acknowledge_matching(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, form: FormDep
+) -> Response:
+    """Acknowledge every firing alert the list's filters match, as the API's bulk route."""
+    check_csrf(request, user, form)
+    p = user.principal
+    p.require(Role.admin, Role.inspector)
+    alert_routes.acknowledge_by_filter(
+        session, settings, p, _alert_filter(request), AlertAction(note=form.get("note") or None)
+    )
+    query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
+    return RedirectResponse("/alerts?" + urlencode(query), status_code=303)
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, alert_id: int
+) -> HTMLResponse:
+    """One alert: what fired, its rule and basis, its readings and events, the actions."""
+    detail = alert_routes.get_alert(session, user.principal, alert_id)
+    template = "alert_body.html" if request.query_params.get("body") else "alert.html"
+    r = alert_routes.rules
+    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
+    return render(request, template, settings, user, a=detail, chart=_alert_chart(detail, rule))
+
+
+TIERS = ("warn_above", "alarm_above", "warn_below", "alarm_below")
+
+
+def _alert_chart(detail: Any, rule: Any) -> dict[str, Any]:
+    """The readings around the alert, and the rule's tiers to draw across them."""
+    m = rule._mapping if rule is not None else {}
+    return {
+        "x": [_aware(r.ts).timestamp() for r in detail.readings],
+        "y": [r.value for r in detail.readings],
+        "label": detail.metric,
+        "tiers": {t: m[t] for t in TIERS if m.get(t) is not None},
+    }
+
+
+ACTIONS = ("acknowledge", "resolve", "comment")
+
+
+@router.post("/alerts/{alert_id}/{action}", response_model=None)
+def alert_action(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: UserDep,
+    form: FormDep,
+    alert_id: int,
+    action: str,
+) -> Response:
+    """Acknowledge, resolve or comment, through the API's own route functions."""
+    check_csrf(request, user, form)
+    if action not in ACTIONS:
+        raise NotFound(f"no action {action!r}", field="path.action")
+    p = user.principal
+    p.require(Role.admin, Role.inspector)
+    note = form.get("note", "").strip() or None
+    if action == "acknowledge":
+        alert_routes.acknowledge_alert(session, p, alert_id, AlertAction(note=note))
+    elif action == "resolve":
+        alert_routes.resolve_alert(session, p, alert_id, AlertAction(note=note))
+    else:
+        alert_routes.comment_alert(session, p, alert_id, alert_routes.CommentBody(note=note or ""))
+    if not request.headers.get("HX-Request"):
+        return RedirectResponse(f"/alerts/{alert_id}", status_code=303)
+    if form.get("row"):
+        q = alert_routes._select(p).where(alert_routes.alerts.c.id == alert_id)
+        rows = [r._mapping for r in session.execute(q)]
+        return render(request, "alert_rows.html", settings, user, rows=rows)
+    detail = alert_routes.get_alert(session, p, alert_id)
+    r = alert_routes.rules
+    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
+    return render(  # only the alert's body: htmx swaps it in place
+        request, "alert_body.html", settings, user, a=detail, chart=_alert_chart(detail, rule)
+    )
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+def device_page(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, device_id: str
+) -> HTMLResponse:
+    """A device: online state, clock skew, latest values and a trend chart of any metric."""
+    p = user.principal
+    device = device_routes.get_device(session, settings, p, device_id)
+    latest = device_routes.latest_readings(session, settings, p, device_id)
+    dead = dead_letter_routes.list_dead_letters(
+        session, settings, p, None, device_id, None, None, 20, None
+    )
+    metrics = [m.name for m in metrics_for(DeviceKind(device.kind))]
+    return render(
+        request,
+        "device.html",
+        settings,
+        user,
+        d=device,
+        latest=latest.readings,
+        dead_letters=dead.items,
+        metrics=metrics,
+        # a metric it reports, not merely one its kind could report
+        metric=request.query_params.get("metric")
+        or next((r.metric for r in latest.readings), metrics[0] if metrics else ""),
+    )
+
+
+# --- map ------------------------------------------------------------------------------------
+
+SEVERITY_RANK = {Severity.warning.value: 1, Severity.alarm.value: 2}
+MAP_W, MAP_H, MAP_PAD = 1000, 700, 40
+
+
+@router.get("/map", response_class=HTMLResponse)
+def map_page(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
+) -> HTMLResponse:
+    """The sites in scope on a plain coordinate grid, coloured by their worst open alert."""
+    p = user.principal
+    a, d, s = alert_routes.alerts, alert_routes.devices, alert_routes.sites
+    worst: dict[str, int] = {}
+    for site_id, severity in session.execute(
+        select(d.c.site_id, a.c.severity)
+        .join(a, a.c.device_id == d.c.id)
+        .join(s, s.c.id == d.c.site_id)
+        .where(
+            district_clause(p, s.c.district),
+            a.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
+        )
+        .distinct()
+    ):
+        worst[site_id] = max(worst.get(site_id, 0), SEVERITY_RANK.get(severity, 1))
+    placed = [
+        r
+        for r in session.execute(select(s).where(district_clause(p, s.c.district)).order_by(s.c.id))
+        if r.latitude is not None and r.longitude is not None
+    ]
+    return render(request, "map.html", settings, user, **_layout(placed, worst))
+
+
+def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
+    """Equirectangular placement in an SVG box, with grid lines on round degrees."""
+    if not placed:
+        return {"points": [], "grid": [], "w": MAP_W, "h": MAP_H}
+    lats = [r.latitude for r in placed]
+    lons = [r.longitude for r in placed]
+    lat0, lat1 = min(lats) - 0.005, max(lats) + 0.005
+    lon0, lon1 = min(lons) - 0.005, max(lons) + 0.005
+    span = max(lat1 - lat0, lon1 - lon0)
+    step = next(g for g in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0) if span / g <= 10)
+
+    def x(lon: float) -> float:
+        return float(MAP_PAD + (lon - lon0) / (lon1 - lon0) * (MAP_W - 2 * MAP_PAD))
+
+    def y(lat: float) -> float:
+        return float(MAP_H - MAP_PAD - (lat - lat0) / (lat1 - lat0) * (MAP_H - 2 * MAP_PAD))
+
+    grid: list[dict[str, Any]] = []
+    g = (lon0 // step + 1) * step
+    while g < lon1:
+        grid.append({"x1": x(g), "y1": 0, "x2": x(g), "y2": MAP_H, "label": f"{g:.2f}°E"})
+        g += step
+    g = (lat0 // step + 1) * step
+    while g < lat1:
+        grid.append({"x1": 0, "y1": y(g), "x2": MAP_W, "y2": y(g), "label": f"{g:.2f}°N"})
+        g += step
+    level = {0: "none", 1: "warning", 2: "alarm"}
+    points = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "district": r.district,
+            "x": x(r.longitude),
+            "y": y(r.latitude),
+            "worst": level[worst.get(r.id, 0)],
+        }
+        for r in placed
+    ]
+    return {"points": points, "grid": grid, "w": MAP_W, "h": MAP_H}
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+@router.get("/reports", response_class=HTMLResponse)
+def reports_page(
+    request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
+) -> HTMLResponse:
+    """The dust and water compliance reports, as tables with their CSV downloads."""
+    today = datetime.now(ZoneInfo(settings.timezone)).date()
+    start = _day(request.query_params.get("start"), today - timedelta(days=6))
+    end = _day(request.query_params.get("end"), today)
+    if end < start or (end - start).days >= report_routes.MAX_DAYS:
+        start, end = today - timedelta(days=6), today
+    p = user.principal
+    tables: dict[str, list[Any]] = {}
+    problems: dict[str, str] = {}
+    for name, report in (
+        ("dust", report_routes.dust_compliance),
+        ("water", report_routes.water_compliance),
+    ):
+        try:
+            tables[name] = getattr(report(session, settings, p, start, end), "items", [])
+        except EnvmonError as exc:  # e.g. no rule to judge by: say so, show the other one
+            tables[name], problems[name] = [], str(exc)
+    span = {"start": start.isoformat(), "end": end.isoformat()}
+    return render(
+        request,
+        "reports.html",
+        settings,
+        user,
+        start=start,
+        end=end,
+        dust=tables["dust"],
+        water=tables["water"],
+        problems=problems,
+        dust_csv="/v1/reports/dust-compliance?" + urlencode({**span, "format": "csv"}),
+        water_csv="/v1/reports/water-compliance?" + urlencode({**span, "format": "csv"}),
+    )
+
+
+def _day(value: str | None, default: date) -> date:
+    try:
+        return date.fromisoformat(value) if value else default
+    except ValueError:
+        return default
+
+
+def install(app: Any) -> None:
+    """Mount the pages on the app, with their sign-in redirect."""
+    from fastapi.staticfiles import StaticFiles
+
+    app.state.signin_throttle = SignInThrottle()
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+
+    async def to_sign_in(request: Request, exc: Exception) -> Response:
+        return RedirectResponse("/", status_code=303)
+
+    app.add_exception_handler(SignInNeeded, to_sign_in)

@@ -1,0 +1,80 @@
+// envmon inspectors' page: live alerts from the SSE stream, uPlot charts. No inline script
+// (the page's Content-Security-Policy allows only this server's files).
+(function () {
+  "use strict";
+  var EVENT_KINDS = ["pending", "opened", "escalated", "acknowledged", "resolved", "comment", "assigned"];
+  window.envmon = { charts: {} };
+
+  function live() {
+    if (!document.querySelector("[hx-trigger~='envmon-alert']") || !window.EventSource) return;
+    var source = new EventSource("/v1/alerts/stream");
+    var pending = null;
+    var poke = function () {  // one refresh per burst of events
+      if (pending) return;
+      pending = setTimeout(function () { pending = null; htmx.trigger(document.body, "envmon-alert"); }, 300);
+    };
+    EVENT_KINDS.forEach(function (k) { source.addEventListener(k, poke); });
+    source.onopen = function () { var b = document.getElementById("live"); if (b) b.hidden = false; };
+    window.envmon.stream = source;
+  }
+
+  function plot(el, label, x, y, extra) {
+    if (window.envmon.charts[el.id]) window.envmon.charts[el.id].destroy();
+    extra = extra || [];
+    var width = Math.max(280, el.clientWidth);
+    var chart = new uPlot({
+      width: width, height: 240,
+      // the city's time zone on the axis, as everywhere else on the page
+      tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), document.body.dataset.tz || "Asia/Shanghai"); },
+      series: [{}, { label: label, stroke: "#0b5cad", width: 2, points: { show: x.length < 200 } }]
+        .concat(extra.map(function (e) { return e.series; })),
+      axes: [{}, {}],
+    }, [x, y].concat(extra.map(function (e) { return e.data; })), el);
+    window.envmon.charts[el.id] = chart;
+    return chart;
+  }
+
+  function alertChart() {
+    var el = document.getElementById("alert-chart");
+    if (!el) return;
+    var s = JSON.parse(el.getAttribute("data-series"));
+    // the rule's tiers as flat dashed lines across the readings
+    var colours = { warn_above: "#e0a000", warn_below: "#e0a000", alarm_above: "#b00020", alarm_below: "#b00020" };
+    var extra = Object.keys(s.tiers || {}).map(function (name) {
+      return { series: { label: name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
+               data: s.x.map(function () { return s.tiers[name]; }) };
+    });
+    plot(el, s.label, s.x, s.y, extra);
+  }
+
+  function trend() {
+    var el = document.getElementById("trend");
+    if (!el) return;
+    var metric = document.getElementById("trend-metric").value;
+    var hours = Number(document.getElementById("trend-hours").value);
+    var start = new Date(Date.now() - hours * 3600 * 1000).toISOString();
+    // raw readings for short ranges, the hourly means of the same API for long ones
+    var bucket = hours > 48 ? "hour" : "raw";
+    var url = "/v1/readings?" + new URLSearchParams({
+      device_id: el.getAttribute("data-device"), metric: metric, start: start,
+      bucket: bucket, limit: "1000"
+    });
+    fetch(url, { credentials: "same-origin" }).then(function (r) { return r.json(); }).then(function (page) {
+      var items = (page.items || []).slice().reverse();
+      var x = items.map(function (r) { return Date.parse(r.ts || r.hour) / 1000; });
+      var y = items.map(function (r) { return r.value !== undefined ? r.value : r.mean; });
+      var unit = items.length ? " (" + items[0].unit + ")" : "";
+      plot(el, metric + unit, x, y);
+      el.setAttribute("data-points", String(x.length));
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    live();
+    alertChart();
+    trend();
+    var form = document.getElementById("trend-form");
+    if (form) form.addEventListener("change", trend);
+  });
+  document.addEventListener("htmx:afterSwap", alertChart);
+})();

@@ -1,0 +1,369 @@
+"""The inspectors' web page in a real browser: Debian's Chromium driven by Playwright, against
+the app served by uvicorn on 127.0.0.1 with a fresh PostgreSQL database. Screenshots of every
+page at phone and tablet widths go to test-output/web/ (ENVMON_TEST_OUTPUT to move them)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+from sqlalchemy import Engine, insert, select, update
+
+from alerts.evaluator import Touched, evaluate_batch
+from ingest.repository import insert_readings
+from ingest.validate import Row
+from monitor import auth
+from monitor.api.app import create_app
+from monitor.core.models import Alert, Device, Rule, Site, table
+from monitor.core.settings import Settings
+from tests.conftest import bearer, free_port, make_key, register
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # Chromium runs as root here
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OUTPUT = Path(os.environ.get("ENVMON_TEST_OUTPUT", "test-output")) / "web"
+WIDTHS = (390, 1024)
+T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(second=0, microsecond=0)
+RULE = {
+    "name": "pm10-raw",
+    "device_kind": "dust_monitor",
+    "metric": "pm10",
+    "warn_above": 150,
+    "alarm_above": 250,
+    "quiet_s": 0,
+    "basis": "GB 3095-2012 test thresholds",
+}
+
+
+def feed(engine: Engine, device: str, values: list[float]) -> None:
+    rows = [
+        Row(device, "pm10", T0 + timedelta(minutes=i), v, "N", T0) for i, v in enumerate(values)
+    ]
+    with engine.begin() as conn:
+        insert_readings(conn, rows)
+        evaluate_batch(conn, [Touched(device, "pm10", rows[0].ts)])
+
+
+@dataclass
+class Web:
+    base: str
+    engine: Engine
+    admin: str
+    inspector: str
+    alerts: dict[str, int]  # device id -> its alert id
+    outside: list[str] = field(default_factory=list)  # requests that tried to leave 127.0.0.1
+
+
+@pytest.fixture
+def web(pg_url: str, pg_engine: Engine) -> Iterator[Web]:
+    """The app on a free port with two districts: Lanshan (d-ls, d-ls2) and Hedong (d-hd),
+    each device with a firing PM10 alert."""
+    register(
+        pg_engine,
+        site="cs-ls",
+        district="Lanshan",
+        devices={"d-ls": "dust_monitor", "d-ls2": "dust_monitor"},
+    )
+    with pg_engine.begin() as conn:
+        conn.execute(update(table(Site)).values(latitude=35.05, longitude=118.33))
+        # the default rules stay off while the test's own rule makes the alerts
+        conn.execute(update(table(Rule)).values(enabled=False))
+        conn.execute(
+            insert(table(Site)).values(
+                id="cs-hd",
+                name="cs-hd",
+                district="Hedong",
+                kind="construction_site",
+                latitude=35.10,
+                longitude=118.40,
+                created_at=T0,
+            )
+        )
+        conn.execute(
+            insert(table(Device)).values(
+                id="d-hd", site_id="cs-hd", kind="dust_monitor", status="active", created_at=T0
+            )
+        )
+    admin = make_key(pg_engine)
+    inspector = make_key(pg_engine, "li.ming", "inspector", "Lanshan")
+    port = free_port()
+    app = create_app(Settings(database_url=pg_url))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    assert httpx.post(f"{base}/v1/rules", json=RULE, headers=bearer(admin)).status_code == 201
+    # the request's transaction may commit just after its response is sent: wait for the rule
+    rules = table(Rule)
+    while True:
+        with pg_engine.connect() as conn:
+            if conn.execute(select(rules.c.id).where(rules.c.name == RULE["name"])).first():
+                break
+        assert time.monotonic() < deadline, "the new rule never became visible"
+        time.sleep(0.05)
+    for device in ("d-ls", "d-ls2", "d-hd"):
+        feed(pg_engine, device, [120, 180, 300, 310, 290, 260, 255])
+    with pg_engine.connect() as conn:
+        ids = {r.device_id: r.id for r in conn.execute(select(table(Alert)))}
+    assert set(ids) == {"d-ls", "d-ls2", "d-hd"}
+    with pg_engine.begin() as conn:  # the reports judge by them; nothing is fed after this
+        conn.execute(update(table(Rule)).values(enabled=True))
+    yield Web(base, pg_engine, admin, inspector, ids)
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def context_for(browser: Browser, web: Web, locale: str = "zh-CN") -> BrowserContext:
+    """A browser context whose every request must stay on 127.0.0.1 (others are aborted and
+    recorded)."""
+    ctx = browser.new_context(
+        base_url=web.base, locale=locale, viewport={"width": 1024, "height": 800}
+    )
+
+    def guard(route: Route) -> None:
+        host = urlparse(route.request.url).hostname
+        if host != "127.0.0.1":
+            web.outside.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    ctx.set_default_timeout(10_000)
+    ctx.route("**/*", guard)
+    return ctx
+
+
+def sign_in(page: Page, key: str) -> None:
+    page.goto("/")
+    page.fill("input[name=key]", key)
+    page.press("input[name=key]", "Enter")  # submitted by Enter, as a person would
+    page.wait_for_selector("#signout")
+
+
+def wait_js(page: Page, expression: str, timeout_s: float = 10.0) -> None:
+    """page.wait_for_function compiles its predicate with eval, which the page's CSP refuses;
+    page.evaluate is not subject to it."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_s}s: {expression}"
+        time.sleep(0.1)
+
+
+def shoot(page: Page, name: str) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 800})
+        page.screenshot(path=str(OUTPUT / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1024, "height": 800})
+
+
+def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: Browser) -> None:
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    page.goto("/")
+    assert page.locator("input[name=key]").count() == 1
+    shoot(page, "signin")
+    sign_in(page, web.inspector)
+
+    # overview: Chinese by default, only Lanshan
+    assert "总览" in page.content()
+    assert "Lanshan" in page.inner_text("#open-alerts")
+    assert "Hedong" not in page.content() and "d-hd" not in page.content()
+    shoot(page, "overview")
+
+    # alert list: the district's alerts; acknowledge one in place, no reload
+    page.goto("/alerts")
+    page.wait_for_selector("#live:not([hidden])")  # the alert stream is connected
+    rows = page.locator("#alert-rows tr")
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.alertId)")) == sorted(
+        str(web.alerts[d]) for d in ("d-ls", "d-ls2")
+    )
+    assert "d-hd" not in page.content()
+    shoot(page, "alerts")
+    page.evaluate("window.__noReload = true")
+    ack = web.alerts["d-ls"]
+    page.click(f"#alert-{ack} button.ack")
+    page.wait_for_selector(f"#alert-{ack}[data-status=acknowledged]")
+    assert page.evaluate("window.__noReload") is True
+
+    # live: an action by someone else (over the API) appears without reload
+    other = web.alerts["d-ls2"]
+    r = httpx.post(
+        f"{web.base}/v1/alerts/{other}/resolve", json={"note": "by API"}, headers=bearer(web.admin)
+    )
+    assert r.status_code == 200
+    page.wait_for_selector(f"#alert-{other}[data-status=resolved]", timeout=10_000)
+    assert page.evaluate("window.__noReload") is True
+
+    # bulk acknowledge by filter, refused without the page's token
+    forged = ctx.request.post("/alerts/acknowledge?district=Hedong", form={"note": "x"})
+    assert forged.status == 403
+    # filters: the API's, applied on the page
+    page.goto("/alerts?status=acknowledged")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.alertId)") == [str(ack)]
+
+    # alert page: rule, basis, events, a chart of the readings around it, comment in place
+    page.goto(f"/alerts/{ack}")
+    assert "GB 3095-2012" in page.inner_text("#alert-body")
+    wait_js(page, "window.envmon.charts['alert-chart'].data[0].length > 0")
+    # the readings and the rule's two tiers (warning 150, alarm 250)
+    assert page.evaluate("window.envmon.charts['alert-chart'].series.length") == 4
+    page.fill("form[hx-post$='/comment'] input[name=note]", "洒水车已到场")
+    page.click("#do-comment")
+    page.wait_for_selector("#events >> text=洒水车已到场")
+    assert page.locator("header.top").count() == 1  # the body was swapped, not a page nested
+    shoot(page, "alert")
+
+    # device page: trend chart with points from /v1/readings (cookie-authenticated GET)
+    page.goto("/devices/d-ls")
+    wait_js(page, "!!window.envmon.charts.trend && window.envmon.charts.trend.data[0].length > 0")
+    points = page.evaluate("window.envmon.charts.trend.data[1]")
+    assert points == [120, 180, 300, 310, 290, 260, 255]
+    assert page.locator("#latest tr").count() >= 2
+    shoot(page, "device")
+
+    # map: the district's site, coloured by its worst open alert (acknowledged is still open)
+    page.goto("/map")
+    sites = page.locator("#map circle.site")
+    assert sites.evaluate_all("cs => cs.map(c => [c.dataset.site, c.dataset.worst])") == [
+        ["cs-ls", "alarm"]
+    ]
+    shoot(page, "map")
+
+    # reports, with CSV downloads of the API's reports
+    page.goto("/reports")
+    href = page.get_attribute("#dust-csv", "href") or ""
+    assert href.startswith("/v1/reports/dust-compliance")
+    csv = ctx.request.get(href)
+    assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "cs-hd" not in csv.text() and "cs-hd" not in page.content()
+    shoot(page, "reports")
+
+    # the other district's objects are absent, on pages and through the page's API
+    for path in (f"/alerts/{web.alerts['d-hd']}", "/devices/d-hd"):
+        assert ctx.request.get(path).status == 404
+    assert "d-hd" not in ctx.request.get("/v1/readings?device_id=d-hd").text()
+    page.goto("/alerts?district=Hedong")
+    assert page.locator("#alert-rows tr").count() == 0
+
+    # the API docs page, from local assets
+    page.goto("/v1/docs")
+    page.wait_for_selector(".swagger-ui .info")
+    shoot(page, "docs")
+
+    # English when asked
+    page.goto("/?lang=en")
+    assert "Overview" in page.content()
+
+    # signing out ends the session
+    page.click("#signout")
+    page.wait_for_selector("input[name=key]")
+    page.goto("/alerts")
+    assert page.locator("input[name=key]").count() == 1
+    assert ctx.request.get("/v1/alerts").status == 401
+
+    assert web.outside == []
+    ctx.close()
+
+
+def test_revoked_key_disabled_user_and_csrf_less_posts_end_or_refused(
+    web: Web, browser: Browser
+) -> None:
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    alert = web.alerts["d-ls"]
+
+    # a state-changing request with the cookie but without the page's token is refused
+    for path in (f"/alerts/{alert}/acknowledge", f"/v1/alerts/{alert}/acknowledge"):
+        r = ctx.request.post(path, form={"note": "forged"})
+        assert r.status == 403, path
+        assert "CSRF" in r.text()
+    assert (
+        httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()["status"]
+        == "firing"
+    )
+
+    # bulk acknowledge by filter: within the key's scope only
+    def status(device: str) -> str:
+        url = f"{web.base}/v1/alerts/{web.alerts[device]}"
+        return str(httpx.get(url, headers=bearer(web.admin)).json()["status"])
+
+    page.goto("/alerts?district=Hedong")
+    page.click("#bulk-ack button")
+    page.wait_for_url("**/alerts?district=Hedong")
+    assert status("d-hd") == "firing"
+    page.goto("/alerts")
+    page.click("#bulk-ack button")
+    page.wait_for_selector(f"#alert-{web.alerts['d-ls2']}[data-status=acknowledged]")
+    assert (status("d-ls"), status("d-ls2"), status("d-hd")) == (
+        "acknowledged",
+        "acknowledged",
+        "firing",
+    )
+
+    # disabling the user ends the session at once; enabling it brings it back
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "li.ming", True)
+    page.goto("/alerts")
+    assert page.locator("input[name=key]").count() == 1
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "li.ming", False)
+    page.goto("/alerts")
+    assert page.locator("#alert-rows").count() == 1
+
+    # revoking the key ends it for good
+    with web.engine.begin() as conn:
+        key_id = auth.authenticate(conn, web.inspector, production=False).key_id
+        auth.revoke_key(conn, key_id)
+    page.goto("/alerts")
+    assert page.locator("input[name=key]").count() == 1
+    assert ctx.request.get("/v1/alerts").status == 401
+    assert web.outside == []
+    ctx.close()
+
+
+def test_sign_in_is_throttled_and_the_cookie_is_strict(web: Web) -> None:
+    with httpx.Client(base_url=web.base) as c:
+        r = c.post("/signin", data={"key": web.inspector})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert "secure" not in cookie  # plain http here; Secure behind TLS
+        for _ in range(5):
+            assert c.post("/signin", data={"key": "envmon_00000000_wrong"}).status_code == 401
+        assert c.post("/signin", data={"key": web.inspector}).status_code == 429
+    # bearer-key API calls are unchanged
+    assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(web.inspector)).status_code == 200
