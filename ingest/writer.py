@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
 from ingest import metrics
+from ingest.hj212.convert import decode_dead
 from ingest.mqtt import Message
 from ingest.repository import insert_dead_letters, insert_readings, touch_devices
 from ingest.spool import Spool, SpoolFull
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 TIMER_S = 30.0  # how often time-driven rules (no data) are evaluated
 # With several ingestors, one of them runs the timer rules at a time (an advisory lock).
 TIMER_LOCK = 0x656E766D  # "envm"
+HJ212_DEAD_TOPIC = "hj212/dead-letters"  # ingest.hj212.server.DEAD_TOPIC
 
 
 @dataclass(slots=True)
@@ -298,6 +300,10 @@ class Writer:
                 insert_dead_letters(conn, [record], msg.received_at)
 
     def _parse(self, m: Message) -> Parsed:
+        if m.topic == HJ212_DEAD_TOPIC:
+            # dead letters the HJ 212 gateway judged itself (CRC, MN, PW, codes): stored in
+            # the batch of the frame's readings, so the frame's answer waits for both
+            return Parsed(dead=decode_dead(m.payload))
         try:
             return parse_message(
                 m.topic,

@@ -124,7 +124,7 @@ def up(
         dispatcher = Dispatcher(settings, engine)
         dispatcher.start()
         stoppers.insert(0, dispatcher.stop)
-        ingestor = Ingestor(settings, engine)
+        ingestor = Ingestor(settings, engine, hj212=True)
         ingestor.start()
         stoppers.insert(0, ingestor.stop)
         if demo is not None:
