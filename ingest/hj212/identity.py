@@ -22,7 +22,10 @@ from monitor.core.models import DeviceStatus, table
 
 devices = table(DeviceTable)
 
-MAX_FAILURES = 5  # within FAILURE_WINDOW_S, then locked out for LOCKOUT_S
+MAX_FAILURES = 5  # for one MN within FAILURE_WINDOW_S, then locked out for LOCKOUT_S
+# Loggers behind a carrier's NAT share an address: one misconfigured logger must not lock
+# out its neighbours at the first few failures, so an address is allowed more.
+MAX_ADDRESS_FAILURES = 20
 FAILURE_WINDOW_S = 600.0
 LOCKOUT_S = 900.0
 
@@ -83,7 +86,8 @@ class Identities:
         self._missed_at = float("-inf")
         self._verified: dict[tuple[str, str], str] = {}  # (mn, pw) -> the hash it matched
         self._lock = threading.Lock()
-        self.throttle = Throttle()
+        self.throttle = Throttle()  # per MN
+        self.address_throttle = Throttle(MAX_ADDRESS_FAILURES)
 
     def _refresh(self, now: float) -> None:
         cols = devices.c
@@ -115,17 +119,17 @@ class Identities:
         """The device an (MN, PW) logs in as, or why not. Blocking (database, PBKDF2)."""
         with self._lock:
             now = time.monotonic()
-            if self.throttle.locked(address, now) or self.throttle.locked(f"mn:{mn}", now):
+            if self.address_throttle.locked(address, now) or self.throttle.locked(mn, now):
                 return Refused(Reason.hj212_wrong_password, "locked out after repeated failures")
             found = self._lookup(mn, now)
             if found is None:
-                self.throttle.fail(address, now)
+                self.address_throttle.fail(address, now)
                 return Refused(Reason.hj212_unknown_mn, f"MN {mn[:64]!r} is not registered")
             if not found.active:
                 return Refused(Reason.hj212_unknown_mn, f"device {found.device_id!r} is retired")
             if not self._password_ok(mn, pw, found):
-                self.throttle.fail(address, now)
-                self.throttle.fail(f"mn:{mn}", now)
+                self.address_throttle.fail(address, now)
+                self.throttle.fail(mn, now)
                 return Refused(Reason.hj212_wrong_password, f"wrong PW for MN {mn[:64]!r}")
             return Device(found.device_id, found.unit)
 
