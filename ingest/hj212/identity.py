@@ -7,12 +7,14 @@ for one MN are locked out for a while, since an HJ 212 PW is only six characters
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from typing import NamedTuple
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from ingest.hj212.convert import Device
 from ingest.validate import Reason
@@ -20,6 +22,7 @@ from monitor.broker_auth import verify_password
 from monitor.core.models import Device as DeviceTable
 from monitor.core.models import DeviceStatus, table
 
+log = logging.getLogger(__name__)
 devices = table(DeviceTable)
 
 MAX_FAILURES = 5  # for one MN within FAILURE_WINDOW_S, then locked out for LOCKOUT_S
@@ -91,12 +94,25 @@ class Identities:
 
     def _refresh(self, now: float) -> None:
         cols = devices.c
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    cols.id, cols.hj212_mn, cols.hj212_password_hash, cols.hj212_unit, cols.status
-                ).where(cols.hj212_mn.is_not(None))
-            ).all()
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(
+                        cols.id,
+                        cols.hj212_mn,
+                        cols.hj212_password_hash,
+                        cols.hj212_unit,
+                        cols.status,
+                    ).where(cols.hj212_mn.is_not(None))
+                ).all()
+        except OperationalError:
+            if self._loaded_at == float("-inf"):
+                raise  # nothing known yet: the connection fails and the logger retries
+            # the database is away: keep identifying loggers from what we knew, so their
+            # frames reach the writer and its spool (and get answered from there)
+            log.warning("devices table unreachable; HJ 212 identities from the cache")
+            self._loaded_at = now
+            return
         self._known = {
             r.hj212_mn: Registered(
                 r.id, r.hj212_password_hash, r.hj212_unit, r.status == DeviceStatus.active

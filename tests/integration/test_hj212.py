@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 
 from ingest.hj212.protocol import Frame, Framer, Packet, crc_text, encode_frame, parse_segment
 from ingest.service import Ingestor
+from monitor.core.db import make_engine
 from monitor.core.models import DeadLetter, Reading, table
 from monitor.core.settings import Settings
 from monitor.registry import DeviceCreate, SiteCreate, upsert_device, upsert_site
@@ -98,9 +99,8 @@ DEVICES = {
 PASSWORDS = {"010000A8900016F000169DC0": "100000"}
 
 
-@pytest.fixture
-def gateway(pg_url: str, pg_engine: Engine, tmp_path: object) -> Iterator[Ingestor]:
-    with pg_engine.begin() as conn:
+def start_gateway(url: str, engine: Engine, tmp_path: object) -> Ingestor:
+    with engine.begin() as conn:
         upsert_site(
             conn, SiteCreate(id="cs-1", name="cs-1", district="Lanshan", kind="construction_site")
         )
@@ -118,10 +118,16 @@ def gateway(pg_url: str, pg_engine: Engine, tmp_path: object) -> Iterator[Ingest
                 ),
             )
     settings = Settings(
-        database_url=pg_url, data_dir=tmp_path, hj212_port=free_port(), hj212_idle_s=30
+        database_url=url, data_dir=tmp_path, hj212_port=free_port(), hj212_idle_s=30
     )
-    ing = Ingestor(settings, pg_engine, mqtt=False, hj212=True)
+    ing = Ingestor(settings, engine, mqtt=False, hj212=True)
     ing.start()
+    return ing
+
+
+@pytest.fixture
+def gateway(pg_url: str, pg_engine: Engine, tmp_path: object) -> Iterator[Ingestor]:
+    ing = start_gateway(pg_url, pg_engine, tmp_path)
     yield ing
     ing.stop()
 
@@ -363,3 +369,44 @@ def test_garbage_closes_that_connection_and_others_are_served(
     good.send(YC_DUST)
     assert len(good.answers(1)) == 1
     assert bad.answers(1, 3.0) == []  # closed, no answer
+
+
+def test_on_sqlite_a_field_frame_and_its_retry_are_stored_once(
+    sqlite_url: str, tmp_path: object
+) -> None:
+    engine = make_engine(sqlite_url)
+    ing = start_gateway(sqlite_url, engine, tmp_path)
+    try:
+        logger = Logger(ing)
+        logger.send(YC_DUST)
+        # the logger's retry: same DataTime, new QN
+        logger.send(YC_DUST.replace(b"QN=20191018104952418", b"QN=20191018104957418")[:-6])
+        seg = YC_DUST.replace(b"QN=20191018104952418", b"QN=20191018104957418")[6:-6]
+        logger.send(crc_text(seg).encode() + b"\r\n")
+        assert [a.qn for a in logger.answers(2)] == ["20191018104952418", "20191018104957418"]
+        assert reading_count(engine, "dust-yc") == 8
+    finally:
+        ing.stop()
+        engine.dispose()
+
+
+def test_no_answer_before_the_readings_are_durable(
+    pg_url: str, pg_engine: Engine, tmp_path: object
+) -> None:
+    ing = start_gateway(pg_url, pg_engine, tmp_path)
+    ing.stop()
+    # a gateway whose writer has not started: frames wait in its queue, not yet durable
+    settings = Settings(database_url=pg_url, data_dir=tmp_path, hj212_port=free_port())
+    held = Ingestor(settings, pg_engine, mqtt=False, hj212=True)
+    assert held.gateway is not None
+    held._start_gateway(held.gateway)
+    try:
+        logger = Logger(held)
+        logger.send(YC_DUST)
+        assert logger.silent(2.0)
+        assert reading_count(pg_engine, "dust-yc") == 0
+        held.writer.start()  # now it commits, and only then answers
+        assert [a.cn for a in logger.answers(1)] == ["9014"]
+        assert reading_count(pg_engine, "dust-yc") == 8
+    finally:
+        held.stop()
