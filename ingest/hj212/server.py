@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from sqlalchemy import Engine
 
+from ingest import metrics
 from ingest.contract import telemetry_topic
 from ingest.hj212.convert import DATA_CNS, Device, convert, encode_dead
 from ingest.hj212.identity import Identities, Refused
@@ -170,6 +171,7 @@ class Gateway:
         conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
         self._conns.add(conn)
         self.counters.connections += 1
+        metrics.HJ212_CONNECTIONS.inc()
         try:
             await self._read_loop(conn, reader)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -181,6 +183,7 @@ class Gateway:
             conn.closed = True
             self._conns.discard(conn)
             self.counters.connections -= 1
+            metrics.HJ212_CONNECTIONS.dec()
             writer.close()
 
     async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
@@ -214,6 +217,7 @@ class Gateway:
 
     async def _frame(self, conn: Connection, frame: Frame) -> None:
         self.counters.frames += 1
+        metrics.HJ212_FRAMES.inc()
         packet = parse_segment(frame.segment)
         if isinstance(packet, Malformed):
             conn.rejects += 1
@@ -301,6 +305,7 @@ class Gateway:
             return  # the logger left; it resends, and the resend stores nothing twice
         conn.writer.write(data)
         self.counters.answers += 1
+        metrics.HJ212_ANSWERS.inc()
 
     async def _put(self, message: Message) -> None:
         # The writer's queue is bounded: while it is full, this connection stops reading

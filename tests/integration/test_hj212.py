@@ -410,3 +410,32 @@ def test_no_answer_before_the_readings_are_durable(
         assert reading_count(pg_engine, "dust-yc") == 8
     finally:
         held.stop()
+
+
+def test_the_logger_simulator_uploads_its_backlog_once_answered(
+    pg_url: str, pg_engine: Engine, tmp_path: object
+) -> None:
+    from devices.hj212_logger import HJ212Logger
+    from devices.simulators import DustMonitor
+
+    ing = start_gateway(pg_url, pg_engine, tmp_path)
+    assert ing.gateway is not None and ing.gateway.port
+    try:
+        sim = HJ212Logger(
+            DustMonitor("dust-yc"),
+            mn="ZX00001",
+            password="123456",
+            host="127.0.0.1",
+            port=ing.gateway.port,
+            timeout_s=1.0,
+            retries=1,
+        )
+        now = datetime.now(TZ).replace(second=0, microsecond=0)
+        # two samples from an outage (never answered), then the platform is back
+        sim.pending.extend([now - timedelta(minutes=2), now - timedelta(minutes=1)])
+        assert sim.upload(now)
+        assert not sim.pending
+        assert reading_count(pg_engine, "dust-yc") == 3 * 8
+        sim.close()
+    finally:
+        ing.stop()
