@@ -439,3 +439,39 @@ def test_the_logger_simulator_uploads_its_backlog_once_answered(
         sim.close()
     finally:
         ing.stop()
+
+
+def test_fleet_file_keys_register_the_identity_and_a_reimport_without_them_keeps_it(
+    sqlite_url: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from devices.fleet import load_fleet_file
+    from monitor.broker_auth import verify_password
+    from monitor.core.models import Device
+    from monitor.registry import import_fleet
+
+    site = (
+        'id = "cs-1"\nname = "cs"\ndistrict = "Lanshan"\nkind = "construction_site"\n'
+        "latitude = 35.1\nlongitude = 118.3\n"
+    )
+    device = 'id = "dust-9"\nsite_id = "cs-1"\nkind = "dust_monitor"\nname = "d"\n'
+    first = Path(str(tmp_path)) / "first.toml"
+    first.write_text(
+        f'[[sites]]\n{site}[[devices]]\n{device}hj212_mn = "MN0009"\nhj212_password = "654321"\n'
+        'hj212_unit = "ng/m3"\n'
+    )
+    again = Path(str(tmp_path)) / "again.toml"
+    again.write_text(f"[[sites]]\n{site}[[devices]]\n{device}")
+    engine = make_engine(sqlite_url)
+    d = table(Device)
+    try:
+        for path in (first, again):
+            with engine.begin() as conn:
+                import_fleet(conn, load_fleet_file(path))
+            with engine.connect() as conn:
+                row = conn.execute(select(d).where(d.c.id == "dust-9")).one()
+            assert row.hj212_mn == "MN0009" and row.hj212_unit == "ng/m3"
+            assert verify_password("654321", row.hj212_password_hash)
+    finally:
+        engine.dispose()
