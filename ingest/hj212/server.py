@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DEAD_TOPIC = HJ212_DEAD_TOPIC
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
+CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
 _REASONS = {
     FrameError.bad_crc: Reason.hj212_bad_crc,
     FrameError.bad_length: Reason.hj212_bad_length,
@@ -78,6 +79,28 @@ def _answer(packet: Packet, cn: str, cp: str) -> bytes:
         parts.append(f"PW={packet.pw}")
     parts += [f"MN={packet.mn}", f"Flag={VERSION_FLAG[packet.version]}", f"CP=&&{cp}&&"]
     return encode_frame(";".join(parts))
+
+
+def qn_skew_s(qn: str | None, now: datetime) -> float | None:
+    """Seconds the logger's clock is ahead of `now`, read from its QN (its local time to the
+    ms, §1.3); None when the QN is not a time."""
+    if qn is None or len(qn) < 14 or not qn[:14].isdigit():
+        return None
+    try:
+        at = datetime.strptime(qn[:14], "%Y%m%d%H%M%S").replace(tzinfo=now.tzinfo)
+    except ValueError:
+        return None
+    return (at - now).total_seconds()
+
+
+def set_time_1012(packet: Packet, now: datetime) -> bytes:
+    """The platform's "set time" (1012) with its local time, asking for an answer."""
+    st = packet.fields.get("ST", "91")
+    return encode_frame(
+        f"QN={now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d};ST={st};CN=1012;"
+        f"PW={packet.pw or ''};MN={packet.mn};Flag={VERSION_FLAG[packet.version] | 1};"
+        f"CP=&&SystemTime={now:%Y%m%d%H%M%S}&&"
+    )
 
 
 @dataclass(slots=True)
@@ -240,8 +263,16 @@ class Gateway:
         cn = packet.cn or ""
         if cn in DATA_CNS:
             await self._data(conn, packet, device, frame)
-        elif cn in ("1013", "9015"):
-            # a time-calibration request or a 2025 heartbeat: noticed, answered with 9013
+        elif cn == "1013":
+            # a time-calibration request: noticed (9013), then the platform's time (1012)
+            # when the logger's clock, as its QN shows it, is off
+            if packet.needs_answer:
+                self._send(conn, answer_9013(packet))
+            skew = qn_skew_s(packet.qn, datetime.now(self._tz))
+            if skew is None or abs(skew) > CLOCK_TOLERANCE_S:
+                self._send(conn, set_time_1012(packet, datetime.now(self._tz)))
+        elif cn == "9015":
+            # the 2025 heartbeat: keeps the connection alive; answered when asked
             if packet.needs_answer:
                 self._send(conn, answer_9013(packet))
         else:

@@ -475,3 +475,27 @@ def test_fleet_file_keys_register_the_identity_and_a_reimport_without_them_keeps
             assert verify_password("654321", row.hj212_password_hash)
     finally:
         engine.dispose()
+
+
+def test_time_calibration_is_answered_and_a_wrong_clock_is_set(gateway: Ingestor) -> None:
+    now = datetime.now(TZ)
+    logger = Logger(gateway)
+    # the logger's clock (its QN) is right: only the notice answer
+    logger.send(
+        encode_frame(f"QN={now:%Y%m%d%H%M%S}000;ST=39;CN=1013;PW=123456;MN=ZX00001;Flag=5;CP=&&&&")
+    )
+    assert [a.cn for a in logger.answers(1)] == ["9013"]
+    assert logger.silent(1.0)
+    # an hour behind: 9013, then 1012 with the platform's local time
+    late = now - timedelta(hours=1)
+    logger.send(
+        encode_frame(f"QN={late:%Y%m%d%H%M%S}000;ST=39;CN=1013;PW=123456;MN=ZX00001;Flag=5;CP=&&&&")
+    )
+    notice, set_time = logger.answers(2)
+    assert (notice.cn, set_time.cn) == ("9013", "1012")
+    system = datetime.strptime(set_time.cp["SystemTime"], "%Y%m%d%H%M%S").replace(tzinfo=TZ)
+    assert abs((system - datetime.now(TZ)).total_seconds()) < 10
+    # a 2025 heartbeat is answered too
+    logger.send(encode_frame("QN=1;ST=39;CN=9015;PW=123456;MN=ZX00001;Flag=9;CP=&&&&"))
+    (beat,) = logger.answers(1)
+    assert beat.cn == "9013" and beat.fields["Flag"] == "8"
