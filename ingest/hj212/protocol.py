@@ -22,9 +22,10 @@ MAX_BUFFER = 2 * (2 + 4 + MAX_DATA_LEN + 4 + 2)
 RAW_EXCERPT = 1024
 
 
-def crc16(data: bytes) -> int:
-    """HJ 212-2017 Appendix A "ANSI CRC16". Not CRC-16/MODBUS: the register is shifted right
-    by 8 before the byte is XORed in (standards.md §1.2; worked example gives 0x1C80)."""
+def crc16_bitwise(data: bytes) -> int:
+    """HJ 212-2017 Appendix A "ANSI CRC16", as the standard describes it. Not CRC-16/MODBUS:
+    the register is shifted right by 8 before the byte is XORed in (standards.md §1.2; the
+    worked example gives 0x1C80)."""
     crc = 0xFFFF
     for byte in data:
         crc = (crc >> 8) ^ byte
@@ -33,6 +34,28 @@ def crc16(data: bytes) -> int:
             crc >>= 1
             if lsb:
                 crc ^= 0xA001
+    return crc
+
+
+def _table() -> tuple[int, ...]:
+    out = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        out.append(crc)
+    return tuple(out)
+
+
+# `(crc >> 8) ^ byte` is always below 256, so the eight shifts that follow depend on that
+# byte alone: one table lookup per byte gives the same result as crc16_bitwise, 8x faster.
+_TABLE = _table()
+
+
+def crc16(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc = _TABLE[(crc >> 8) ^ byte]
     return crc
 
 

@@ -13,6 +13,8 @@ from ingest.hj212.protocol import (
     Packet,
     Rejected,
     Version,
+    crc16,
+    crc16_bitwise,
     crc_text,
     encode_frame,
     parse_segment,
@@ -35,6 +37,12 @@ def test_crc_of_the_standards_worked_example_is_1c80() -> None:
 def test_crc_is_not_modbus() -> None:
     # CRC-16/MODBUS gives 0759 on the same bytes (§1.2)
     assert crc_text(WORKED.encode()) != "0759"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_the_table_crc_is_the_standards_bitwise_crc(data: bytes) -> None:
+    assert crc16(data) == crc16_bitwise(data)
 
 
 def frames(items: list[Frame | Rejected]) -> list[Frame]:
