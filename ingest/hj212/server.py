@@ -131,6 +131,8 @@ class Gateway:
         self._host = settings.hj212_host
         self._port = settings.hj212_port
         self._idle_s = settings.hj212_idle_s
+        self._per_address = settings.hj212_max_connections_per_address
+        self._by_address: dict[str, int] = {}
         self._prefix = settings.mqtt_topic_prefix
         self._tz = ZoneInfo(settings.timezone)
         self._inbox = inbox
@@ -178,6 +180,11 @@ class Gateway:
             self._server.close()
             for conn in list(self._conns):
                 conn.writer.close()
+            # the connections' handlers end here, not with the loop (no task left pending)
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             await self._server.wait_closed()
 
     def stop(self) -> None:
@@ -192,6 +199,12 @@ class Gateway:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
+        held = self._by_address.get(conn.peer, 0)
+        if self._per_address and held >= self._per_address:
+            log.warning("HJ 212: %s already holds %d connections; refused", conn.peer, held)
+            writer.close()
+            return
+        self._by_address[conn.peer] = held + 1
         self._conns.add(conn)
         self.counters.connections += 1
         metrics.HJ212_CONNECTIONS.inc()
@@ -205,6 +218,9 @@ class Gateway:
         finally:
             conn.closed = True
             self._conns.discard(conn)
+            left = self._by_address.pop(conn.peer, 1) - 1
+            if left:
+                self._by_address[conn.peer] = left
             self.counters.connections -= 1
             metrics.HJ212_CONNECTIONS.dec()
             writer.close()

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     hj212_idle_s: float = Field(
         600.0, gt=0, description="An HJ 212 connection silent this long is closed"
     )
+    hj212_max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="Open HJ 212 connections one source address may hold; 0 = no limit (loggers "
+        "behind a carrier's NAT share addresses)",
+    )
     webhook_url: str | None = Field(
         None,
         description="Where alert notifications are POSTed (JSON, HMAC-signed, see "

@@ -99,7 +99,7 @@ DEVICES = {
 PASSWORDS = {"010000A8900016F000169DC0": "100000"}
 
 
-def start_gateway(url: str, engine: Engine, tmp_path: object) -> Ingestor:
+def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: object) -> Ingestor:
     with engine.begin() as conn:
         upsert_site(
             conn, SiteCreate(id="cs-1", name="cs-1", district="Lanshan", kind="construction_site")
@@ -117,8 +117,14 @@ def start_gateway(url: str, engine: Engine, tmp_path: object) -> Ingestor:
                     }
                 ),
             )
-    settings = Settings(
-        database_url=url, data_dir=tmp_path, hj212_port=free_port(), hj212_idle_s=30
+    settings = Settings.model_validate(
+        {
+            "database_url": url,
+            "data_dir": tmp_path,
+            "hj212_port": free_port(),
+            "hj212_idle_s": 30,
+            **overrides,
+        }
     )
     ing = Ingestor(settings, engine, mqtt=False, hj212=True)
     ing.start()
@@ -499,3 +505,16 @@ def test_time_calibration_is_answered_and_a_wrong_clock_is_set(gateway: Ingestor
     logger.send(encode_frame("QN=1;ST=39;CN=9015;PW=123456;MN=ZX00001;Flag=9;CP=&&&&"))
     (beat,) = logger.answers(1)
     assert beat.cn == "9013" and beat.fields["Flag"] == "8"
+
+
+def test_connections_per_address_can_be_limited(
+    pg_url: str, pg_engine: Engine, tmp_path: object
+) -> None:
+    ing = start_gateway(pg_url, pg_engine, tmp_path, hj212_max_connections_per_address=1)
+    try:
+        first, second = Logger(ing), Logger(ing)
+        assert second.sock.recv(10) == b""  # closed at once
+        first.send(YC_DUST)
+        assert len(first.answers(1)) == 1
+    finally:
+        ing.stop()
