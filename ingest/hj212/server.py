@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -309,6 +310,7 @@ class Gateway:
         result = await asyncio.to_thread(self.identities.check, mn, packet.pw, conn.peer)
         if isinstance(result, Refused):
             # no answer either way: the logger cannot tell an unknown MN from a wrong PW
+            conn.rejects += 1
             await self._reject(conn, result.reason, result.detail, frame.raw)
             return None
         conn.mn, conn.device = mn, result
@@ -369,8 +371,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_PW = re.compile(r"(PW=)[^;&]*")
+
+
 def _text(raw: bytes) -> str:
-    return raw[:RAW_EXCERPT].decode("utf-8", errors="replace")
+    """The frame as kept in a dead letter: truncated, and with its PW masked (a wrong PW is
+    often a near miss of the right one, and dead letters are readable over the API)."""
+    return _PW.sub(r"\1***", raw[:RAW_EXCERPT].decode("utf-8", errors="replace"))
 
 
 def reply_after_commit(messages: list[Message]) -> None:

@@ -314,6 +314,10 @@ def test_wrong_pw_and_unknown_mn_get_the_same_silence(gateway: Ingestor, pg_engi
     assert wrong.silent() and unknown.silent(0.2)
     wait_for(lambda: len(dead(pg_engine)) == 2, 10, "two dead letters")
     assert sorted(r for r, *_ in dead(pg_engine)) == ["hj212_unknown_mn", "hj212_wrong_password"]
+    d = table(DeadLetter)
+    with pg_engine.connect() as conn:
+        payloads = conn.execute(select(d.c.payload)).scalars().all()
+    assert all("PW=***;" in p and "654321" not in p for p in payloads)  # PW masked
     assert reading_count(pg_engine, "dust-yc") == 0
 
 
