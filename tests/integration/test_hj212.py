@@ -7,6 +7,7 @@ exactly as published, CRC included (each CRC was checked: Appendix A gives the p
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from ingest.hj212.protocol import Frame, Framer, Packet, crc_text, encode_frame, parse_segment
@@ -522,3 +526,40 @@ def test_connections_per_address_can_be_limited(
         assert len(first.answers(1)) == 1
     finally:
         ing.stop()
+
+
+_FRAGMENTS = st.one_of(
+    st.binary(max_size=120),
+    st.just(YC_DUST),
+    st.just(BAD_CRC),
+    st.builds(lambda b: encode_frame(b.decode("latin-1")), st.binary(max_size=120)),
+    st.builds(
+        lambda cp: encode_frame(
+            f"QN=1;ST=39;CN=2011;PW=123456;MN=ZX00001;Flag=5;CP=&&DataTime=20261201080000;{cp}&&"
+        ),
+        st.text(alphabet="a0123456789-=;,.RtdFlagNAvg", max_size=60),
+    ),
+)
+
+
+@hsettings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(chunks=st.lists(_FRAGMENTS, min_size=1, max_size=6))
+def test_fuzz_any_bytes_never_break_the_handler_and_others_are_served(
+    gateway: Ingestor, caplog: pytest.LogCaptureFixture, chunks: list[bytes]
+) -> None:
+    caplog.set_level(logging.ERROR, logger="ingest.hj212.server")
+    fuzz = Logger(gateway)
+    for chunk in chunks:
+        try:
+            fuzz.send(chunk)
+        except OSError:
+            break  # the server closed a garbage connection: allowed
+    fuzz.close()
+    good = Logger(gateway)
+    now = datetime.now(TZ).replace(microsecond=0)
+    good.send(frame_2011("ZX00001", now, "7", "a34002-Rtd=12.5"))
+    assert [a.qn for a in good.answers(1)] == ["7"]
+    good.close()
+    assert not [r for r in caplog.records if r.name == "ingest.hj212.server"]
