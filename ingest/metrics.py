@@ -43,3 +43,7 @@ LAST_SEEN = Gauge(
     "When a device's last message arrived",
     ["device_id"],
 )
+# The HJ 212 gateway; its dead letters are counted by reason in envmon_dead_letters
+HJ212_CONNECTIONS = Gauge("envmon_hj212_connections", "Open HJ 212 logger connections")
+HJ212_FRAMES = Counter("envmon_hj212_frames", "HJ 212 frames that passed framing and CRC")
+HJ212_ANSWERS = Counter("envmon_hj212_answers", "HJ 212 answers (9014, 9013) sent to loggers")

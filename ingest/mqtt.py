@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,9 @@ class Message:
     qos: int
     received_at: datetime
     generation: int  # which connection delivered it; -1 for messages replayed from the spool
+    # called by the writer once the message is durable (committed or spooled): the HJ 212
+    # gateway's answer to the logger; MQTT messages are acknowledged by `MqttIntake.ack`
+    reply: Callable[[], None] | None = None
 
 
 class LoginRefused(RuntimeError):

@@ -1,12 +1,15 @@
-"""The ingestor process: MQTT intake -> bounded queue -> writer (store, evaluate, acknowledge)."""
+"""The ingestor process: MQTT intake (and the HJ 212 gateway) -> bounded queue -> writer
+(store, evaluate, acknowledge)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 
 from sqlalchemy import Engine
 
+from ingest.hj212.server import Gateway, reply_after_commit
 from ingest.mqtt import Message, MqttIntake
 from ingest.registry import DeviceRegistry
 from ingest.writer import Stats, Writer
@@ -14,23 +17,36 @@ from monitor.core.settings import Settings
 from monitor.retention import Pruner
 
 log = logging.getLogger(__name__)
+DEFAULT_HJ212_PORT = 8212
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, *, mqtt: bool = True, hj212: bool = False
+    ) -> None:
         inbox: queue.Queue[Message] = queue.Queue(maxsize=settings.queue_max_messages)
         self.inbox = inbox
-        self.intake = MqttIntake(settings, inbox)
+        self.intake = MqttIntake(settings, inbox)  # connects only in start()
+        self._mqtt = mqtt
+        self.gateway = Gateway(settings, engine, inbox) if hj212 and settings.hj212_port else None
         self.registry = DeviceRegistry(engine)
         self.writer = Writer(
             settings,
             engine,
             inbox,
             self.registry,
-            self.intake.ack,
-            generation=lambda: self.intake.generation,
+            self._ack,
+            generation=(lambda: self.intake.generation) if mqtt else None,
         )
         self.pruner = Pruner(settings, engine)
+        self._hj212_port = settings.hj212_port
+
+    def _ack(self, messages: list[Message]) -> None:
+        # one writer, two transports: MQTT messages go back to the broker, HJ 212 frames get
+        # their 9014 answer; both only after the batch is durable
+        if self._mqtt:
+            self.intake.ack(messages)
+        reply_after_commit(messages)
 
     @property
     def stats(self) -> Stats:
@@ -38,14 +54,36 @@ class Ingestor:
 
     def start(self) -> None:
         self.writer.start()
-        self.intake.start()
+        if self._mqtt:
+            self.intake.start()
         self.pruner.start()
+        if self.gateway is not None:
+            self._start_gateway(self.gateway)
         log.info("ingestor running")
+
+    def _start_gateway(self, gateway: Gateway) -> None:
+        try:
+            gateway.start()
+        except OSError as exc:
+            # Two demos side by side: the second one runs without the gateway rather than not
+            # at all. A port chosen explicitly must work, though.
+            if exc.errno == errno.EADDRINUSE and self._hj212_port == DEFAULT_HJ212_PORT:
+                log.warning(
+                    "HJ 212 port %d is in use; running without the HJ 212 gateway "
+                    "(set ENVMON_HJ212_PORT to another port, or 0)",
+                    self._hj212_port,
+                )
+                self.gateway = None
+                return
+            raise
 
     def stop(self) -> None:
         """Stop intake, flush the last batch, acknowledge it, disconnect."""
         self.pruner.stop()
         self.intake.stop_intake()
+        if self.gateway is not None:
+            self.gateway.stop()
         self.writer.stop()
-        self.intake.close()
+        if self._mqtt:
+            self.intake.close()
         log.info("ingestor stopped: %s", self.stats)

@@ -16,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from ingest.contract import STATUS, TELEMETRY, ReadingSet, parse_topic, same_unit
-from monitor.core.catalogue import METRICS, DeviceKind
+from monitor.core.catalogue import SERIES, DeviceKind
 
 PAYLOAD_EXCERPT = 4096
 # No field sensor of ours reports from before this; earlier stamps are unit mistakes
@@ -44,6 +44,15 @@ class Reason(StrEnum):
     duplicate_key = "duplicate_key"
     bad_status = "bad_status"
     store_failed = "store_failed"
+    # HJ 212 gateway (ingest/hj212): what a frame or one of its readings failed on
+    hj212_bad_crc = "hj212_bad_crc"
+    hj212_bad_length = "hj212_bad_length"
+    hj212_oversize = "hj212_oversize"
+    hj212_garbage = "hj212_garbage"
+    hj212_bad_cp = "hj212_bad_cp"
+    hj212_unknown_mn = "hj212_unknown_mn"
+    hj212_wrong_password = "hj212_wrong_password"
+    hj212_unknown_code = "hj212_unknown_code"
 
 
 class Row(NamedTuple):
@@ -229,7 +238,7 @@ def _reading_set(
         )
         return
     for metric, value in rs.values.items():
-        spec = METRICS.get(metric)
+        spec = SERIES.get(metric)
         if spec is None:
             dead(
                 Reason.unknown_metric,

@@ -25,6 +25,7 @@ from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
 from alerts.service import StaleAlert
 from ingest import metrics
 from ingest.contract import marker_topic
+from ingest.hj212.convert import decode_dead
 from ingest.mqtt import Message
 from ingest.repository import (
     advance_watermarks,
@@ -62,6 +63,9 @@ RETRY_ATTEMPTS = 5
 
 def _retryable(exc: OperationalError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
+
+
+HJ212_DEAD_TOPIC = "hj212/dead-letters"  # ingest.hj212.server.DEAD_TOPIC
 
 
 @dataclass(slots=True)
@@ -363,6 +367,10 @@ class Writer:
                 insert_dead_letters(conn, [record], msg.received_at)
 
     def _parse(self, m: Message) -> Parsed:
+        if m.topic == HJ212_DEAD_TOPIC:
+            # dead letters the HJ 212 gateway judged itself (CRC, MN, PW, codes): stored in
+            # the batch of the frame's readings, so the frame's answer waits for both
+            return Parsed(dead=decode_dead(m.payload))
         try:
             return parse_message(
                 m.topic,

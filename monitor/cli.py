@@ -127,11 +127,13 @@ def up(
         dispatcher = Dispatcher(settings, engine)
         dispatcher.start()
         stoppers.insert(0, dispatcher.stop)
-        ingestor = Ingestor(settings, engine)
+        ingestor = Ingestor(settings, engine, hj212=True)
         ingestor.start()
         stoppers.insert(0, ingestor.stop)
         if demo is not None:
             stoppers.insert(0, _start_simulator(settings, demo))
+            if ingestor.gateway is not None and ingestor.gateway.port:
+                stoppers.insert(0, _start_hj212_demo(engine, demo, ingestor.gateway.port))
         base = f"http://{settings.api_host}:{settings.api_port}"
         auth_hint = '  -H "Authorization: Bearer $(cat KEYFILE)"'.replace(
             "KEYFILE", str(demo.admin_key_file) if demo else "<your key file>"
@@ -306,6 +308,59 @@ def _start_simulator(settings: Settings, demo: Demo) -> Any:
             publisher.close()
 
     thread = threading.Thread(target=run, name="envmon-demo-fleet", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(15)
+
+    return halt
+
+
+HJ212_DEMO_DEVICE = "dust-hj212-01"
+HJ212_DEMO_MN = "ENVMONDEMO00000000000001"
+
+
+def _start_hj212_demo(engine: Any, demo: Demo, port: int) -> Any:
+    """One dust monitor that speaks HJ 212 to the gateway, beside the MQTT fleet. Registered
+    only once the gateway listens, so a demo without the gateway has no silent device."""
+    from devices.hj212_logger import HJ212Logger
+    from devices.simulators import DustMonitor
+    from monitor.broker_auth import new_password
+    from monitor.core.catalogue import DeviceKind
+    from monitor.registry import DeviceCreate, upsert_device
+
+    site = next(d["site_id"] for d in demo.fleet.devices if d["kind"] == "dust_monitor")
+    password = new_password()[:6]  # an HJ 212 PW is six characters
+    with engine.begin() as conn:
+        upsert_device(
+            conn,
+            DeviceCreate(
+                id=HJ212_DEMO_DEVICE,
+                site_id=site,
+                kind=DeviceKind.dust_monitor,
+                name="HJ 212 dust monitor (simulated logger)",
+                interval_s=10,
+                hj212_mn=HJ212_DEMO_MN,
+                hj212_password=password,
+            ),
+        )
+    logger = HJ212Logger(
+        DustMonitor(HJ212_DEMO_DEVICE),
+        mn=HJ212_DEMO_MN,
+        password=password,
+        host="127.0.0.1",
+        port=port,
+    )
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            logger.run(stop, 10.0)
+        except Exception:
+            log.exception("HJ 212 demo logger stopped")
+
+    thread = threading.Thread(target=run, name="envmon-demo-hj212", daemon=True)
     thread.start()
 
     def halt() -> None:

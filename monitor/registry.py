@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,11 @@ from monitor.core.models import Device, DeviceStatus, Site, table
 
 sites_t = table(Site)
 devices_t = table(Device)
+
+
+class HJ212Unit(StrEnum):
+    ug_m3 = "ug/m3"
+    ng_m3 = "ng/m3"
 
 
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -79,13 +85,39 @@ class DeviceCreate(BaseModel):
     dma_role: DmaRole | None = Field(
         None, description="A leak meter's role in its DMA (null: inlet)"
     )
+    hj212_mn: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The HJ 212 data logger's MN, if the device speaks HJ 212 over TCP",
+    )
+    hj212_password: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The logger's PW (six characters in the standard); stored hashed only",
+    )
+    hj212_unit: HJ212Unit | None = Field(
+        None,
+        description="Unit of the logger's particulate values: ug/m3 (the default) or ng/m3 "
+        "(the standard's table unit, scaled to µg/m³ on intake)",
+    )
 
 
-def _upsert(conn: Connection, table: Any, model: BaseModel) -> None:
+def _upsert(
+    conn: Connection,
+    table: Any,
+    model: BaseModel,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Insert a record, or update the stored one with the keys the caller gave: a re-import
-    that leaves a key out leaves its stored value alone (defaults apply to new rows only)."""
-    values = model.model_dump(mode="json")
-    given = model.model_dump(mode="json", exclude_unset=True)
+    that leaves a key out leaves its stored value alone (defaults apply to new rows only).
+    `exclude` keys are not columns; `extra` columns count as given."""
+    values = model.model_dump(mode="json", exclude=set(exclude)) | (extra or {})
+    given = model.model_dump(mode="json", exclude_unset=True, exclude=set(exclude)) | (extra or {})
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(table).values(values)
     updates = {k: v for k, v in given.items() if k != "id"}
@@ -109,7 +141,13 @@ def upsert_device(conn: Connection, device: DeviceCreate) -> str | None:
         check_username(device.id)
     except ValueError as exc:
         raise InvalidInput(f"id: {exc}", field="id") from exc
-    _upsert(conn, devices_t, device)
+    # the HJ 212 PW is stored hashed, as the MQTT one; a re-import without it keeps the hash
+    extra = (
+        {"hj212_password_hash": hash_password(device.hj212_password)}
+        if device.hj212_password is not None
+        else None
+    )
+    _upsert(conn, devices_t, device, exclude=frozenset({"hj212_password"}), extra=extra)
     has = conn.execute(
         select(devices_t.c.mqtt_password_hash).where(devices_t.c.id == device.id)
     ).scalar_one()

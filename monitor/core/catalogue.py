@@ -72,11 +72,13 @@ METRICS: dict[str, Metric] = {
         Metric("pm25", "µg/m³", "PM2.5 mass concentration", _D, 0, 20000, "a34004"),
         Metric("pm10", "µg/m³", "PM10 mass concentration", _D, 0, 20000, "a34002"),
         Metric("tsp", "µg/m³", "Total suspended particulates", _D, 0, 50000, "a34001"),
+        Metric("pm1", "µg/m³", "PM1.0 mass concentration", _D, 0, 20000, "a34005"),
         Metric("noise", "dB(A)", "A-weighted sound level (LAeq)", _D, 0, 150, "LA"),
         Metric("wind_speed", "m/s", "Wind speed", _D, 0, 75, "a01007"),
         Metric("wind_direction", "°", "Wind direction, clockwise from north", _D, 0, 360, "a01008"),
         Metric("air_temperature", "°C", "Air temperature", _D, -60, 70, "a01001"),
         Metric("humidity", "%RH", "Relative humidity", _D, 0, 100, "a01002"),
+        Metric("air_pressure", "kPa", "Atmospheric pressure", _D, 30, 110, "a01006"),
         Metric("turbidity", "NTU", "Turbidity", _W, 0, 4000, "w01003"),
         Metric("free_chlorine", "mg/L", "Free chlorine residual", _W, 0, 20),
         Metric("ph", "pH", "pH", _W, 0, 14, "w01001"),
@@ -96,3 +98,38 @@ METRICS: dict[str, Metric] = {
 
 def metrics_for(kind: DeviceKind) -> list[Metric]:
     return [m for m in METRICS.values() if kind in m.kinds]
+
+
+# HJ 212 period data (2051 minute, 2061 hour, 2031 day: -Avg/-Min/-Max) is stored as its own
+# series, `<metric>.<stat>_<period>` (e.g. `pm10.avg_hour`), so that it can never collide with
+# or overwrite the real-time reading of the same metric and instant (the period's DataTime is
+# its start). The rules and the readings' hourly rollups see the real-time metrics only.
+PERIOD_STATS = ("avg", "min", "max")
+PERIODS = ("minute", "hour", "day")
+
+
+def period_metric(metric: str, stat: str, period: str) -> str:
+    return f"{metric}.{stat}_{period}"
+
+
+def _period_series(m: Metric) -> list[Metric]:
+    return [
+        Metric(
+            period_metric(m.name, stat, period),
+            m.unit,
+            f"{m.description}, {stat} over the logger's {period} (HJ 212 period data)",
+            m.kinds,
+            m.low,
+            m.high,
+            m.hj212,
+        )
+        for period in PERIODS
+        for stat in PERIOD_STATS
+    ]
+
+
+# Every storable series: the metrics above and, for those with an HJ 212 code, their periods.
+SERIES: dict[str, Metric] = {
+    **METRICS,
+    **{p.name: p for m in METRICS.values() if m.hj212 for p in _period_series(m)},
+}

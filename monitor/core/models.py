@@ -183,6 +183,11 @@ class Device(Base):
     mqtt_password_hash: Mapped[str | None] = mapped_column(String(255))
     # what a leak meter is to its DMA (catalogue.DmaRole); null means inlet
     dma_role: Mapped[str | None] = mapped_column(String(16))
+    # HJ 212 identity (ingest/hj212): the logger's MN and its PW, hashed like the MQTT one
+    hj212_mn: Mapped[str | None] = mapped_column(String(64), unique=True)
+    hj212_password_hash: Mapped[str | None] = mapped_column(String(255))
+    # unit its particulate codes arrive in: "ug/m3" (default when None) or "ng/m3" (§1.11)
+    hj212_unit: Mapped[str | None] = mapped_column(String(16))
 
 
 class Role(StrEnum):

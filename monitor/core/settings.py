@@ -126,6 +126,23 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9108, description="Port of /metrics for `envmon ingest` (the API serves its own)"
     )
+    hj212_host: str = Field(
+        "127.0.0.1",
+        description="Address the HJ 212 gateway listens on (0.0.0.0 for loggers, on a private "
+        "APN or VPN only: HJ 212 is plain TCP with the PW in clear)",
+    )
+    hj212_port: int = Field(
+        8212, ge=0, le=65535, description="TCP port of the HJ 212 gateway; 0 = no gateway"
+    )
+    hj212_idle_s: float = Field(
+        600.0, gt=0, description="An HJ 212 connection silent this long is closed"
+    )
+    hj212_max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="Open HJ 212 connections one source address may hold; 0 = no limit (loggers "
+        "behind a carrier's NAT share addresses)",
+    )
     webhook_url: str | None = Field(
         None,
         description="Where alert notifications are POSTed (JSON, HMAC-signed, see "

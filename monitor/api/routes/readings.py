@@ -12,7 +12,7 @@ from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
 from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
 from monitor.api.schemas import BucketRead, ReadingRead
 from monitor.api.scope import devices_in_scope
-from monitor.core.catalogue import METRICS
+from monitor.core.catalogue import SERIES
 from monitor.core.exceptions import InvalidInput
 from monitor.core.models import Device, HourlyRollup, Reading, Site, table
 
@@ -48,7 +48,7 @@ def list_readings(
 ) -> Page[ReadingRead] | Page[BucketRead]:
     """Readings, newest event time first; raw or bucketed by hour."""
     check_range(start, end, settings.api_max_range_days)
-    if metric is not None and metric not in METRICS:
+    if metric is not None and metric not in SERIES:
         raise InvalidInput(f"unknown metric {metric!r}", field="query.metric")
     table = readings if bucket == Bucket.raw else rollups
     time_col = table.c.ts if bucket == Bucket.raw else table.c.hour
@@ -88,7 +88,7 @@ def list_readings(
         nxt = encode_cursor([t.isoformat(), last["device_id"], last["metric"]])
     if bucket == Bucket.raw:
         return Page[ReadingRead](
-            items=[ReadingRead(**r, unit=METRICS[r["metric"]].unit) for r in page],
+            items=[ReadingRead(**r, unit=SERIES[r["metric"]].unit) for r in page],
             next_cursor=nxt,
         )
     return page_json([_bucket(r) for r in page], nxt)  # type: ignore[return-value]
@@ -100,7 +100,7 @@ def _bucket(r: Any) -> dict[str, Any]:
         "device_id": r["device_id"],
         "metric": r["metric"],
         "hour": r["hour"],
-        "unit": METRICS[r["metric"]].unit,
+        "unit": SERIES[r["metric"]].unit,
         "mean": r["sum"] / r["count"],
         "min": r["min"],
         "max": r["max"],

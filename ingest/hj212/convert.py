@@ -1,0 +1,137 @@
+"""A parsed HJ 212 packet -> the MQTT contract's reading set, plus dead letters.
+
+The gateway stores nothing itself: it turns each data frame into the same `ReadingSet` JSON a
+device would publish on MQTT and hands it to the one write path, which validates it (range,
+kind, future time) exactly as it validates MQTT. What only HJ 212 can judge (unknown codes,
+unreadable DataTime) becomes dead letters here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from ingest.hj212.codes import PARTICULATE_CODES, PERIODS, REALTIME_CN, metric_for, series_for
+from ingest.hj212.protocol import Packet, split_key
+from ingest.validate import DeadLetterRecord, Reason
+from monitor.core.catalogue import QualityFlag
+
+DATA_CNS = frozenset({REALTIME_CN, *PERIODS})
+# CP keys that are not readings (§1.5): never reported as unknown codes
+_NOT_READINGS = {"DataTime", "Flag", "PolId", "BeginTime", "EndTime", "SystemTime"}
+# suffixes carried beside a value that are not values of their own (§1.5)
+_ATTRIBUTES = {"Flag", "EFlag", "SampleTime", "Ori"}
+_FLAGS = {f.value for f in QualityFlag}
+
+
+class Device(NamedTuple):
+    device_id: str
+    unit: str | None  # "ng/m3" when particulates arrive in the standard's unit
+
+
+@dataclass(slots=True)
+class Converted:
+    reading_set: dict[str, object] | None = None
+    dead: list[DeadLetterRecord] = field(default_factory=list)
+    deviations: list[str] = field(default_factory=list)
+
+
+def _num(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def data_time(text: str | None, tz: ZoneInfo) -> datetime | None:
+    """`DataTime=YYYYMMDDhhmmss` is local time in the city's zone (no offset on the wire)."""
+    if text is None or len(text) != 14 or not text.isdigit():
+        return None
+    try:
+        return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=tz)
+    except ValueError:
+        return None
+
+
+def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) -> Converted:
+    """The reading set of a 2011/2051/2061/2031 packet and a dead letter per unusable value."""
+    out = Converted()
+    cn = packet.cn or ""
+
+    def dead(reason: Reason, detail: str) -> None:
+        out.dead.append(DeadLetterRecord(topic, device.device_id, reason, detail, raw))
+
+    ts = data_time(packet.cp.get("DataTime"), tz)
+    if ts is None:
+        dead(Reason.hj212_bad_cp, f"DataTime={packet.cp.get('DataTime')!r} is not YYYYMMDDhhmmss")
+        return out
+    values: dict[str, float] = {}
+    flags: dict[str, str] = {}
+    by_code: dict[str, str] = {}  # metric -> the code it came from, for the flag lookup
+    for key, text in packet.cp.items():
+        if key in _NOT_READINGS:
+            continue
+        parts = split_key(key)
+        if parts is None:
+            dead(Reason.hj212_unknown_code, f"CP key {key!r} has no -suffix")
+            continue
+        code, suffix = parts
+        if suffix in _ATTRIBUTES:
+            continue
+        if code.endswith("-Rtd"):
+            # §1.5: one broken device sends `LA-Rtd-Rtd=71.0` (and `LA-Rtd-Flag`)
+            code = code[: -len("-Rtd")]
+            out.deviations.append("doubled_suffix")
+        metric = metric_for(code)
+        series = series_for(metric, cn, suffix) if metric else None
+        if series is None:
+            what = f"factor code {code!r}" if metric is None else f"suffix -{suffix} in CN={cn}"
+            dead(Reason.hj212_unknown_code, f"{what} is not mapped ({key}={text[:40]})")
+            continue
+        value = _num(text)
+        if value is None:
+            dead(Reason.hj212_bad_cp, f"{key}={text[:40]!r} is not a number")
+            continue
+        if device.unit == "ng/m3" and code in PARTICULATE_CODES:
+            value /= 1000.0  # the standard's table unit (ng/m³) -> the catalogue's µg/m³
+        values[series] = value
+        by_code[series] = code
+    for series, code in by_code.items():
+        flag = packet.cp.get(f"{code}-Flag") or packet.cp.get(f"{code}-Rtd-Flag")
+        if flag in _FLAGS:
+            flags[series] = flag
+        elif flag is not None:
+            dead(Reason.hj212_bad_cp, f"{code}-Flag={flag[:10]!r} is not an HJ 212 data flag")
+    if values:
+        rs: dict[str, object] = {"ts": ts.isoformat(), "values": values}
+        if flags:
+            rs["flags"] = flags
+        out.reading_set = rs
+    return out
+
+
+def encode_dead(records: list[DeadLetterRecord]) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "topic": d.topic,
+                "device_id": d.device_id,
+                "reason": d.reason.value,
+                "detail": d.detail,
+                "payload": d.payload,
+            }
+            for d in records
+        ]
+    )
+
+
+def decode_dead(payload: bytes) -> list[DeadLetterRecord]:
+    return [
+        DeadLetterRecord(d["topic"], d["device_id"], Reason(d["reason"]), d["detail"], d["payload"])
+        for d in orjson.loads(payload)
+    ]

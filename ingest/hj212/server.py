@@ -1,0 +1,387 @@
+"""The HJ 212 gateway: an asyncio TCP server that data loggers connect to and keep open.
+
+Each frame becomes the MQTT contract's reading set (`ingest.hj212.convert`) in a `Message` on
+the writer's queue, so it is validated, stored, evaluated and spooled by the one write path.
+The 9014 answer rides on the message's `reply`: the writer calls it only after the batch is
+committed (or fsync'd to the spool), so a logger is never told "received" for data that a
+crash could still lose; without the answer it retries, and the retry stores nothing twice
+(readings are keyed by device, metric and DataTime, never by QN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import orjson
+from sqlalchemy import Engine
+
+from ingest import metrics
+from ingest.contract import telemetry_topic
+from ingest.hj212.convert import DATA_CNS, Device, convert, encode_dead
+from ingest.hj212.identity import Identities, Refused
+from ingest.hj212.protocol import (
+    RAW_EXCERPT,
+    VERSION_FLAG,
+    Frame,
+    FrameError,
+    Framer,
+    Malformed,
+    Packet,
+    Rejected,
+    encode_frame,
+    parse_segment,
+)
+from ingest.mqtt import Message
+from ingest.validate import DeadLetterRecord, Reason
+from ingest.writer import HJ212_DEAD_TOPIC
+from monitor.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The writer's queue carries these beside telemetry: a list of dead letters, stored by the
+# same write path (and spooled with everything else while the database is away).
+DEAD_TOPIC = HJ212_DEAD_TOPIC
+READ_CHUNK = 4096
+MAX_REJECTS = 20  # unreadable items on one connection before it is closed
+CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
+_REASONS = {
+    FrameError.bad_crc: Reason.hj212_bad_crc,
+    FrameError.bad_length: Reason.hj212_bad_length,
+    FrameError.oversize: Reason.hj212_oversize,
+    FrameError.garbage: Reason.hj212_garbage,
+}
+
+
+def answer_9014(packet: Packet) -> bytes:
+    """The data answer (§1.7): the device's QN, ST=91, CN=9014, Flag of the device's version
+    with no ack bit (Flag=4 for 2017, 8 for 2025), CP=&&&&."""
+    return _answer(packet, "9014", "")
+
+
+def answer_9013(packet: Packet) -> bytes:
+    """The notice answer, to a time-calibration request (1013) or a 2025 heartbeat (9015)."""
+    return _answer(packet, "9013", "")
+
+
+def _answer(packet: Packet, cn: str, cp: str) -> bytes:
+    parts = []
+    if packet.qn is not None:
+        parts.append(f"QN={packet.qn}")
+    parts += ["ST=91", f"CN={cn}"]
+    if packet.pw is not None:
+        parts.append(f"PW={packet.pw}")
+    parts += [f"MN={packet.mn}", f"Flag={VERSION_FLAG[packet.version]}", f"CP=&&{cp}&&"]
+    return encode_frame(";".join(parts))
+
+
+def qn_skew_s(qn: str | None, now: datetime) -> float | None:
+    """Seconds the logger's clock is ahead of `now`, read from its QN (its local time to the
+    ms, §1.3); None when the QN is not a time."""
+    if qn is None or len(qn) < 14 or not qn[:14].isdigit():
+        return None
+    try:
+        at = datetime.strptime(qn[:14], "%Y%m%d%H%M%S").replace(tzinfo=now.tzinfo)
+    except ValueError:
+        return None
+    return (at - now).total_seconds()
+
+
+def set_time_1012(packet: Packet, now: datetime) -> bytes:
+    """The platform's "set time" (1012) with its local time, asking for an answer."""
+    st = packet.fields.get("ST", "91")
+    return encode_frame(
+        f"QN={now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d};ST={st};CN=1012;"
+        f"PW={packet.pw or ''};MN={packet.mn};Flag={VERSION_FLAG[packet.version] | 1};"
+        f"CP=&&SystemTime={now:%Y%m%d%H%M%S}&&"
+    )
+
+
+@dataclass(slots=True)
+class Counters:
+    connections: int = 0
+    frames: int = 0
+    answers: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Connection:
+    """One logger's connection: its framer, the MN it is bound to, its transport."""
+
+    def __init__(self, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.peer = peer
+        self.writer = writer
+        self.framer = Framer()
+        self.mn: str | None = None
+        self.device: Device | None = None
+        self.rejects = 0
+        self.closed = False
+
+
+class Gateway:
+    """The TCP server on its own thread and event loop; `start` returns once it listens."""
+
+    def __init__(self, settings: Settings, engine: Engine, inbox: queue.Queue[Message]) -> None:
+        self._host = settings.hj212_host
+        self._port = settings.hj212_port
+        self._idle_s = settings.hj212_idle_s
+        self._per_address = settings.hj212_max_connections_per_address
+        self._by_address: dict[str, int] = {}
+        self._prefix = settings.mqtt_topic_prefix
+        self._tz = ZoneInfo(settings.timezone)
+        self._inbox = inbox
+        self.identities = Identities(engine)
+        self.counters = Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._conns: set[Connection] = set()
+        self._stopping: asyncio.Event | None = None
+        self.port: int | None = None
+
+    # --- process wiring -------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Listen on ENVMON_HJ212_HOST:PORT; raises OSError when the port cannot be bound."""
+        self._thread = threading.Thread(target=self._run, name="envmon-hj212", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the HJ 212 gateway did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start(), never swallowed
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("HJ 212 gateway listening on %s:%d", self._host, self.port)
+        self._ready.set()
+        async with self._server:
+            await self._stopping.wait()
+            self._server.close()
+            for conn in list(self._conns):
+                conn.writer.close()
+            # the connections' handlers end here, not with the loop (no task left pending)
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            await self._server.wait_closed()
+
+    def stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    # --- one connection ---------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
+        held = self._by_address.get(conn.peer, 0)
+        if self._per_address and held >= self._per_address:
+            log.warning("HJ 212: %s already holds %d connections; refused", conn.peer, held)
+            writer.close()
+            return
+        self._by_address[conn.peer] = held + 1
+        self._conns.add(conn)
+        self.counters.connections += 1
+        metrics.HJ212_CONNECTIONS.inc()
+        try:
+            await self._read_loop(conn, reader)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            # a bug in handling one logger must not stop the server for the others
+            log.exception("HJ 212 connection from %s failed", conn.peer)
+        finally:
+            conn.closed = True
+            self._conns.discard(conn)
+            left = self._by_address.pop(conn.peer, 1) - 1
+            if left:
+                self._by_address[conn.peer] = left
+            self.counters.connections -= 1
+            metrics.HJ212_CONNECTIONS.dec()
+            writer.close()
+
+    async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        while conn.rejects < MAX_REJECTS:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._idle_s)
+            except TimeoutError:
+                log.info("HJ 212 connection from %s idle for %ss; closing", conn.peer, self._idle_s)
+                return
+            if not data:
+                return
+            for item in conn.framer.feed(data):
+                if isinstance(item, Rejected):
+                    conn.rejects += 1
+                    await self._reject(conn, _REASONS[item.reason], item.detail, item.raw)
+                else:
+                    await self._frame(conn, item)
+        log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+
+    async def _reject(
+        self,
+        conn: Connection,
+        reason: Reason,
+        detail: str,
+        raw: bytes,
+        device_id: str | None = None,
+    ) -> None:
+        self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+        record = DeadLetterRecord(f"hj212://{conn.peer}", device_id, reason, detail, _text(raw))
+        await self._put(Message(DEAD_TOPIC, encode_dead([record]), 0, 0, _now(), 0))
+
+    async def _frame(self, conn: Connection, frame: Frame) -> None:
+        self.counters.frames += 1
+        metrics.HJ212_FRAMES.inc()
+        packet = parse_segment(frame.segment)
+        if isinstance(packet, Malformed):
+            conn.rejects += 1
+            await self._reject(conn, Reason.hj212_bad_cp, packet.detail, frame.raw)
+            return
+        if not packet.mn:
+            conn.rejects += 1
+            await self._reject(conn, Reason.hj212_bad_cp, "no MN in the frame", frame.raw)
+            return
+        device = await self._identify(conn, packet, frame)
+        if device is None:
+            return
+        if frame.deviations or packet.deviations:
+            log.info(
+                "HJ 212 %s (%s) deviates from the standard: %s",
+                packet.mn,
+                device.device_id,
+                ", ".join([*frame.deviations, *packet.deviations]),
+            )
+        cn = packet.cn or ""
+        if cn in DATA_CNS:
+            await self._data(conn, packet, device, frame)
+        elif cn == "1013":
+            # a time-calibration request: noticed (9013), then the platform's time (1012)
+            # when the logger's clock, as its QN shows it, is off
+            if packet.needs_answer:
+                self._send(conn, answer_9013(packet))
+            skew = qn_skew_s(packet.qn, datetime.now(self._tz))
+            if skew is None or abs(skew) > CLOCK_TOLERANCE_S:
+                self._send(conn, set_time_1012(packet, datetime.now(self._tz)))
+        elif cn == "9015":
+            # the 2025 heartbeat: keeps the connection alive; answered when asked
+            if packet.needs_answer:
+                self._send(conn, answer_9013(packet))
+        else:
+            log.info("HJ 212 %s sent CN=%s; recorded, not acted on", packet.mn, cn[:8])
+
+    async def _identify(self, conn: Connection, packet: Packet, frame: Frame) -> Device | None:
+        mn = packet.mn or ""
+        if conn.mn is not None and conn.mn != mn:
+            # the first frame binds the connection to its MN: another MN on it is refused
+            await self._reject(
+                conn,
+                Reason.hj212_unknown_mn,
+                f"connection is bound to MN {conn.mn!r}; a frame for {mn[:64]!r} is refused",
+                frame.raw,
+                conn.device.device_id if conn.device else None,
+            )
+            return None
+        result = await asyncio.to_thread(self.identities.check, mn, packet.pw, conn.peer)
+        if isinstance(result, Refused):
+            # no answer either way: the logger cannot tell an unknown MN from a wrong PW
+            conn.rejects += 1
+            await self._reject(conn, result.reason, result.detail, frame.raw)
+            return None
+        conn.mn, conn.device = mn, result
+        return result
+
+    async def _data(self, conn: Connection, packet: Packet, device: Device, frame: Frame) -> None:
+        topic = telemetry_topic(self._prefix, device.device_id)
+        converted = convert(packet, device, topic, _text(frame.raw), self._tz)
+        messages: list[Message] = []
+        now = _now()
+        if converted.reading_set is not None:
+            payload = orjson.dumps(converted.reading_set)
+            messages.append(Message(topic, payload, 0, 0, now, 0))
+        if converted.dead:
+            for d in converted.dead:
+                self.counters.rejected[d.reason] = self.counters.rejected.get(d.reason, 0) + 1
+            messages.append(Message(DEAD_TOPIC, encode_dead(converted.dead), 0, 0, now, 0))
+        if packet.needs_answer:
+            answer = answer_9014(packet)
+            if messages:
+                # the writer stores a frame's messages in order: answering on the last one
+                # answers once all of them are durable
+                messages[-1].reply = self._replier(conn, answer)
+            else:
+                self._send(conn, answer)
+        for m in messages:
+            await self._put(m)
+
+    def _replier(self, conn: Connection, answer: bytes) -> Callable[[], None]:
+        loop = self._loop
+        assert loop is not None
+
+        def reply() -> None:  # called on the writer's thread
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._send, conn, answer)
+
+        return reply
+
+    def _send(self, conn: Connection, data: bytes) -> None:
+        if conn.closed or conn.writer.is_closing():
+            return  # the logger left; it resends, and the resend stores nothing twice
+        conn.writer.write(data)
+        self.counters.answers += 1
+        metrics.HJ212_ANSWERS.inc()
+
+    async def _put(self, message: Message) -> None:
+        # The writer's queue is bounded: while it is full, this connection stops reading
+        # (back-pressure through TCP), nothing is dropped.
+        while True:
+            try:
+                self._inbox.put_nowait(message)
+                return
+            except queue.Full:
+                await asyncio.sleep(0.05)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_PW = re.compile(r"(PW=)[^;&]*")
+
+
+def _text(raw: bytes) -> str:
+    """The frame as kept in a dead letter: truncated, and with its PW masked (a wrong PW is
+    often a near miss of the right one, and dead letters are readable over the API)."""
+    return _PW.sub(r"\1***", raw[:RAW_EXCERPT].decode("utf-8", errors="replace"))
+
+
+def reply_after_commit(messages: list[Message]) -> None:
+    """The writer's acknowledgement for gateway messages: send each frame's answer."""
+    for m in messages:
+        if m.reply is not None:
+            m.reply()
