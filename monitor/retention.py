@@ -76,7 +76,8 @@ class Pruner:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
-        self._thread.join(timeout_s)
+        if self._thread.ident is not None:  # started (a process may stop before it starts)
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stopping.wait(self._settings.retention_interval_s):
