@@ -288,3 +288,87 @@ def test_reevaluate_recomputes_stored_readings_and_a_second_run_changes_nothing(
     assert again.exit_code == 0, again.output
     assert "already matched" in again.output
     assert _alerts(engine) == expected
+
+
+def test_an_inspectors_resolve_racing_the_evaluator_is_never_lost_or_doubled(
+    pg_url: str,
+) -> None:
+    """An inspector resolves a firing alert while an ingestor stores readings that resolve it
+    too (and more violations after): whoever comes second sees the first one's change. The
+    alert is resolved once, by one of them, with one notification; a later violation opens a
+    new alert instead of reviving the resolved one."""
+    from alerts import service
+    from monitor.core.exceptions import Conflict
+    from monitor.core.models import AlertEvent, Notification
+
+    engine = make_engine(pg_url)
+    register(engine, devices={DEVICE: "dust_monitor"}, rules=False)
+    with engine.begin() as conn:
+        conn.execute(insert(table(Rule)).values(RULES[0].model_dump()))
+    events, notes, alerts_t = table(AlertEvent), table(Notification), table(Alert)
+    errors: list[BaseException] = []
+    outcome: dict[str, str] = {}
+    try:
+        for round_ in range(8):
+            errors.clear()
+            outcome.clear()
+            _empty(engine)
+            ing = Ingestor(pg_url)
+            ing.deliver([(m, 85.0) for m in range(5)])  # firing from minute 2
+            with engine.connect() as conn:
+                alert_id = conn.execute(select(alerts_t.c.id)).scalar_one()
+            barrier = threading.Barrier(2)
+
+            def inspector(alert_id: int = alert_id, barrier: threading.Barrier = barrier) -> None:
+                try:
+                    barrier.wait(10)
+                    with engine.begin() as conn:
+                        service.resolve(conn, alert_id, "inspector:wang", "site visited")
+                    outcome["inspector"] = "resolved"
+                except Conflict:
+                    outcome["inspector"] = "409"
+                except BaseException as exc:
+                    errors.append(exc)
+
+            def evaluator(
+                ing: Ingestor = ing, barrier: threading.Barrier = barrier, round_: int = round_
+            ) -> None:
+                try:
+                    barrier.wait(10)
+                    # clear for the quiet period, then (in odd rounds) violate again
+                    later = [(m, 60.0) for m in range(5, 10)]
+                    if round_ % 2:
+                        later += [(m, 85.0) for m in range(10, 14)]
+                    ing.deliver(later)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=inspector), threading.Thread(target=evaluator)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            ing.close()
+            assert not errors, errors
+            with engine.connect() as conn:
+                first = conn.execute(select(alerts_t).where(alerts_t.c.id == alert_id)).one()
+                resolved = conn.execute(
+                    select(events.c.actor).where(
+                        events.c.alert_id == alert_id, events.c.kind == "resolved"
+                    )
+                ).all()
+                paged = conn.execute(
+                    select(notes.c.id)
+                    .join(events, events.c.id == notes.c.event_id)
+                    .where(events.c.alert_id == alert_id, events.c.kind == "resolved")
+                ).all()
+                others = conn.execute(select(alerts_t).where(alerts_t.c.id != alert_id)).all()
+            assert first.status == "resolved"
+            assert len(resolved) == 1 and len(paged) == 1, (round_, outcome, resolved)
+            by_person = outcome["inspector"] == "resolved"
+            assert (resolved[0].actor == "inspector:wang") == by_person
+            assert first.resolved_by == resolved[0].actor
+            # the violation after the resolve is a new alert, never the resolved one again
+            assert len(others) == (round_ % 2), (round_, outcome, others)
+    finally:
+        engine.dispose()
