@@ -34,6 +34,16 @@
     return chart;
   }
 
+  // A chart is drawn at its box's width: follow the box when the window turns or narrows
+  // (a tablet rotated to a phone-like width would otherwise scroll sideways).
+  window.addEventListener("resize", function () {
+    Object.keys(window.envmon.charts).forEach(function (id) {
+      var el = document.getElementById(id);
+      var chart = window.envmon.charts[id];
+      if (el && chart) chart.setSize({ width: Math.max(280, el.clientWidth), height: 240 });
+    });
+  });
+
   function alertChart() {
     var el = document.getElementById("alert-chart");
     if (!el) return;
