@@ -30,7 +30,10 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits before the response is sent, so a client that
+# got its 201 sees the row on its next request (and a commit that fails is a 5xx, not a
+# success that was never stored). FastAPI's default runs the exit code after the response.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `envmon keys create USER`")

@@ -7,14 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.api.app import create_app
 from monitor.core.db import make_engine
+from monitor.core.models import Rule, table
 from monitor.core.settings import Settings
-from tests.conftest import bearer, make_key
+from tests.conftest import bearer, make_key, serve
 
 
 @pytest.fixture
@@ -159,3 +160,25 @@ async def test_health_and_openapi_are_published(api: httpx.AsyncClient) -> None:
         assert path in spec["paths"], path
     rules = (await api.get("/v1/rules")).json()
     assert rules == []  # no default rules were installed in this database
+
+
+def test_a_write_is_committed_before_its_response(pg_url: str, pg_engine: Engine) -> None:
+    """A client that got its 201 finds the row at once, from any connection: the request's
+    transaction commits before the response is sent (FastAPI's default would commit after)."""
+    key = make_key(pg_engine)
+    rules = table(Rule)
+    with serve(create_app(Settings(database_url=pg_url))) as base, httpx.Client() as client:
+        for i in range(30):
+            body = {
+                "name": f"pm10-{i}",
+                "device_kind": "dust_monitor",
+                "metric": "pm10",
+                "alarm_above": 150 + i,
+                "basis": "GB 3095-2012 test thresholds",
+            }
+            r = client.post(f"{base}/v1/rules", json=body, headers=bearer(key))
+            assert r.status_code == 201, r.text
+            with pg_engine.connect() as conn:
+                q = select(rules.c.alarm_above).where(rules.c.id == r.json()["id"])
+                stored = conn.execute(q).scalar_one_or_none()
+            assert stored == 150 + i, f"rule {i} was not committed when its 201 came"

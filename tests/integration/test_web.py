@@ -5,7 +5,6 @@ page at phone and tablet widths go to test-output/web/ (ENVMON_TEST_OUTPUT to mo
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
 from sqlalchemy import Engine, insert, select, update
 
@@ -26,7 +24,7 @@ from monitor import auth
 from monitor.api.app import create_app
 from monitor.core.models import Alert, Device, Rule, Site, table
 from monitor.core.settings import Settings
-from tests.conftest import bearer, free_port, make_key, register
+from tests.conftest import bearer, make_key, register, serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -102,39 +100,17 @@ def web(pg_url: str, pg_engine: Engine) -> Iterator[Web]:
         )
     admin = make_key(pg_engine)
     inspector = make_key(pg_engine, "li.ming", "inspector", "Lanshan")
-    port = free_port()
-    app = create_app(Settings(database_url=pg_url))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    assert httpx.post(f"{base}/v1/rules", json=RULE, headers=bearer(admin)).status_code == 201
-    # the request's transaction may commit just after its response is sent: wait for the rule
-    rules = table(Rule)
-    while True:
+    with serve(create_app(Settings(database_url=pg_url))) as base:
+        # the API commits before it answers (test_api: committed before the response)
+        assert httpx.post(f"{base}/v1/rules", json=RULE, headers=bearer(admin)).status_code == 201
+        for device in ("d-ls", "d-ls2", "d-hd"):
+            feed(pg_engine, device, [120, 180, 300, 310, 290, 260, 255])
         with pg_engine.connect() as conn:
-            if conn.execute(select(rules.c.id).where(rules.c.name == RULE["name"])).first():
-                break
-        assert time.monotonic() < deadline, "the new rule never became visible"
-        time.sleep(0.05)
-    for device in ("d-ls", "d-ls2", "d-hd"):
-        feed(pg_engine, device, [120, 180, 300, 310, 290, 260, 255])
-    with pg_engine.connect() as conn:
-        ids = {r.device_id: r.id for r in conn.execute(select(table(Alert)))}
-    assert set(ids) == {"d-ls", "d-ls2", "d-hd"}
-    with pg_engine.begin() as conn:  # the reports judge by them; nothing is fed after this
-        conn.execute(update(table(Rule)).values(enabled=True))
-    yield Web(base, pg_engine, admin, inspector, ids)
-    server.should_exit = True
-    thread.join(10)
+            ids = {r.device_id: r.id for r in conn.execute(select(table(Alert)))}
+        assert set(ids) == {"d-ls", "d-ls2", "d-hd"}
+        with pg_engine.begin() as conn:  # the reports judge by them; nothing is fed after this
+            conn.execute(update(table(Rule)).values(enabled=True))
+        yield Web(base, pg_engine, admin, inspector, ids)
 
 
 @pytest.fixture
@@ -321,12 +297,15 @@ def test_revoked_key_disabled_user_and_csrf_less_posts_end_or_refused(
         url = f"{web.base}/v1/alerts/{web.alerts[device]}"
         return str(httpx.get(url, headers=bearer(web.admin)).json()["status"])
 
+    # each click's POST and its redirect finish before the next step (the URL after the
+    # redirect is the one the page already had, so waiting for the URL would not wait)
     page.goto("/alerts?district=Hedong")
-    page.click("#bulk-ack button")
-    page.wait_for_url("**/alerts?district=Hedong")
+    with page.expect_navigation():
+        page.click("#bulk-ack button")
     assert status("d-hd") == "firing"
     page.goto("/alerts")
-    page.click("#bulk-ack button")
+    with page.expect_navigation():
+        page.click("#bulk-ack button")
     page.wait_for_selector(f"#alert-{web.alerts['d-ls2']}[data-status=acknowledged]")
     assert (status("d-ls"), status("d-ls2"), status("d-hd")) == (
         "acknowledged",
