@@ -10,6 +10,7 @@ quarter hours, so they are the local day's slots too.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from alerts.leakage import (
     TotaliserPoint,
     cjj92,
     day_figures,
+    net_inflow,
+    zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
 from monitor.core.models import (
@@ -40,6 +43,7 @@ from monitor.core.models import (
     Device,
     DeviceStatus,
     DmaDay,
+    DmaSlot,
     Reading,
     Site,
     table,
@@ -51,6 +55,7 @@ readings = table(Reading)
 sites = table(Site)
 devices = table(Device)
 dma_days = table(DmaDay)
+dma_slots = table(DmaSlot)
 consumption = table(Consumption)
 
 
@@ -189,6 +194,7 @@ def recompute_days(
 
     now = utcnow()
     rows: list[dict[str, Any]] = []
+    slot_rows: list[dict[str, Any]] = []
     for s, d in pairs:
         sp = spans[d]
         first, t0 = sp.first_slot, sp.start.timestamp()
@@ -210,6 +216,16 @@ def recompute_days(
                 )
             )
         fig = day_figures(day_meters, params_of(site_rows[s]), sp.slots)
+        pressure = zone_pressure(day_meters, sp.slots)
+        slot_rows += [
+            {
+                "site_id": s,
+                "slot_at": sp.start + timedelta(seconds=n * SLOT_S),
+                "net_m3h": net,
+                "azp_mpa": pressure.get(n),
+            }
+            for n, net in sorted(net_inflow(day_meters, sp.slots).items())
+        ]
         rows.append(
             {
                 "site_id": s,
@@ -242,6 +258,18 @@ def recompute_days(
         ),
         rows,
     )
+    # the days' slots are replaced whole: a slot that late data made undefined goes
+    for s, d in pairs:
+        sp = spans[d]
+        conn.execute(
+            dma_slots.delete().where(
+                dma_slots.c.site_id == s,
+                dma_slots.c.slot_at >= sp.start,
+                dma_slots.c.slot_at < sp.start + timedelta(seconds=sp.slots * SLOT_S),
+            )
+        )
+    if slot_rows:
+        conn.execute(dma_slots.insert(), slot_rows)
     return len(rows)
 
 
@@ -363,6 +391,79 @@ def _row(
     )
 
 
+def _registered(bills: Iterable[Any], start: date, end: date) -> tuple[float, float | None, int]:
+    """(Q_a, residential metered volume, days covered) of [start, end] from billing periods,
+    pro rata by days where a period crosses an edge."""
+    registered, covered = 0.0, 0
+    residential: float | None = None
+    for c in bills:
+        overlap = (min(end, c.period_end) - max(start, c.period_start)).days + 1
+        if overlap <= 0:
+            continue
+        share = overlap / ((c.period_end - c.period_start).days + 1)
+        covered += overlap
+        registered += (c.billed_m3 + c.unbilled_m3) * share
+        if c.residential_metered_m3 is not None:
+            residential = (residential or 0.0) + c.residential_metered_m3 * share
+    return registered, residential, covered
+
+
+def rolling_rates(
+    conn: Connection,
+    site: Any,
+    days: Iterable[date],
+    *,
+    outlet_pressure_mpa: float | None,
+    frost_depth_m: float | None,
+) -> dict[date, Cjj92Rates]:
+    """The CJJ 92 rates of one DMA over the 365 days ending on each of `days` (the leakage
+    rate rule's series): the rolling_12m row of `periods` for each day, from one query for
+    the daily volumes and one for the consumption. A day whose year registered consumption
+    does not cover whole has no rates (r_wl None)."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    lo, hi = wanted[0] - timedelta(days=364), wanted[-1]
+    inlet: dict[date, float] = {
+        d: float(v)
+        for d, v in conn.execute(
+            select(dma_days.c.day, dma_days.c.inlet_m3).where(
+                dma_days.c.site_id == site.id,
+                dma_days.c.day >= lo,
+                dma_days.c.day <= hi,
+                dma_days.c.inlet_m3.is_not(None),
+            )
+        )
+    }
+    bills = conn.execute(
+        select(consumption).where(
+            consumption.c.site_id == site.id,
+            consumption.c.period_start <= hi,
+            consumption.c.period_end >= lo,
+        )
+    ).all()
+    out: dict[date, Cjj92Rates] = {}
+    for end in wanted:
+        start = end - timedelta(days=364)
+        registered, residential, covered = _registered(bills, start, end)
+        if covered < 365:
+            out[end] = Cjj92Rates(r_wl=None)
+            continue
+        supply = math.fsum(v for d, v in inlet.items() if start <= d <= end)
+        out[end] = cjj92(
+            Cjj92Inputs(
+                supply_m3=supply,
+                registered_m3=registered,
+                annual=True,
+                residential_metered_m3=residential,
+                mains_km=site.mains_km,
+                outlet_pressure_mpa=outlet_pressure_mpa,
+                frost_depth_m=frost_depth_m,
+            )
+        )
+    return out
+
+
 def periods(
     conn: Connection,
     site_rows: Iterable[Any],
@@ -414,17 +515,7 @@ def periods(
                     )
                 )
         for kind, start, end in windows:
-            registered, covered = 0.0, 0
-            residential: float | None = None
-            for c in bills[site_id]:
-                overlap = (min(end, c.period_end) - max(start, c.period_start)).days + 1
-                if overlap <= 0:
-                    continue
-                share = overlap / ((c.period_end - c.period_start).days + 1)
-                covered += overlap
-                registered += (c.billed_m3 + c.unbilled_m3) * share
-                if c.residential_metered_m3 is not None:
-                    residential = (residential or 0.0) + c.residential_metered_m3 * share
+            registered, residential, covered = _registered(bills[site_id], start, end)
             if covered:
                 out.append(
                     _row(conn, kind, site, start, end, registered, residential, covered, area)

@@ -101,14 +101,20 @@ def evaluate(
 
 
 def steps_of(
-    rule: Thresholds, values: Sequence[Point], max_gap: timedelta | None = None
+    rule: Thresholds,
+    values: Sequence[Point],
+    max_gap: timedelta | None = None,
+    level: Callable[[Point], Severity | None] | None = None,
 ) -> list[Step]:
     """Tiers and "for" runs over already-derived values (a mean, a change, a count ...).
 
     A run holds only on evidence: where two values are more than `max_gap` apart, nothing is
     known in between, so the run starts again. (Otherwise two violating readings with the
     readings between them still on their way would "hold" for the whole gap, and the late
-    readings could show that it never did.)"""
+    readings could show that it never did.)
+
+    `level` says the tier a value violates where the rule's tiers alone do not (a DMA's
+    rules also ask for an absolute excess); by default `level_of`."""
     hold = timedelta(seconds=rule.for_s)
     run_start: dict[Severity, datetime | None] = {Severity.warning: None, Severity.alarm: None}
     steps: list[Step] = []
@@ -117,18 +123,18 @@ def steps_of(
         if max_gap is not None and previous is not None and p.ts - previous > max_gap:
             run_start = {Severity.warning: None, Severity.alarm: None}
         previous = p.ts
-        level = level_of(rule, p.value)
+        tier_now = level_of(rule, p.value) if level is None else level(p)
         held: Severity | None = None
         since: datetime | None = None
         for tier in (Severity.warning, Severity.alarm):
-            if RANK[level] >= RANK[tier]:
+            if RANK[tier_now] >= RANK[tier]:
                 start = run_start[tier] or p.ts
                 run_start[tier] = start
                 if p.ts - start >= hold:
                     held, since = tier, start
             else:
                 run_start[tier] = None
-        steps.append(Step(p.ts, p.value, level, held, since))
+        steps.append(Step(p.ts, p.value, tier_now, held, since))
     return steps
 
 

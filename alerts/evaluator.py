@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,7 +31,8 @@ from alerts.evaluation import (
     in_window,
     more_extreme,
 )
-from alerts.kinds import Composite, NoData, Sources, describe, kind_of
+from alerts.kinds import Composite, DmaKind, NoData, SiteSources, Sources, describe, kind_of
+from alerts.schemas import SITE_RULE_KINDS
 from alerts.service import SYSTEM_ACTOR, StaleAlert, record_event, save
 from monitor.core.db import lock_devices, one_of
 from monitor.core.models import (
@@ -86,6 +87,18 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Subject:
+    """What an alert is about: a device (of a site), or a site itself (a DMA's leakage rules
+    judge the district metered area, not one of its meters)."""
+
+    site_id: str
+    device_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"device {self.device_id}" if self.device_id else f"site {self.site_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class _Context:
     """What one evaluation knows besides the readings: each device's event-time watermark
     before this batch (an episode that fired at or before it was raised from late data), and
@@ -94,8 +107,8 @@ class _Context:
     known: Mapping[str, datetime | None]
     page_ended: bool = False
 
-    def late(self, device_id: str, e: Episode) -> bool:
-        known = self.known.get(device_id)
+    def late(self, subject: Subject, e: Episode) -> bool:
+        known = self.known.get(subject.device_id or "")
         return known is not None and (e.fired_at or e.started_at) <= known
 
 
@@ -231,6 +244,64 @@ def reevaluate(
     return evaluate_batch(conn, touched, tz, rule_ids=rule_ids)
 
 
+def evaluate_sites(
+    conn: Connection,
+    days: Mapping[str, date],
+    tz: ZoneInfo = DEFAULT_TZ,
+    *,
+    page_ended: bool = False,
+    rule_ids: Collection[int] | None = None,
+    outlet_pressure_mpa: float | None = None,
+    frost_depth_m: float | None = None,
+) -> Outcome:
+    """The rules whose subject is a DMA site (night flow, bursts, leakage rate) over the
+    sites whose figures changed: `days` maps each site to the earliest local day whose
+    figures (or consumption) changed. The same rebuild and reconcile as the reading rules',
+    so late days and recomputed figures give the alerts in-order data gives."""
+    outcome = Outcome()
+    if not days:
+        return outcome
+    q = select(rules_t).where(rules_t.c.enabled.is_(True), rules_t.c.kind.in_(SITE_RULE_KINDS))
+    if rule_ids is not None:
+        q = q.where(rules_t.c.id.in_(list(rule_ids)))
+    rules = conn.execute(q.order_by(rules_t.c.id)).all()
+    sites = repository.dma_sites(conn, days)
+    if not rules or not sites:
+        return outcome
+    src = SiteSources(conn, sites, tz, outlet_pressure_mpa, frost_depth_m)
+    since = {
+        s: datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC)
+        for s, d in days.items()
+        if s in sites
+    }
+    ctx = _Context({}, page_ended)
+    for rule in rules:
+        kind = kind_of(rule)
+        assert isinstance(kind, DmaKind)
+        r = rule._mapping
+        targets = {
+            s: ts
+            for s, ts in since.items()
+            if (not r["site_ids"] or s in r["site_ids"])
+            and (not r["site_districts"] or sites[s].district in r["site_districts"])
+        }
+        if not targets:
+            continue
+        lookback = kind.lookback()
+        existing = repository.pair_alerts(
+            conn, [rule.id], [], min(targets.values()) - lookback, site_ids=list(targets)
+        )
+        fold = {
+            s: _fold_start(ts - lookback, existing.get((rule.id, s), []))
+            for s, ts in targets.items()
+        }
+        series = kind.site_series(src, {s: start - lookback for s, (start, _) in fold.items()})
+        for s, (start, mine) in fold.items():
+            found = _episodes(rule, series.get(s, []), start, tz)
+            _reconcile(conn, rule, Subject(s), mine, found, outcome, ctx)
+    return outcome
+
+
 def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) -> Outcome:
     """ "No data" rules: how long each active device has been silent, at wall time `now`."""
     outcome = Outcome()
@@ -261,7 +332,7 @@ def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) 
             state = open_alerts.get(device.id)
             if state is None and step.level is None:
                 continue
-            _fold(conn, rule, device.id, state, [step], outcome)
+            _fold(conn, rule, Subject(device.site_id, device.id), state, [step], outcome)
     return outcome
 
 
@@ -334,30 +405,36 @@ def _evaluate_rules(
         conn, devices, tz, repository.fetch_readings(conn, repository.earliest_by(raw)), latest
     )
     for (rule, targets), kind, begin, fold in zip(plans, kinds, starts, folds, strict=True):
-        r = rule._mapping
         series = kind.series(src, begin) if begin else {}
         for device_id in targets:
             start, existing = fold[device_id]
-            steps = [
-                s
-                for s in series.get(device_id, [])
-                if s.ts >= start and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
-            ]
-            if steps and steps[0].since is not None and steps[0].since < start:
-                # a run that began before the fold start (an inspector closed what came before)
-                steps = [
-                    Step(s.ts, s.value, s.level, s.held, max(s.since, start)) if s.since else s
-                    for s in steps
-                ]
-            found = episodes(
-                rule,
-                steps,
-                clear_above=r["clear_above"],
-                clear_below=r["clear_below"],
-                quiet_s=int(r["quiet_s"]),
-                auto_resolve=bool(r["auto_resolve"]),
-            )
-            _reconcile(conn, rule, device_id, existing, found, outcome, ctx)
+            found = _episodes(rule, series.get(device_id, []), start, tz)
+            subject = Subject(devices[device_id].site_id, device_id)
+            _reconcile(conn, rule, subject, existing, found, outcome, ctx)
+
+
+def _episodes(rule: Row[Any], series: list[Step], start: datetime, tz: ZoneInfo) -> list[Episode]:
+    """The episodes of a pair's steps from the fold start, in the rule's active hours."""
+    r = rule._mapping
+    steps = [
+        s
+        for s in series
+        if s.ts >= start and in_window(_hhmm(s.ts, tz), r["active_from"], r["active_to"])
+    ]
+    if steps and steps[0].since is not None and steps[0].since < start:
+        # a run that began before the fold start (an inspector closed what came before)
+        steps = [
+            Step(s.ts, s.value, s.level, s.held, max(s.since, start)) if s.since else s
+            for s in steps
+        ]
+    return episodes(
+        rule,
+        steps,
+        clear_above=r["clear_above"],
+        clear_below=r["clear_below"],
+        quiet_s=int(r["quiet_s"]),
+        auto_resolve=bool(r["auto_resolve"]),
+    )
 
 
 def _fold_start(lo: datetime, alerts: list[Row[Any]]) -> tuple[datetime, list[Row[Any]]]:
@@ -391,7 +468,7 @@ def _fold_start(lo: datetime, alerts: list[Row[Any]]) -> tuple[datetime, list[Ro
 def _reconcile(
     conn: Connection,
     rule: Row[Any],
-    device_id: str,
+    subject: Subject,
     existing: list[Row[Any]],
     found: list[Episode],
     outcome: Outcome,
@@ -425,14 +502,14 @@ def _reconcile(
         _retract(conn, alert, why, outcome)
     for target, e in plan:
         if target is not None:
-            _update(conn, rule, dict(target._mapping), e, outcome, ctx.late(device_id, e))
+            _update(conn, rule, dict(target._mapping), e, outcome, ctx.late(subject, e))
     for target, e in plan:
         if target is None:
-            alert_id = _insert_episode(conn, rule, device_id, e, outcome, ctx)
+            alert_id = _insert_episode(conn, rule, subject, e, outcome, ctx)
             if alert_id is None:
                 # another evaluator opened this alert first (it holds the device's lock only
                 # on PostgreSQL): the next batch's reconcile takes it over
-                raise StaleAlert(f"rule {rule.id} device {device_id}: opened meanwhile")
+                raise StaleAlert(f"rule {rule.id} {subject}: opened meanwhile")
 
 
 def _retract(conn: Connection, alert: Row[Any], why: str, outcome: Outcome) -> None:
@@ -447,12 +524,12 @@ def _retract(conn: Connection, alert: Row[Any], why: str, outcome: Outcome) -> N
 def _insert_episode(
     conn: Connection,
     rule: Row[Any],
-    device_id: str,
+    subject: Subject,
     e: Episode,
     outcome: Outcome,
     ctx: _Context,
 ) -> int | None:
-    maintenance = repository.in_maintenance(conn, device_id, e.started_at)
+    maintenance = repository.in_maintenance(conn, subject.site_id, subject.device_id, e.started_at)
     severity = e.severity
     message = describe(rule, severity, e.peak)
     if maintenance:
@@ -467,7 +544,8 @@ def _insert_episode(
     now = utcnow()
     values: dict[str, Any] = {
         "rule_id": rule.id,
-        "device_id": device_id,
+        "device_id": subject.device_id,
+        "site_id": subject.site_id,
         "status": status,
         "severity": severity,
         "started_at": e.started_at,
@@ -489,7 +567,7 @@ def _insert_episode(
     alert_id = _insert_alert(conn, values)
     if alert_id is None:
         return None
-    late = ctx.late(device_id, e)
+    late = ctx.late(subject, e)
     # an episode already over when it is found is recorded, not paged (unless asked to)
     notify = e.resolved_at is None or ctx.page_ended
     tag = LATE_TAG if late else ""
@@ -683,7 +761,8 @@ def _evaluate_composites(
             at = latest[device_id] or repository.newest_reading(conn, device_id)
             if state is not None and state.evaluated_until >= at:
                 continue
-            _fold(conn, rule, device_id, state, [Step(at, rank, level, level, at)], outcome)
+            subject = Subject(devices[device_id].site_id, device_id)
+            _fold(conn, rule, subject, state, [Step(at, rank, level, level, at)], outcome)
 
 
 def _event(
@@ -724,7 +803,7 @@ def _insert_alert(conn: Connection, values: dict[str, Any]) -> int | None:
 def _fold(
     conn: Connection,
     rule: Row[Any],
-    device_id: str,
+    subject: Subject,
     alert: Row[Any] | None,
     steps: list[Step],
     outcome: Outcome,
@@ -739,10 +818,10 @@ def _fold(
         if state is None:
             if step.held is None:
                 continue
-            state = _open(conn, rule, device_id, step, outcome)
+            state = _open(conn, rule, subject, step, outcome)
             changed = False
             if state is None:  # another evaluator holds the open alert: fold into it
-                existing = repository.open_alert(conn, r["id"], device_id)
+                existing = repository.open_alert(conn, r["id"], subject.site_id, subject.device_id)
                 if existing is None or step.ts <= existing.evaluated_until:
                     continue
                 state = dict(existing._mapping)
@@ -793,7 +872,7 @@ def _fold(
 
 
 def _open(
-    conn: Connection, rule: Row[Any], device_id: str, step: Step, outcome: Outcome
+    conn: Connection, rule: Row[Any], subject: Subject, step: Step, outcome: Outcome
 ) -> dict[str, Any] | None:
     """Open a firing alert for a step that holds; None when another evaluator has one open."""
     assert step.held is not None
@@ -807,7 +886,7 @@ def _open(
         fired_at=step.ts,
         until=step.ts,
     )
-    alert_id = _insert_episode(conn, rule, device_id, e, outcome, _Context({}))
+    alert_id = _insert_episode(conn, rule, subject, e, outcome, _Context({}))
     if alert_id is None:
         return None
     row = conn.execute(select(alerts_t).where(alerts_t.c.id == alert_id)).one()

@@ -9,17 +9,18 @@ the arithmetic. A new kind is one class here, listed in `KINDS`."""
 
 from __future__ import annotations
 
+import statistics
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row
 
-from alerts import repository
+from alerts import dma, repository
 from alerts.evaluation import (
     MIN_COVERAGE,
     RANK,
@@ -40,6 +41,7 @@ from monitor.core.catalogue import METRICS
 from monitor.core.models import Aggregate, RuleKind, Severity
 
 HOUR = timedelta(hours=1)
+SLOT = timedelta(seconds=900)  # a DMA's 15-minute slot (alerts/leakage.py SLOT_S)
 # a missed reading (no reading for 1.5 reporting intervals) breaks a "for" run (steps_of)
 GAP_INTERVALS = 1.5
 
@@ -63,6 +65,8 @@ class Kind:
     `window_s` and `for_s`; subclasses override what differs."""
 
     kind: ClassVar[RuleKind]
+    # a device's readings (most kinds), or a DMA site's figures (DmaKind)
+    subject_is_site: ClassVar[bool] = False
 
     def __init__(self, rule: Row[Any]) -> None:
         self.rule = rule
@@ -405,6 +409,232 @@ class Composite(Kind):
         return f"{joiner.join(self.parts())} ({severity})"
 
 
+@dataclass(frozen=True, slots=True)
+class SiteSources:
+    """What a DMA kind builds its series from: the connection (daily figures, slots,
+    consumption), the DMA sites' rows, the city's time zone, and the area-wide CJJ 92 inputs."""
+
+    conn: Connection
+    sites: Mapping[str, Row[Any]]
+    tz: ZoneInfo
+    outlet_pressure_mpa: float | None = None
+    frost_depth_m: float | None = None
+
+
+class DmaKind(Kind):
+    """A rule whose subject is a DMA site, judged on its daily figures (`dma_days`) or its
+    15-minute slots (`dma_slots`), not on one meter's readings. Each reads the history its
+    baseline needs before the start itself, so its lookback is only the fold's margin."""
+
+    subject_is_site: ClassVar[bool] = True
+
+    def lookback(self) -> timedelta:
+        return timedelta(days=1)
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        raise TypeError(f"a {self.kind} rule judges DMA sites: use site_series")
+
+    def site_series(
+        self, src: SiteSources, starts: Mapping[str, datetime]
+    ) -> dict[str, list[Step]]:
+        """The rule's steps per DMA site from `starts[site]` on."""
+        raise NotImplementedError
+
+    def _night_end(self, site: Any, day: date, tz: ZoneInfo) -> datetime:
+        """When a day's night window ends (its figures are judged then), UTC."""
+        params = dma.params_of(site)
+        return datetime.combine(day, params.night_to, tzinfo=tz).astimezone(UTC)
+
+    def _days(self, src: SiteSources, starts: Mapping[str, datetime], before: timedelta) -> Any:
+        return repository.dma_days(
+            src.conn,
+            list(starts),
+            min(starts.values()).astimezone(src.tz).date() - timedelta(days=before.days),
+        )
+
+
+class NetNightFlow(DmaKind):
+    """(MNF - legitimate night use) per service connection, L/conn/h, each valid night."""
+
+    kind = RuleKind.net_night_flow
+
+    def site_series(
+        self, src: SiteSources, starts: Mapping[str, datetime]
+    ) -> dict[str, list[Step]]:
+        out: dict[str, list[Step]] = {}
+        for s, rows in self._days(src, starts, timedelta(days=1)).items():
+            site = src.sites[s]
+            if not site.connections:
+                continue  # no connections registered: nothing to divide by
+            points = [
+                Point(
+                    self._night_end(site, r.day, src.tz),
+                    1000 * r.net_night_flow_m3h / site.connections,
+                )
+                for r in rows
+                if r.valid and r.net_night_flow_m3h is not None
+            ]
+            out[s] = steps_of(self.rule, [p for p in points if p.ts >= starts[s]])
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        limit = self.limit(severity)
+        return f"net night flow {value:.1f} L/conn/h ({severity}: {limit} L/conn/h)"
+
+
+class NightFlowRise(DmaKind):
+    """The night's MNF against the median MNF of the previous valid nights, percent; a tier
+    counts only with an absolute rise of at least `params.warn_min_m3h` / `alarm_min_m3h`."""
+
+    kind = RuleKind.night_flow_rise
+
+    def site_series(
+        self, src: SiteSources, starts: Mapping[str, datetime]
+    ) -> dict[str, list[Step]]:
+        history = int(self.params.get("history_nights", 14))
+        least = int(self.params.get("min_nights", 7))
+        minimum = {
+            Severity.warning: float(self.params.get("warn_min_m3h", 1.0)),
+            Severity.alarm: float(self.params.get("alarm_min_m3h", 2.0)),
+        }
+        out: dict[str, list[Step]] = {}
+        # twice the history in days: invalid nights do not count towards it
+        for s, rows in self._days(src, starts, timedelta(days=2 * history + 1)).items():
+            site = src.sites[s]
+            valid = [r for r in rows if r.valid and r.mnf_m3h is not None]
+            points: list[tuple[Point, float]] = []
+            for i, r in enumerate(valid):
+                ts = self._night_end(site, r.day, src.tz)
+                before = [
+                    v.mnf_m3h
+                    for v in valid[max(0, i - history) : i]
+                    if (r.day - v.day).days <= 2 * history
+                ]
+                if ts < starts[s] or len(before) < least:
+                    continue
+                baseline = statistics.median(before)
+                if baseline <= 0:
+                    continue
+                points.append(
+                    (Point(ts, 100 * (r.mnf_m3h - baseline) / baseline), r.mnf_m3h - baseline)
+                )
+            rise = {p.ts: m3h for p, m3h in points}
+
+            def level(p: Point, rise: Mapping[datetime, float] = rise) -> Severity | None:
+                got = level_of(self.rule, p.value)
+                while got is not None and rise[p.ts] < minimum[got]:
+                    got = Severity.warning if got == Severity.alarm else None
+                return got
+
+            out[s] = steps_of(self.rule, [p for p, _ in points], level=level)
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        return (
+            f"night flow {value:+.0f}% over the previous nights' median "
+            f"({severity}: {self.limit(severity)}%)"
+        )
+
+
+class Burst(DmaKind):
+    """A 15-minute slot's net inflow against the median of the same slot on the previous
+    days, percent: a tier counts only with an excess of `params.min_m3h` and, where the DMA
+    has an AZP meter, its pressure below that slot's median (a burst lowers the pressure)."""
+
+    kind = RuleKind.burst
+
+    def lookback(self) -> timedelta:
+        return timedelta(hours=1)
+
+    def site_series(
+        self, src: SiteSources, starts: Mapping[str, datetime]
+    ) -> dict[str, list[Step]]:
+        history = int(self.params.get("history_days", 14))
+        least = int(self.params.get("min_days", 7))
+        floor = float(self.params.get("min_m3h", 1.0))
+        lo = min(starts.values()) - timedelta(days=history)
+        out: dict[str, list[Step]] = {}
+        for s, slots in repository.dma_slots(src.conn, list(starts), lo).items():
+            by_time = {row.slot_at: row for row in slots}
+            points: list[Point] = []
+            confirmed: dict[datetime, bool] = {}
+            for row in slots:
+                if row.slot_at < starts[s]:
+                    continue
+                same = [
+                    by_time[t]
+                    for k in range(1, history + 1)
+                    if (t := row.slot_at - timedelta(days=k)) in by_time
+                ]
+                if len(same) < least:
+                    continue
+                baseline = statistics.median(p.net_m3h for p in same)
+                if baseline <= 0:
+                    continue
+                pressures = [p.azp_mpa for p in same if p.azp_mpa is not None]
+                dropped = (
+                    row.azp_mpa is None
+                    or not pressures
+                    or row.azp_mpa < statistics.median(pressures)
+                )
+                ts = row.slot_at + SLOT  # judged when the slot is over
+                points.append(Point(ts, 100 * (row.net_m3h - baseline) / baseline))
+                confirmed[ts] = dropped and row.net_m3h - baseline >= floor
+
+            def level(p: Point, ok: Mapping[datetime, bool] = confirmed) -> Severity | None:
+                return level_of(self.rule, p.value) if ok[p.ts] else None
+
+            # a missing slot breaks a run
+            out[s] = steps_of(self.rule, points, SLOT * 1.5, level=level)
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        return (
+            f"net inflow {value:+.0f}% over the same 15 minutes of the previous days "
+            f"({severity}: {self.limit(severity)}%)"
+        )
+
+
+class LeakageRate(DmaKind):
+    """The rolling 12-month CJJ 92 leakage rate R_BL of the DMA, percent, at each day's end
+    (only where a year of registered consumption and the DMA's mains length exist)."""
+
+    kind = RuleKind.leakage_rate
+
+    def site_series(
+        self, src: SiteSources, starts: Mapping[str, datetime]
+    ) -> dict[str, list[Step]]:
+        out: dict[str, list[Step]] = {}
+        for s, rows in self._days(src, starts, timedelta(days=1)).items():
+            first = starts[s].astimezone(src.tz).date()
+            days = [r.day for r in rows if r.day >= first]
+            rates = dma.rolling_rates(
+                src.conn,
+                src.sites[s],
+                days,
+                outlet_pressure_mpa=src.outlet_pressure_mpa,
+                frost_depth_m=src.frost_depth_m,
+            )
+            points = [
+                Point(
+                    datetime.combine(d + timedelta(days=1), time(0), tzinfo=src.tz).astimezone(UTC),
+                    r_bl,
+                )
+                for d in days
+                if (r_bl := rates[d].r_bl) is not None
+            ]
+            out[s] = steps_of(self.rule, points)
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        return (
+            f"leakage rate R_BL {value:.1f}% over 12 months ({severity}: {self.limit(severity)}%)"
+        )
+
+
 KINDS: dict[RuleKind, type[Kind]] = {
     cls.kind: cls
     for cls in (
@@ -415,6 +645,10 @@ KINDS: dict[RuleKind, type[Kind]] = {
         ReferenceDiff,
         NoData,
         Composite,
+        NightFlowRise,
+        NetNightFlow,
+        Burst,
+        LeakageRate,
     )
 }
 # a threshold's value may be a calendar period's mean or a mean of hourly rollups

@@ -129,7 +129,7 @@ def minimum_night_flow(net: Mapping[int, float], night: range) -> tuple[float, i
     return best
 
 
-def _zone_pressure(meters: Sequence[MeterDay], slots: int) -> dict[int, float]:
+def zone_pressure(meters: Sequence[MeterDay], slots: int = 96) -> dict[int, float]:
     """Per slot, the mean over the AZP meters that have a pressure value."""
     azp = [m for m in meters if m.role == DmaRole.azp]
     out: dict[int, float] = {}
@@ -145,7 +145,7 @@ def night_day_factor(
 ) -> float:
     """NDF in hours: Σ over the day's hours of (P_h / P_mnf)^N1; an hour without pressure is 1."""
     hours = slots // SLOTS_PER_HOUR
-    pressure = _zone_pressure(meters, slots)
+    pressure = zone_pressure(meters, slots)
     mnf_p = [pressure[s] for s in range(mnf_slot, mnf_slot + MNF_RUN) if s in pressure]
     if not mnf_p or math.fsum(mnf_p) <= 0:
         return float(hours)

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, func, or_, select
+from sqlalchemy import Connection, Row, and_, func, or_, select
 
+from monitor.core.catalogue import SiteKind
 from monitor.core.db import one_of
 from monitor.core.models import (
     CLOSED,
     Alert,
     AlertStatus,
     Device,
+    DmaDay,
+    DmaSlot,
     HourlyRollup,
     MaintenanceWindow,
     Reading,
@@ -30,6 +33,8 @@ rollups_t = table(HourlyRollup)
 devices_t = table(Device)
 sites_t = table(Site)
 maintenance_t = table(MaintenanceWindow)
+dma_days_t = table(DmaDay)
+dma_slots_t = table(DmaSlot)
 
 HOUR = timedelta(hours=1)
 K = TypeVar("K")
@@ -58,33 +63,50 @@ def devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, Any
     return {row.id: row for row in conn.execute(q)}
 
 
-def open_alert(conn: Connection, rule_id: int, device_id: str) -> Row[Any] | None:
+def open_alert(
+    conn: Connection, rule_id: int, site_id: str, device_id: str | None
+) -> Row[Any] | None:
+    """The rule's open alert about a device, or (device_id None) about the site itself."""
+    subject = (
+        alerts_t.c.device_id == device_id
+        if device_id is not None
+        else and_(alerts_t.c.site_id == site_id, alerts_t.c.device_id.is_(None))
+    )
     return conn.execute(
         select(alerts_t).where(
-            alerts_t.c.rule_id == rule_id,
-            alerts_t.c.device_id == device_id,
-            alerts_t.c.status.not_in(CLOSED),
+            alerts_t.c.rule_id == rule_id, subject, alerts_t.c.status.not_in(CLOSED)
         )
     ).first()
 
 
 def pair_alerts(
-    conn: Connection, rule_ids: Collection[int], device_ids: Collection[str], since: datetime
+    conn: Connection,
+    rule_ids: Collection[int],
+    device_ids: Collection[str],
+    since: datetime,
+    *,
+    site_ids: Collection[str] | None = None,
 ) -> dict[tuple[int, str], list[Row[Any]]]:
-    """Per (rule, device): its alerts still open or resolved at or after `since`, retracted
-    ones left out, oldest first."""
+    """Per (rule, device), or with `site_ids` per (rule, site) for the alerts whose subject
+    is a site: the alerts still open or resolved at or after `since`, retracted ones left
+    out, oldest first."""
+    subject = (
+        one_of(conn, alerts_t.c.device_id, device_ids)
+        if site_ids is None
+        else and_(one_of(conn, alerts_t.c.site_id, site_ids), alerts_t.c.device_id.is_(None))
+    )
     by_pair: dict[tuple[int, str], list[Row[Any]]] = defaultdict(list)
     for row in conn.execute(
         select(alerts_t)
         .where(
             one_of(conn, alerts_t.c.rule_id, rule_ids),
-            one_of(conn, alerts_t.c.device_id, device_ids),
+            subject,
             alerts_t.c.status != AlertStatus.retracted,
             or_(alerts_t.c.resolved_at.is_(None), alerts_t.c.resolved_at >= since),
         )
         .order_by(alerts_t.c.started_at, alerts_t.c.id)
     ):
-        by_pair[(row.rule_id, row.device_id)].append(row)
+        by_pair[(row.rule_id, row.device_id or row.site_id)].append(row)
     return by_pair
 
 
@@ -235,19 +257,52 @@ def newest_reading(conn: Connection, device_id: str) -> datetime:
     return newest
 
 
-def in_maintenance(conn: Connection, device_id: str, at: datetime) -> str | None:
-    """The reason of a maintenance window of the device (or its site) holding `at`."""
+def in_maintenance(
+    conn: Connection, site_id: str, device_id: str | None, at: datetime
+) -> str | None:
+    """The reason of a maintenance window of the site (or the device) holding `at`."""
+    whose = maintenance_t.c.site_id == site_id
+    if device_id is not None:
+        whose = or_(whose, maintenance_t.c.device_id == device_id)
     row = conn.execute(
         select(maintenance_t.c.reason)
-        .join(devices_t, devices_t.c.id == device_id)
-        .where(
-            or_(
-                maintenance_t.c.device_id == device_id,
-                maintenance_t.c.site_id == devices_t.c.site_id,
-            ),
-            maintenance_t.c.starts_at <= at,
-            maintenance_t.c.ends_at > at,
-        )
+        .where(whose, maintenance_t.c.starts_at <= at, maintenance_t.c.ends_at > at)
         .limit(1)
     ).first()
     return None if row is None else str(row.reason)
+
+
+def dma_days(conn: Connection, site_ids: list[str], since: date) -> dict[str, list[Any]]:
+    """Per DMA site, its daily figures from the local day `since` on, oldest first."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(
+        select(dma_days_t)
+        .where(one_of(conn, dma_days_t.c.site_id, site_ids), dma_days_t.c.day >= since)
+        .order_by(dma_days_t.c.site_id, dma_days_t.c.day)
+    ):
+        out[row.site_id].append(row)
+    return out
+
+
+def dma_slots(conn: Connection, site_ids: list[str], since: datetime) -> dict[str, list[Any]]:
+    """Per DMA site, its defined 15-minute slots from `since` on, oldest first."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(
+        select(dma_slots_t)
+        .where(one_of(conn, dma_slots_t.c.site_id, site_ids), dma_slots_t.c.slot_at >= since)
+        .order_by(dma_slots_t.c.site_id, dma_slots_t.c.slot_at)
+    ):
+        out[row.site_id].append(row)
+    return out
+
+
+def dma_sites(conn: Connection, site_ids: Collection[str]) -> dict[str, Any]:
+    """The DMA sites among these ids, with their parameters and district."""
+    return {
+        row.id: row
+        for row in conn.execute(
+            select(sites_t).where(
+                one_of(conn, sites_t.c.id, site_ids), sites_t.c.kind == SiteKind.dma
+            )
+        )
+    }

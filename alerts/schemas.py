@@ -22,7 +22,18 @@ PARAMS: dict[RuleKind, set[str]] = {
     RuleKind.reference_diff: {"reference_device_ids", "reference_cap"},
     RuleKind.no_data: {"per_interval", "alarm_min_s"},
     RuleKind.composite: {"op", "rules"},
+    RuleKind.night_flow_rise: {"history_nights", "min_nights", "warn_min_m3h", "alarm_min_m3h"},
+    RuleKind.net_night_flow: set(),
+    RuleKind.burst: {"history_days", "min_days", "min_m3h"},
+    RuleKind.leakage_rate: set(),
 }
+# rules whose subject is a DMA site, judged on its daily figures and slots (docs/leakage.md)
+SITE_RULE_KINDS = (
+    RuleKind.night_flow_rise,
+    RuleKind.net_night_flow,
+    RuleKind.burst,
+    RuleKind.leakage_rate,
+)
 
 
 class RuleSpec(BaseModel):
@@ -45,6 +56,20 @@ class RuleSpec(BaseModel):
     - no_data: minutes without a message (intervals of the device with `params.per_interval`,
       and no alarm before `params.alarm_min_s`), on a timer; `metric` is "*";
     - composite: `params.op` "all"/"any" of the open alerts of `params.rules` on the device.
+
+    A DMA's leakage rules judge the district metered area (the alert's subject is the site;
+    `device_kind` "leak_meter", `metric` "flow"; docs/leakage.md):
+
+    - night_flow_rise: percent rise of the night's MNF over the median MNF of the previous
+      `params.history_nights` valid nights (default 14; at least `params.min_nights`, default
+      7), a tier counting only with a rise of `params.warn_min_m3h` / `params.alarm_min_m3h`
+      m³/h (defaults 1 and 2);
+    - net_night_flow: (MNF - legitimate night use) per service connection, L/conn/h;
+    - burst: percent excess of a 15-minute slot's net inflow over the median of the same slot
+      on the previous `params.history_days` days (default 14; at least `params.min_days`,
+      default 7), counting only with an excess of `params.min_m3h` m³/h (default 1) and, where
+      the DMA has an AZP meter, its pressure below that slot's median;
+    - leakage_rate: the rolling 12-month CJJ 92 leakage rate R_BL, percent.
     """
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
@@ -98,6 +123,15 @@ class RuleSpec(BaseModel):
         unknown = set(params) - PARAMS[kind]
         if unknown:
             raise ValueError(f"params: {sorted(unknown)} mean nothing to a {kind} rule")
+        if kind in SITE_RULE_KINDS and (
+            self.device_kind != DeviceKind.leak_meter or self.metric != "flow"
+        ):
+            raise ValueError(
+                f'metric: a {kind} rule judges a DMA\'s flow: device_kind "leak_meter", '
+                'metric "flow"'
+            )
+        if kind in SITE_RULE_KINDS and self.site_kinds not in (None, [SiteKind.dma]):
+            raise ValueError(f'site_kinds: a {kind} rule judges DMA sites only: ["dma"]')
         any_metric = kind in (RuleKind.no_data, RuleKind.flag_held, RuleKind.composite)
         if self.metric == "*":
             if not any_metric:

@@ -96,9 +96,7 @@ def record_event(
     ).scalar_one()
     if notify and kind in NOTIFIED:
         row = conn.execute(
-            select(alerts.c.suppressed, devices.c.site_id)
-            .join(devices, devices.c.id == alerts.c.device_id)
-            .where(alerts.c.id == alert_id)
+            select(alerts.c.suppressed, alerts.c.site_id).where(alerts.c.id == alert_id)
         ).one()
         if not row.suppressed:
             conn.execute(

@@ -158,7 +158,7 @@ def _alerts(
     with (
         conn.cursor() as cur,
         cur.copy(
-            "COPY alerts (rule_id, device_id, status, severity, started_at, fired_at, "
+            "COPY alerts (rule_id, device_id, site_id, status, severity, started_at, fired_at, "
             "last_violation_at, evaluated_until, clear_since, last_value, peak_value, violations, "
             "message, acknowledged_at, resolved_at, created_at, updated_at) FROM STDIN"
         ) as copy,
@@ -180,6 +180,7 @@ def _alerts(
                 (
                     rule_id,
                     device.id,
+                    device.site_id,
                     "firing" if firing else "resolved",
                     rng.choice(("warning", "alarm")),
                     fired - timedelta(minutes=5),

@@ -14,14 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.dma import affected_days, recompute_days
-from alerts.evaluator import Touched, evaluate_batch, evaluate_timers
+from alerts.evaluator import Outcome, Touched, evaluate_batch, evaluate_sites, evaluate_timers
 from alerts.service import StaleAlert
 from ingest import metrics
 from ingest.contract import marker_topic
@@ -138,6 +138,9 @@ class Writer:
         self._retry_delay = 0.5
         self._tz = ZoneInfo(settings.timezone)
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
+        # the area-wide CJJ 92 inputs of the leakage rate rule
+        self._outlet_pressure = settings.leakage_outlet_pressure_mpa
+        self._frost_depth = settings.leakage_frost_depth_m
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
@@ -468,27 +471,34 @@ class Writer:
         started = time.perf_counter()
         touched = [Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()]
         try:
+            return self._retrying(
+                conn,
+                "rule evaluation",
+                lambda: evaluate_batch(conn, touched, self._tz, page_ended=self._page_ended),
+            )
+        finally:
+            metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
+
+    def _retrying(self, conn: Connection, what: str, evaluate: Callable[[], Outcome]) -> int:
+        """Run an evaluation in a savepoint, again when an alert changed meanwhile (an
+        inspector, another ingestor); a bug in a rule costs the batch its alerts (logged,
+        counted), never its readings. Returns the alerts opened."""
+        try:
             for attempt in range(STALE_RETRIES):
                 try:
                     with conn.begin_nested():
-                        outcome = evaluate_batch(
-                            conn, touched, self._tz, page_ended=self._page_ended
-                        )
-                    break
+                        outcome = evaluate()
+                    return outcome.opened
                 except StaleAlert as exc:
-                    # an inspector (or another ingestor) changed an alert meanwhile: read again
                     if attempt == STALE_RETRIES - 1:
                         raise
                     log.info("alert changed while evaluating (%s); evaluating again", exc)
         except OperationalError:
             raise
         except Exception:
-            log.exception("rule evaluation failed; the batch's readings are stored regardless")
+            log.exception("%s failed; the batch's readings are stored regardless", what)
             metrics.EVALUATION_ERRORS.inc()
-            return 0
-        finally:
-            metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
-        return outcome.opened
+        return 0
 
     def _dma_days(self, conn: Connection, rows: list[Row]) -> None:
         """Recompute the DMA days (night flow, leakage) the batch's meter readings fall in,
@@ -503,12 +513,28 @@ class Writer:
             return
         try:
             with conn.begin_nested():
-                recompute_days(conn, affected_days(conn, hours, tz=self._tz), tz=self._tz)
+                pairs = affected_days(conn, hours, tz=self._tz)
+                recompute_days(conn, pairs, tz=self._tz)
         except OperationalError:
             raise
         except Exception:
             log.exception("DMA day figures failed; the batch's readings are stored regardless")
-            metrics.EVALUATION_ERRORS.inc()
+            return
+        earliest: dict[str, date] = {}
+        for site, day in pairs:
+            earliest[site] = min(day, earliest.get(site, day))
+        self._retrying(
+            conn,
+            "site rules",
+            lambda: evaluate_sites(
+                conn,
+                earliest,
+                self._tz,
+                page_ended=self._page_ended,
+                outlet_pressure_mpa=self._outlet_pressure,
+                frost_depth_m=self._frost_depth,
+            ),
+        )
 
     def _count(self, summary: Summary) -> None:
         """Account for a committed batch."""

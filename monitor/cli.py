@@ -666,12 +666,32 @@ def consumption() -> None:
 def consumption_import(file: Path) -> None:
     """Register the billing periods of a CSV file (site_id, period_start, period_end, billed_m3,
     and optionally unbilled_m3, residential_metered_m3); all or nothing."""
+    import csv
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from alerts.evaluator import evaluate_sites
     from monitor.consumption import import_csv
     from monitor.core.exceptions import EnvmonError
 
+    settings = _settings()
     try:
         with _connection() as conn:
             n = import_csv(conn, "cli", file)
+            # the DMAs' leakage rates move from each site's earliest new period on
+            since: dict[str, date] = {}
+            with file.open(newline="", encoding="utf-8-sig") as f:
+                for row in csv.DictReader(f):
+                    start = date.fromisoformat(row["period_start"].strip())
+                    site = row["site_id"].strip()
+                    since[site] = min(start, since.get(site, start))
+            evaluate_sites(
+                conn,
+                since,
+                ZoneInfo(settings.timezone),
+                outlet_pressure_mpa=settings.leakage_outlet_pressure_mpa,
+                frost_depth_m=settings.leakage_frost_depth_m,
+            )
     except EnvmonError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"registered {n} consumption periods from {file}")

@@ -128,8 +128,11 @@ class AlertRead(BaseModel):
     id: int
     rule_id: int
     rule_name: str
-    device_id: str
-    site_id: str
+    device_id: str | None = Field(
+        description="The device the alert is about; null when its subject is the site itself "
+        "(a DMA's leakage rules)"
+    )
+    site_id: str = Field(description="The subject's site (a device alert: the device's site)")
     district: str
     device_kind: str
     metric: str

@@ -131,6 +131,11 @@ class RuleKind(StrEnum):
     daily_count = "daily_count"  # more than params.max_hours exceeding hours in a local day
     reference_diff = "reference_diff"  # hourly mean minus the reference stations' mean
     composite = "composite"  # params.all / params.any of other rules' states
+    # a DMA's leakage rules: their subject is the DMA site (alerts/kinds.py, docs/leakage.md)
+    night_flow_rise = "night_flow_rise"  # the night's MNF against the previous valid nights'
+    net_night_flow = "net_night_flow"  # (MNF - legitimate night use) per connection, L/conn/h
+    burst = "burst"  # a slot's net inflow against the same slot of the previous days
+    leakage_rate = "leakage_rate"  # rolling 12-month CJJ 92 leakage rate R_BL, percent
 
 
 class NotificationStatus(StrEnum):
@@ -312,7 +317,10 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     rule_id: Mapped[int] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"), index=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    # the subject: a device, or (device_id null) a site, as a DMA's leakage rules judge it
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    # the subject's site (a device alert: its device's site when it opened): scope, exports
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=AlertStatus.firing)
     severity: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column()
@@ -349,6 +357,15 @@ class Alert(Base):
             unique=True,
             sqlite_where=text("status NOT IN ('resolved', 'retracted')"),
             postgresql_where=text("status NOT IN ('resolved', 'retracted')"),
+        ),
+        # and one per (rule, site) for the alerts whose subject is a site
+        Index(
+            "uq_alerts_open_rule_site",
+            "rule_id",
+            "site_id",
+            unique=True,
+            sqlite_where=text("device_id IS NULL AND status NOT IN ('resolved', 'retracted')"),
+            postgresql_where=text("device_id IS NULL AND status NOT IN ('resolved', 'retracted')"),
         ),
     )
 
@@ -457,3 +474,15 @@ class DmaDay(Base):
 def table(model: type[Base]) -> Table:
     """The Core table of a model, for bulk statements (typed, unlike `Model.__table__`)."""
     return cast(Table, model.__table__)
+
+
+class DmaSlot(Base):
+    """A DMA's 15-minute slot: net inflow (inlets - outlets, defined only when every meter
+    has a value) and the mean pressure of its AZP meters; the burst rule's series."""
+
+    __tablename__ = "dma_slots"
+
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    slot_at: Mapped[datetime] = mapped_column(primary_key=True)  # the slot's start, UTC
+    net_m3h: Mapped[float] = mapped_column(Float)
+    azp_mpa: Mapped[float | None] = mapped_column(Float)

@@ -204,16 +204,21 @@ def overview(
     if user is None:
         return render(request, "signin.html", settings, None)
     p = user.principal
-    a, d, s = alert_routes.alerts, alert_routes.devices, alert_routes.sites
+    a, d, s, r = alert_routes.alerts, alert_routes.devices, alert_routes.sites, alert_routes.rules
+    kind = alert_routes.DEVICE_KIND
     open_alerts = session.execute(
-        select(s.c.district, d.c.kind, a.c.status, func.count())
-        .select_from(a.join(d, d.c.id == a.c.device_id).join(s, s.c.id == d.c.site_id))
+        select(s.c.district, kind, a.c.status, func.count())
+        .select_from(
+            a.join(r, r.c.id == a.c.rule_id)
+            .outerjoin(d, d.c.id == a.c.device_id)
+            .join(s, s.c.id == a.c.site_id)
+        )
         .where(
             district_clause(p, s.c.district),
             a.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),
         )
-        .group_by(s.c.district, d.c.kind, a.c.status)
-        .order_by(s.c.district, d.c.kind)
+        .group_by(s.c.district, kind, a.c.status)
+        .order_by(s.c.district, kind)
     ).all()
     table: dict[tuple[str, str], dict[str, int]] = {}
     for district, kind, status, n in open_alerts:
@@ -455,12 +460,11 @@ def map_page(
 ) -> HTMLResponse:
     """The sites in scope on a plain coordinate grid, coloured by their worst open alert."""
     p = user.principal
-    a, d, s = alert_routes.alerts, alert_routes.devices, alert_routes.sites
+    a, s = alert_routes.alerts, alert_routes.sites
     worst: dict[str, int] = {}
     for site_id, severity in session.execute(
-        select(d.c.site_id, a.c.severity)
-        .join(a, a.c.device_id == d.c.id)
-        .join(s, s.c.id == d.c.site_id)
+        select(a.c.site_id, a.c.severity)
+        .join(s, s.c.id == a.c.site_id)
         .where(
             district_clause(p, s.c.district),
             a.c.status.in_([AlertStatus.firing, AlertStatus.acknowledged]),

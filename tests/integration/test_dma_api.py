@@ -234,3 +234,71 @@ async def test_leakage_report_has_days_and_cjj92_periods_scoped_by_district(
         headers=bearer(key),
     )
     assert r.status_code == 404
+
+
+async def test_registered_consumption_judges_the_dma_leakage_rate_rule(
+    api: httpx.AsyncClient, pg_engine: Engine
+) -> None:
+    """A year of DMA days and its billing period put R_BL over 12%: the leakage-rate rule
+    alarms the site (no device); correcting the billed volume disproves it (retracted)."""
+    from alerts.leakage import Cjj92Inputs, cjj92
+    from alerts.packs import install_default_rules
+    from monitor.core.models import Alert, Rule
+
+    with pg_engine.begin() as conn:
+        install_default_rules(conn)
+    r = await api.post("/v1/sites", json={**DMA, "connections": 800, "mains_km": 10.0})
+    assert r.status_code == 201, r.text
+    first, last = date(2025, 12, 1), date(2026, 11, 30)
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    now = datetime.now(UTC)
+    with pg_engine.begin() as conn:
+        conn.execute(
+            insert(DmaDay),
+            [
+                {
+                    "site_id": "dma-1",
+                    "day": d,
+                    "valid": True,
+                    "coverage": 1.0,
+                    "night_coverage": 1.0,
+                    "night_use_m3h": 1.36,
+                    "inlet_m3": 1000.0,
+                    "computed_at": now,
+                }
+                for d in days
+            ],
+        )
+    expected = cjj92(
+        Cjj92Inputs(supply_m3=365_000, registered_m3=300_000, annual=True, mains_km=10.0)
+    ).r_bl
+    assert expected is not None and expected > 12
+    r = await api.post(
+        "/v1/sites/dma-1/consumption",
+        json={"period_start": str(first), "period_end": str(last), "billed_m3": 300_000},
+    )
+    assert r.status_code == 201, r.text
+    period = r.json()["id"]
+
+    def alerts() -> list[dict[str, object]]:
+        with pg_engine.connect() as conn:
+            q = (
+                select(Alert.__table__)
+                .join(Rule.__table__, Rule.__table__.c.id == Alert.__table__.c.rule_id)
+                .where(Rule.__table__.c.name == "dma-leakage-rate-12m")
+            )
+            return [dict(a._mapping) for a in conn.execute(q)]
+
+    (alert,) = alerts()
+    assert (alert["device_id"], alert["site_id"], alert["severity"]) == (None, "dma-1", "alarm")
+    assert alert["peak_value"] == pytest.approx(expected)
+    listed = (await api.get("/v1/alerts", params={"site_id": "dma-1"})).json()["items"]
+    assert [(a["id"], a["device_id"], a["device_kind"]) for a in listed] == [
+        (alert["id"], None, "leak_meter")
+    ]
+    detail = (await api.get(f"/v1/alerts/{alert['id']}")).json()
+    assert detail["readings"] == [] and "R_BL" in detail["message"]
+
+    r = await api.patch(f"/v1/sites/dma-1/consumption/{period}", json={"billed_m3": 345_000})
+    assert r.status_code == 200, r.text
+    assert [a["status"] for a in alerts()] == ["retracted"]

@@ -61,6 +61,10 @@ EXPORT_MAX = 100_000
 READINGS_AROUND = timedelta(hours=1)
 
 
+# a site alert (device_id null: a DMA's leakage rules) has its rule's device kind
+DEVICE_KIND = func.coalesce(devices.c.kind, rules.c.device_kind)
+
+
 def _select(principal: Principal) -> Select[Any]:
     return (
         select(
@@ -68,13 +72,12 @@ def _select(principal: Principal) -> Select[Any]:
             rules.c.name.label("rule_name"),
             rules.c.metric,
             rules.c.basis,
-            devices.c.site_id,
-            devices.c.kind.label("device_kind"),
+            DEVICE_KIND.label("device_kind"),
             sites.c.district,
         )
         .join(rules, rules.c.id == alerts.c.rule_id)
-        .join(devices, devices.c.id == alerts.c.device_id)
-        .join(sites, sites.c.id == devices.c.site_id)
+        .outerjoin(devices, devices.c.id == alerts.c.device_id)
+        .join(sites, sites.c.id == alerts.c.site_id)
         .where(district_clause(principal, sites.c.district))
     )
 
@@ -98,8 +101,8 @@ class AlertFilter:
         for column, value in (
             (alerts.c.status, self.status),
             (alerts.c.severity, self.severity),
-            (devices.c.kind, self.kind),
-            (devices.c.site_id, self.site_id),
+            (DEVICE_KIND, self.kind),
+            (alerts.c.site_id, self.site_id),
             (sites.c.district, self.district),
             (alerts.c.device_id, self.device_id),
             (alerts.c.rule_id, self.rule_id),
@@ -215,13 +218,12 @@ def _events(
             alerts.c.status,
             alerts.c.severity.label("alert_severity"),
             rules.c.name.label("rule_name"),
-            devices.c.site_id,
+            alerts.c.site_id,
             sites.c.district,
         )
         .join(alerts, alerts.c.id == events.c.alert_id)
         .join(rules, rules.c.id == alerts.c.rule_id)
-        .join(devices, devices.c.id == alerts.c.device_id)
-        .join(sites, sites.c.id == devices.c.site_id)
+        .join(sites, sites.c.id == alerts.c.site_id)
         .where(
             or_(events.c.id > after, events.c.id.in_(holes)) if holes else events.c.id > after,
             district_clause(principal, sites.c.district),
@@ -329,7 +331,7 @@ def get_alert(session: SessionDep, principal: PrincipalDep, alert_id: IdPath) ->
         select(events).where(events.c.alert_id == alert_id).order_by(events.c.id)
     ).all()
     around: list[dict[str, Any]] = []
-    if a["metric"] != "*":
+    if a["metric"] != "*" and a["device_id"] is not None:
         until = (a["resolved_at"] or a["last_violation_at"]) + READINGS_AROUND
         around = [
             dict(r._mapping)
