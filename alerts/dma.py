@@ -11,6 +11,7 @@ quarter hours, so they are the local day's slots too.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -107,6 +108,11 @@ def _span(day: date, tz: ZoneInfo) -> _Span:
     return _Span(start, int((end - start).total_seconds()) // SLOT_S)
 
 
+def _between(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    """The (time, value) points with lo <= time < hi, of points sorted by time."""
+    return points[bisect_left(points, (lo, -math.inf)) : bisect_left(points, (hi, -math.inf))]
+
+
 def recompute_days(
     conn: Connection, site_day_pairs: Iterable[tuple[str, date]], *, tz: ZoneInfo | None = None
 ) -> int:
@@ -198,6 +204,8 @@ def recompute_days(
     for s, d in pairs:
         sp = spans[d]
         first, t0 = sp.first_slot, sp.start.timestamp()
+        # the day's totaliser readings, and those up to the gap limit either side
+        t_lo, t_hi = t0 - MAX_TOTALISER_GAP_S, t0 + sp.slots * SLOT_S + MAX_TOTALISER_GAP_S
         day_meters = []
         for dev, role in meters[s]:
             flow = slot_means.get((dev, "flow"), {})
@@ -206,12 +214,11 @@ def recompute_days(
                 MeterDay(
                     dev,
                     role,
-                    {n - first: v for n, v in flow.items() if 0 <= n - first < sp.slots},
-                    {n - first: v for n, v in pressure.items() if 0 <= n - first < sp.slots},
+                    {i: flow[first + i] for i in range(sp.slots) if first + i in flow},
+                    {i: pressure[first + i] for i in range(sp.slots) if first + i in pressure},
                     tuple(
                         TotaliserPoint(t - t0, v)
-                        for t, v in totals.get(dev, ())
-                        if -MAX_TOTALISER_GAP_S <= t - t0 < sp.slots * SLOT_S + MAX_TOTALISER_GAP_S
+                        for t, v in _between(totals.get(dev, []), t_lo, t_hi)
                     ),
                 )
             )

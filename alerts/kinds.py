@@ -42,6 +42,7 @@ from monitor.core.models import Aggregate, RuleKind, Severity
 
 HOUR = timedelta(hours=1)
 SLOT = timedelta(seconds=900)  # a DMA's 15-minute slot (alerts/leakage.py SLOT_S)
+SLOTS_PER_DAY = 96  # UTC days: the city's offset is whole quarter hours (alerts/dma.py)
 # a missed reading (no reading for 1.5 reporting intervals) breaks a "for" run (steps_of)
 GAP_INTERVALS = 1.5
 
@@ -558,23 +559,23 @@ class Burst(DmaKind):
         lo = min(starts.values()) - timedelta(days=history)
         out: dict[str, list[Step]] = {}
         for s, slots in repository.dma_slots(src.conn, list(starts), lo).items():
-            by_time = {row.slot_at: row for row in slots}
+            # by slot number (epoch / 900): the same slot k days before is k × 96 earlier
+            net = {_slot_no(row.slot_at): row.net_m3h for row in slots}
+            azp = {_slot_no(row.slot_at): row.azp_mpa for row in slots}
             points: list[Point] = []
             confirmed: dict[datetime, bool] = {}
             for row in slots:
                 if row.slot_at < starts[s]:
                     continue
-                same = [
-                    by_time[t]
-                    for k in range(1, history + 1)
-                    if (t := row.slot_at - timedelta(days=k)) in by_time
-                ]
+                n = _slot_no(row.slot_at)
+                before = [n - k * SLOTS_PER_DAY for k in range(1, history + 1)]
+                same = [net[m] for m in before if m in net]
                 if len(same) < least:
                     continue
-                baseline = statistics.median(p.net_m3h for p in same)
+                baseline = statistics.median(same)
                 if baseline <= 0:
                     continue
-                pressures = [p.azp_mpa for p in same if p.azp_mpa is not None]
+                pressures = [p for m in before if (p := azp.get(m)) is not None]
                 dropped = (
                     row.azp_mpa is None
                     or not pressures
@@ -677,6 +678,10 @@ def period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     offset = (local - midnight).total_seconds() // period_s * period_s
     return (midnight + timedelta(seconds=offset)).astimezone(UTC)
+
+
+def _slot_no(ts: datetime) -> int:
+    return int(ts.timestamp()) // 900
 
 
 def _ts(row: Any) -> datetime:

@@ -17,6 +17,9 @@ EXAMPLE_FLEET = Path(__file__).with_name("example-fleet.toml")
 
 SITE_KEYS = ("id", "name", "district", "kind", "latitude", "longitude")
 DEVICE_KEYS = ("id", "site_id", "kind", "name")
+# a leak meter's `simulator` table: the DMA's legitimate night use its customers draw, a
+# background leak, and the totaliser register's rollover (devices/simulators.py LeakMeter)
+LEAK_SIMULATOR_KEYS = ("night_use_m3h", "leak_m3h", "rollover_m3")
 
 
 @dataclass
@@ -84,12 +87,17 @@ def simulators_for(
             river = site_kinds.get(str(record["site_id"])) == SiteKind.river_section
             simulators.append(WaterQualityProbe(device_id, seed=seed, episodes=own, river=river))
         else:
-            simulators.append(LeakMeter(device_id, seed=seed, episodes=own))
+            sim = record.get("simulator") or {}
+            unknown = set(sim) - set(LEAK_SIMULATOR_KEYS)
+            if unknown:
+                raise ValueError(f"device {device_id}: unknown simulator keys {sorted(unknown)}")
+            simulators.append(LeakMeter(device_id, seed=seed, episodes=own, **sim))
     return simulators
 
 
 def demo_fleet(now: datetime, *, seed: int = 7) -> Fleet:
-    """The example fleet, with a dust, a turbidity and a pressure-drop episode around `now`."""
+    """The example fleet, with a dust, a turbidity and a burst (pressure drop) episode around
+    `now`."""
     if now.tzinfo is None:
         raise ValueError("demo_fleet needs a timezone-aware `now`")
     document = load_fleet_file(EXAMPLE_FLEET)
@@ -97,7 +105,8 @@ def demo_fleet(now: datetime, *, seed: int = 7) -> Fleet:
     episodes = {
         "dust-001": [Episode("dust", now - 80 * minutes, now + 30 * minutes, 4.0)],
         "water-002": [Episode("turbidity", now - 30 * minutes, now + 15 * minutes, 6.0)],
-        "leak-001": [Episode("pressure_drop", now - 25 * minutes, now + 20 * minutes, 0.25)],
+        # a burst in DMA 02: the pressure falls and the inflow rises by 30%
+        "leak-003": [Episode("pressure_drop", now - 40 * minutes, now + 60 * minutes, 0.25)],
     }
     site_kinds = {str(site["id"]): str(site["kind"]) for site in document["sites"]}
     simulators = simulators_for(

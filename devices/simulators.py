@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Literal
@@ -315,6 +315,27 @@ class LeakMeter(SimulatedDevice):
         if self.night_use_m3h is None:
             return self._mean_flow * demand
         return self.night_use_m3h + self._mean_flow * max(0.0, demand - _NIGHT_FLOOR)
+
+    def history(self, stamps: Iterable[datetime]) -> Iterator[tuple[datetime, float, float]]:
+        """(time, flow, totaliser) at each stamp, the model of `sample` without its episodes,
+        pressure and acoustics, from one random stream: about 50 times quicker, for seeding
+        a year of a DMA's history (the values are not those `sample` gives at the same time)."""
+        rng = random.Random(f"{self.seed}:{self.device_id}:history")
+        for ts in stamps:
+            demand = _demand(_hour(ts.astimezone(LOCAL_TZ)))
+            flow = self.customer_flow(demand) * rng.gauss(1, 0.03) + self.leak_m3h
+            total = self._totaliser_base + self._volume(
+                (ts - TOTALISER_EPOCH).total_seconds() / 3600
+            )
+            if self.rollover_m3 is not None:
+                total %= self.rollover_m3
+            yield ts, _finish("flow", flow), _finish("totaliser", total)
+
+    def drawn_m3(self, start: datetime, end: datetime) -> float:
+        """What the customers drew through this meter over [start, end), m³: its noiseless
+        volume without the background leak (registered consumption, for the demo)."""
+        h0, h1 = ((t - TOTALISER_EPOCH).total_seconds() / 3600 for t in (start, end))
+        return self._volume(h1) - self._volume(h0) - self.leak_m3h * (h1 - h0)
 
     def _volume(self, hours: float) -> float:
         """Noiseless volume since the totaliser epoch: customers plus background leakage."""

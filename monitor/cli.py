@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("envmon")
 DEMO_ADMIN = "demo-admin"
+DEMO_BACKFILL_S = 2 * 3600  # the simulated fleet's first upload: its last two hours
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -132,6 +133,7 @@ def up(
         stoppers.insert(0, ingestor.stop)
         if demo is not None:
             stoppers.insert(0, _start_simulator(settings, demo))
+            _seed_demo_history(settings, engine, demo)
             if ingestor.gateway is not None and ingestor.gateway.port:
                 stoppers.insert(0, _start_hj212_demo(engine, demo, ingestor.gateway.port))
         base = f"http://{settings.api_host}:{settings.api_port}"
@@ -269,6 +271,23 @@ def _register_demo(settings: Settings) -> Demo:
     return Demo(fleet, key, key_file, credentials, _write_credentials(settings, credentials))
 
 
+def _seed_demo_history(settings: Settings, engine: Any, demo: Demo) -> None:
+    """A year of the demo DMAs' history, in the background beside the live fleet (a minute
+    or so on SQLite): their daily figures, leakage rates and rules appear as it lands."""
+    from monitor.demo import seed_dma_history
+
+    until = datetime.now(UTC) - timedelta(seconds=DEMO_BACKFILL_S)
+
+    def run() -> None:
+        try:
+            fleet = demo.fleet
+            seed_dma_history(engine, fleet.sites, fleet.devices, fleet.simulators, until, settings)
+        except Exception:  # the demo goes on without its history
+            log.exception("seeding the demo DMAs' history failed")
+
+    threading.Thread(target=run, name="envmon-demo-history", daemon=True).start()
+
+
 def _write_credentials(settings: Settings, credentials: dict[str, str]) -> Path:
     """device=password lines, readable by the owner only (`grep ^dust-001= FILE`)."""
     path = settings.data_dir / "device-credentials.txt"
@@ -291,7 +310,7 @@ def _start_simulator(settings: Settings, demo: Demo) -> Any:
         credentials=demo.credentials,
         announce_status=True,
         interval_s=10.0,
-        backfill_s=2 * 3600,
+        backfill_s=DEMO_BACKFILL_S,
         backfill_step_s=60,
         client_id="envmon-demo-fleet",
     )

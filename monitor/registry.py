@@ -174,7 +174,11 @@ def import_fleet(
     """Register (or update) every site and device of a fleet document; returns the counts
     and the MQTT passwords issued to devices that had none."""
     sites = [SiteCreate.model_validate(s) for s in doc["sites"]]
-    devices = [DeviceCreate.model_validate(d) for d in doc["devices"]]
+    # a device's `simulator` table configures `envmon simulate` only (devices/fleet.py)
+    devices = [
+        DeviceCreate.model_validate({k: v for k, v in d.items() if k != "simulator"})
+        for d in doc["devices"]
+    ]
     for s in sites:
         upsert_site(conn, s)
     issued: dict[str, str] = {}

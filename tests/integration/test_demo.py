@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -108,6 +109,23 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     )
     assert time.monotonic() - started < 60
     assert {a["device_kind"] for a in alerts} >= {"dust_monitor"}
+
+    # the two DMAs: a year of daily leakage (about 8% and 18%) and CJJ 92 rates, and the burst
+    # in DMA 02 (whose alert is about the site) found by the burst rule, within a minute
+    def burst() -> list[Any]:
+        items = demo.get("/v1/alerts", site_id="dma-lanshan-02")["items"]
+        return [a for a in items if a["rule_name"] == "dma-burst" and a["device_id"] is None]
+
+    eventually(burst, 60, "the burst alert of DMA 02", demo)
+    # (the rolling 12 months end on the report's last day: yesterday, the last billed day)
+    yesterday = str(datetime.now(ZoneInfo("Asia/Shanghai")).date() - timedelta(days=1))
+    report = demo.get("/v1/reports/leakage", start=yesterday, end=yesterday)
+    days = {(r["site_id"], r["day"]): r for r in report["items"] if r["valid"]}
+    assert 6 < days[("dma-hedong-01", yesterday)]["leakage_pct"] < 10
+    assert 15 < days[("dma-lanshan-02", yesterday)]["leakage_pct"] < 21
+    rolling = [p for p in report["periods"] if p["kind"] == "rolling_12m" and p["r_bl"] is not None]
+    assert {p["site_id"] for p in rolling} == {"dma-hedong-01", "dma-lanshan-02"}
+    assert time.monotonic() - started < 120
     devices = demo.get("/v1/devices")["items"]
     assert all(d["online"] for d in devices)
 

@@ -183,7 +183,7 @@ def test_bursts_on_30_days_are_found_and_nothing_else(engine: Engine) -> None:
                 candidates = [a for a in found if a.name == "dma-burst"]
             else:
                 deadline = datetime.combine(b.start.date(), time(4, 15), tzinfo=TZ)
-                candidates = found
+                candidates = list(found)
             hits = [
                 a
                 for a in candidates

@@ -31,10 +31,10 @@ def test_migrate_then_import_the_example_fleet(
     assert runner.invoke(main, ["migrate"]).exit_code == 0
     result = runner.invoke(main, ["devices", "import", str(EXAMPLE_FLEET)])
     assert result.exit_code == 0, result.output
-    assert "8 devices" in result.output
+    assert "7 sites and 9 devices" in result.output
     engine = make_engine(f"sqlite:///{tmp_path}/envmon.db")
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(table(Device))).scalar() == 8
+        assert conn.execute(select(func.count()).select_from(table(Device))).scalar() == 9
         shipped = sum(len(p.rules) for p in load_packs())
         assert conn.execute(select(func.count()).select_from(table(Rule))).scalar() == shipped
     engine.dispose()
@@ -54,7 +54,7 @@ def test_device_credentials_are_issued_once_then_only_rotated(
     runner.invoke(main, ["migrate"])
     result = runner.invoke(main, ["devices", "import", str(EXAMPLE_FLEET)])
     written = (tmp_path / "device-credentials.txt").read_text().splitlines()
-    assert len(written) == 8 and "device-credentials.txt" in result.output
+    assert len(written) == 9 and "device-credentials.txt" in result.output
     assert (tmp_path / "device-credentials.txt").stat().st_mode & 0o077 == 0
     again = runner.invoke(main, ["devices", "credentials", "dust-001"])
     assert again.exit_code != 0 and "--rotate" in again.output
@@ -67,5 +67,5 @@ def test_device_credentials_are_issued_once_then_only_rotated(
     monkeypatch.setenv("ENVMON_MQTT_URL", "mqtt://envmon-ingest:s3cret-enough@broker:1883")
     assert runner.invoke(main, ["broker", "config", "--out", str(out)]).exit_code == 0
     passwd = (out / "passwd").read_text()
-    assert passwd.count("\n") == 9 and "envmon-ingest:$7$" in passwd
+    assert passwd.count("\n") == 10 and "envmon-ingest:$7$" in passwd
     assert "pattern write envmon/v1/devices/%u/telemetry" in (out / "acl").read_text()

@@ -128,8 +128,8 @@ def test_the_demo_dust_episode_shows_at_now() -> None:
 
 def test_the_example_fleet_file_loads(tmp_path: Path) -> None:
     document = load_fleet_file(EXAMPLE_FLEET)
-    assert len(document["sites"]) == 6
-    assert len(document["devices"]) == 8
+    assert len(document["sites"]) == 7
+    assert len(document["devices"]) == 9
     as_json = tmp_path / "fleet.json"
     as_json.write_text(json.dumps(document), encoding="utf-8")
     assert load_fleet_file(as_json) == document
