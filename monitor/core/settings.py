@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -214,6 +215,12 @@ class Settings(BaseSettings):
         le=10,
         description="Maximum frost depth of the supply area, m (CJJ 92 R4; unset: R4 = 0)",
     )
+    web_session_hours: float = Field(
+        12.0,
+        gt=0,
+        description="A web page sign-in lasts this long (signing out, revoking the key or "
+        "disabling the user end it sooner)",
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 
@@ -238,6 +245,10 @@ class Settings(BaseSettings):
                 "ENVMON_WEBHOOK_SECRET must be set when ENVMON_WEBHOOK_URL is: every "
                 "notification is signed with it (`openssl rand -hex 32` makes a good one)"
             )
+
+    @property
+    def web_session_max_age(self) -> timedelta:
+        return timedelta(hours=self.web_session_hours)
 
     @property
     def sqlalchemy_url(self) -> str:
