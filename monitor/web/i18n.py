@@ -84,6 +84,9 @@ _EN: dict[str, str] = {
     "escalated": "escalated",
     "assigned": "assigned",
     "no_open": "no open alert",
+    "assignee": "Assignee",
+    "assign": "Assign",
+    "nobody": "nobody",
 }
 
 _ZH: dict[str, str] = {
@@ -163,6 +166,9 @@ _ZH: dict[str, str] = {
     "escalated": "升级",
     "assigned": "指派",
     "no_open": "无未结告警",
+    "assignee": "负责人",
+    "assign": "指派",
+    "nobody": "无",
 }
 
 assert _EN.keys() == _ZH.keys()

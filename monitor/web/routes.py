@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from monitor.api.deps import CSRF_HEADER, SESSION_COOKIE, SessionDep, SettingsDep
 from monitor.api.routes import alerts as alert_routes
@@ -27,14 +27,22 @@ from monitor.api.routes import devices as device_routes
 from monitor.api.routes import reports as report_routes
 from monitor.api.schemas import AlertAction
 from monitor.api.scope import district_clause
-from monitor.auth import Forbidden, Principal, Unauthenticated, authenticate_session, open_session
+from monitor.auth import (
+    Forbidden,
+    Principal,
+    Unauthenticated,
+    authenticate_session,
+    end_session,
+    open_session,
+)
 from monitor.core.catalogue import DeviceKind, metrics_for
-from monitor.core.exceptions import EnvmonError, NotFound
-from monitor.core.models import AlertStatus, Role, Severity
+from monitor.core.exceptions import EnvmonError, InvalidInput, NotFound
+from monitor.core.models import AlertStatus, Role, Severity, User, table
 from monitor.core.settings import Environment, Settings
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
 
 router = APIRouter(include_in_schema=False)
+users_t = table(User)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 SECURITY_HEADERS = {
@@ -95,7 +103,10 @@ def optional_user(request: Request, session: SessionDep, settings: SettingsDep) 
         return None
     try:
         principal, csrf = authenticate_session(
-            session.connection(), cookie, production=_production(settings)
+            session.connection(),
+            cookie,
+            production=_production(settings),
+            max_age=settings.web_session_max_age,
         )
     except Unauthenticated:
         return None
@@ -248,7 +259,10 @@ def sign_in(
         return render(request, "signin.html", settings, None, 429, error="throttled")
     try:
         cookie = open_session(
-            session.connection(), form.get("key", "").strip(), production=_production(settings)
+            session.connection(),
+            form.get("key", "").strip(),
+            production=_production(settings),
+            max_age=settings.web_session_max_age,
         )
     except Unauthenticated:
         throttle.failed(client)
@@ -266,9 +280,12 @@ def sign_in(
 
 
 @router.post("/signout")
-def sign_out(request: Request, user: UserDep, form: FormDep) -> RedirectResponse:
-    """Forget the session cookie."""
+def sign_out(
+    request: Request, session: SessionDep, user: UserDep, form: FormDep
+) -> RedirectResponse:
+    """End the session on the server (every copy of its cookie), and forget the cookie."""
     check_csrf(request, user, form)
+    end_session(session.connection(), request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -352,11 +369,46 @@ def alert_page(
     request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, alert_id: int
 ) -> HTMLResponse:
     """One alert: what fired, its rule and basis, its readings and events, the actions."""
-    detail = alert_routes.get_alert(session, user.principal, alert_id)
     template = "alert_body.html" if request.query_params.get("body") else "alert.html"
+    return _render_alert(request, session, settings, user, alert_id, template)
+
+
+def _render_alert(
+    request: Request,
+    session: Any,
+    settings: Settings,
+    user: WebUser,
+    alert_id: int,
+    template: str,
+) -> HTMLResponse:
+    detail = alert_routes.get_alert(session, user.principal, alert_id)
     r = alert_routes.rules
     rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
-    return render(request, template, settings, user, a=detail, chart=_alert_chart(detail, rule))
+    return render(
+        request,
+        template,
+        settings,
+        user,
+        a=detail,
+        chart=_alert_chart(detail, rule),
+        assignees=_assignees(session, detail.district) if user.can_act else [],
+    )
+
+
+def _assignees(session: Any, district: str) -> list[str]:
+    """Who may be given an alert of this district: the enabled users who could act on it
+    themselves (inspectors and admins whose scope covers the district)."""
+    u = users_t
+    q = (
+        select(u.c.name)
+        .where(
+            u.c.disabled.is_(False),
+            u.c.role.in_([Role.admin.value, Role.inspector.value]),
+            or_(u.c.district.is_(None), u.c.district == district),
+        )
+        .order_by(u.c.name)
+    )
+    return [str(name) for name in session.execute(q).scalars()]
 
 
 TIERS = ("warn_above", "alarm_above", "warn_below", "alarm_below")
@@ -373,7 +425,7 @@ def _alert_chart(detail: Any, rule: Any) -> dict[str, Any]:
     }
 
 
-ACTIONS = ("acknowledge", "resolve", "comment")
+ACTIONS = ("acknowledge", "resolve", "comment", "assign")
 
 
 @router.post("/alerts/{alert_id}/{action}", response_model=None)
@@ -386,7 +438,7 @@ def alert_action(
     alert_id: int,
     action: str,
 ) -> Response:
-    """Acknowledge, resolve or comment, through the API's own route functions."""
+    """Acknowledge, resolve, comment or assign, through the API's own route functions."""
     check_csrf(request, user, form)
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}", field="path.action")
@@ -397,6 +449,16 @@ def alert_action(
         alert_routes.acknowledge_alert(session, p, alert_id, AlertAction(note=note))
     elif action == "resolve":
         alert_routes.resolve_alert(session, p, alert_id, AlertAction(note=note))
+    elif action == "assign":
+        detail = alert_routes.get_alert(session, p, alert_id)  # in scope, or 404
+        assignee = form.get("assignee", "").strip() or None
+        if assignee is not None and assignee not in _assignees(session, detail.district):
+            raise InvalidInput(
+                f"{assignee!r} cannot act on alerts of {detail.district}", field="assignee"
+            )
+        alert_routes.assign_alert(
+            session, p, alert_id, alert_routes.AssignBody(assignee=assignee, note=note)
+        )
     else:
         alert_routes.comment_alert(session, p, alert_id, alert_routes.CommentBody(note=note or ""))
     if not request.headers.get("HX-Request"):
@@ -405,12 +467,8 @@ def alert_action(
         q = alert_routes._select(p).where(alert_routes.alerts.c.id == alert_id)
         rows = [r._mapping for r in session.execute(q)]
         return render(request, "alert_rows.html", settings, user, rows=rows)
-    detail = alert_routes.get_alert(session, p, alert_id)
-    r = alert_routes.rules
-    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
-    return render(  # only the alert's body: htmx swaps it in place
-        request, "alert_body.html", settings, user, a=detail, chart=_alert_chart(detail, rule)
-    )
+    # only the alert's body: htmx swaps it in place
+    return _render_alert(request, session, settings, user, alert_id, "alert_body.html")
 
 
 # --- devices ---------------------------------------------------------------------------------

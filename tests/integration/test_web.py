@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -22,7 +23,7 @@ from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor import auth
 from monitor.api.app import create_app
-from monitor.core.models import Alert, Device, Rule, Site, table
+from monitor.core.models import Alert, ApiKey, Device, Rule, Site, table
 from monitor.core.settings import Settings
 from tests.conftest import bearer, make_key, register, serve
 
@@ -263,9 +264,10 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     page.goto("/?lang=en")
     assert "Overview" in page.content()
 
-    # signing out ends the session
+    # signing out ends the session (test_signing_out_ends_every_copy_of_the_session: on the
+    # server too)
     page.click("#signout")
-    page.wait_for_selector("input[name=key]")
+    page.wait_for_selector("input[name=key]")  # only the sign-in form has it: no race
     page.goto("/alerts")
     assert page.locator("input[name=key]").count() == 1
     assert ctx.request.get("/v1/alerts").status == 401
@@ -346,3 +348,118 @@ def test_sign_in_is_throttled_and_the_cookie_is_strict(web: Web) -> None:
         assert c.post("/signin", data={"key": web.inspector}).status_code == 429
     # bearer-key API calls are unchanged
     assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(web.inspector)).status_code == 200
+
+
+def session_cookie(ctx: BrowserContext) -> str:
+    return next(c["value"] for c in ctx.cookies() if c["name"] == "envmon_session")
+
+
+def session_rows(engine: Engine) -> list[Any]:
+    keys = table(ApiKey)
+    with engine.connect() as conn:
+        return list(conn.execute(select(keys).where(keys.c.prefix.startswith("w"))))
+
+
+def test_signing_out_ends_every_copy_of_the_session_not_other_sign_ins(
+    web: Web, browser: Browser
+) -> None:
+    ctx, other = context_for(browser, web), context_for(browser, web)
+    page, other_page = ctx.new_page(), other.new_page()
+    sign_in(page, web.inspector)
+    sign_in(other_page, web.inspector)  # the same key in a second browser
+    copied = session_cookie(ctx)
+    assert copied != session_cookie(other)
+
+    def replay(path: str) -> httpx.Response:
+        """The copied cookie, sent from outside the browser."""
+        with httpx.Client(base_url=web.base, cookies={"envmon_session": copied}) as c:
+            return c.get(path)
+
+    # the copy works while the session lasts (so its refusal below is the sign-out's doing)
+    assert 'id="alert-rows"' in replay("/alerts").text
+    assert replay("/v1/alerts").status_code == 200
+    assert len(session_rows(web.engine)) == 2
+
+    page.click("#signout")
+    page.wait_for_selector("input[name=key]")  # only the sign-in form has it: no race
+    refused = replay("/alerts")
+    assert refused.status_code == 303 and refused.headers["location"] == "/"
+    assert replay("/v1/alerts").status_code == 401
+    assert len(session_rows(web.engine)) == 1  # its row is gone from the server
+
+    # the other browser's session, and the key itself, are untouched
+    other_page.goto("/alerts")
+    assert other_page.locator("#alert-rows").count() == 1
+    assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(web.inspector)).status_code == 200
+
+    # a session lasts ENVMON_WEB_SESSION_HOURS (12) at most
+    keys = table(ApiKey)
+    with web.engine.begin() as conn:
+        conn.execute(
+            update(keys)
+            .where(keys.c.prefix.startswith("w"))
+            .values(created_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
+        )
+    other_page.goto("/alerts")
+    assert other_page.locator("input[name=key]").count() == 1
+    assert web.outside == []
+    ctx.close()
+    other.close()
+
+
+def test_a_session_row_is_no_bearer_key(web: Web) -> None:
+    with httpx.Client(base_url=web.base) as c:
+        assert c.post("/signin", data={"key": web.inspector}).status_code == 303
+        _key_id, _session_id, secret = c.cookies["envmon_session"].split(".")
+    (row,) = session_rows(web.engine)
+    forged = f"envmon_{row.prefix}_{secret}"
+    assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(forged)).status_code == 401
+
+
+def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Browser) -> None:
+    make_key(web.engine, "wang.fang", "inspector", "Lanshan")
+    make_key(web.engine, "zhao.lei", "inspector", "Hedong")  # another district
+    make_key(web.engine, "sun.li", "viewer", "Lanshan")  # may only read
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    alert = web.alerts["d-ls"]
+    page.goto(f"/alerts/{alert}")
+    options = page.locator("#assignee option").evaluate_all("os => os.map(o => o.value)")
+    assert options == ["", "admin", "li.ming", "wang.fang"]
+    assert page.inner_text("#alert-assignee") == "无"
+
+    def assignee() -> str | None:
+        url = f"{web.base}/v1/alerts/{alert}"
+        value = httpx.get(url, headers=bearer(web.admin)).json()["assignee"]
+        return None if value is None else str(value)
+
+    page.select_option("#assignee", "wang.fang")
+    page.click("#do-assign")
+    page.wait_for_selector("#alert-assignee >> text=wang.fang")  # the swapped body
+    assert page.locator("header.top").count() == 1
+    assert "指派" in page.inner_text("#events")
+    assert assignee() == "wang.fang"
+    shoot(page, "alert-assigned")
+
+    # refused: without the page's CSRF token, and to someone who cannot act on the alert
+    token = page.get_attribute("#assign input[name=csrf]", "value") or ""
+    forged = ctx.request.post(f"/alerts/{alert}/assign", form={"assignee": "li.ming"})
+    assert forged.status == 403
+    for name in ("zhao.lei", "sun.li", "nobody.at.all"):
+        r = ctx.request.post(f"/alerts/{alert}/assign", form={"assignee": name, "csrf": token})
+        assert r.status == 422, name
+        assert r.json()["errors"][0]["field"] == "assignee"
+    assert assignee() == "wang.fang"
+    # nor to an alert of another district
+    hd = web.alerts["d-hd"]
+    r = ctx.request.post(f"/alerts/{hd}/assign", form={"assignee": "li.ming", "csrf": token})
+    assert r.status == 404
+
+    # unassign
+    page.select_option("#assignee", "")
+    page.click("#do-assign")
+    page.wait_for_selector("#alert-assignee >> text=无")
+    assert assignee() is None
+    assert web.outside == []
+    ctx.close()
