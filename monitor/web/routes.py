@@ -39,6 +39,7 @@ from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import EnvmonError, InvalidInput, NotFound
 from monitor.core.models import AlertStatus, Role, Severity, User, table
 from monitor.core.settings import Environment, Settings
+from monitor.web import messages
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
 
 router = APIRouter(include_in_schema=False)
@@ -384,12 +385,15 @@ def _render_alert(
     detail = alert_routes.get_alert(session, user.principal, alert_id)
     r = alert_routes.rules
     rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
+    lang, fields = language(request), (rule._mapping if rule is not None else None)
     return render(
         request,
         template,
         settings,
         user,
         a=detail,
+        message=messages.alert_message(detail, fields, lang),
+        note=lambda event: messages.event_note(event, fields, lang),
         chart=_alert_chart(detail, rule),
         assignees=_assignees(session, detail.district) if user.can_act else [],
     )

@@ -463,3 +463,27 @@ def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Brows
     assert assignee() is None
     assert web.outside == []
     ctx.close()
+
+
+def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browser: Browser) -> None:
+    alert = web.alerts["d-ls"]
+    stored = httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()
+    assert stored["message"] == "pm10 310 µg/m³ (alarm: > 250 µg/m³)"  # the engine's English
+    shown = {}
+    for locale in ("zh-CN", "en-US"):
+        ctx = context_for(browser, web, locale)
+        page = ctx.new_page()
+        sign_in(page, web.inspector)
+        page.goto(f"/alerts/{alert}")
+        shown[locale] = page.inner_text("#alert-message")
+        opened = page.locator("#events tbody tr").first.inner_text()
+        if locale == "zh-CN":
+            assert "PM10 180 µg/m³（预警：> 150 µg/m³）" in opened  # the event's own value
+        else:
+            assert "pm10 180 µg/m³ (warning: > 150 µg/m³)" in opened
+        ctx.close()
+    assert shown == {
+        "zh-CN": "PM10 310 µg/m³（报警：> 250 µg/m³）",
+        "en-US": "pm10 310 µg/m³ (alarm: > 250 µg/m³)",
+    }
+    assert web.outside == []
