@@ -23,6 +23,13 @@ class Environment(StrEnum):
     production = "production"
 
 
+class MapDatum(StrEnum):
+    """The geodetic datum a map's tiles are drawn in (monitor/web/geo.py)."""
+
+    wgs84 = "wgs84"
+    gcj02 = "gcj02"
+
+
 class MqttEndpoint:
     """Host, port and credentials parsed from an `mqtt://user:pass@host:port` URL."""
 
@@ -221,6 +228,20 @@ class Settings(BaseSettings):
         description="A web page sign-in lasts this long (signing out, revoking the key or "
         "disabling the user end it sooner)",
     )
+    map_tiles: str = Field(
+        "",
+        description="Tile URL template of the web map ({z}/{x}/{y}, Web Mercator), e.g. "
+        "https://tiles.example.gov.cn/{z}/{x}/{y}.png; empty = sites on a coordinate grid, no "
+        "tiles. The page's CSP allows that one host",
+    )
+    map_tiles_datum: MapDatum = Field(
+        MapDatum.wgs84,
+        description="Datum the tiles are drawn in: wgs84 (also TianDiTu's CGCS2000, OSM) or "
+        "gcj02 (AMap, Tencent: sites are converted from WGS-84); Baidu's BD-09 is not supported",
+    )
+    map_tiles_attribution: str = Field(
+        "", description="Credit line the tile provider requires, drawn on the map"
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 
@@ -230,6 +251,26 @@ class Settings(BaseSettings):
         if value:
             MqttEndpoint(value)
         return value
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _check_map_tiles(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"ENVMON_MAP_TILES must be an http(s):// URL template: {value!r}")
+        missing = [k for k in ("{z}", "{x}", "{y}") if k not in value]
+        if missing:
+            raise ValueError(f"ENVMON_MAP_TILES needs {', '.join(missing)}: {value!r}")
+        return value
+
+    @property
+    def map_tiles_origin(self) -> str:
+        """scheme://host[:port] of the tile server ('' without tiles), for the page's CSP."""
+        parts = urlsplit(self.map_tiles)
+        return f"{parts.scheme}://{parts.netloc}" if self.map_tiles else ""
 
     @field_validator("webhook_url")
     @classmethod
@@ -299,7 +340,7 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default
         default = getattr(default, "value", default)
-        shown = "unset" if default is None else f"`{default}`"
+        shown = "unset" if default is None else "empty" if default == "" else f"`{default}`"
         lines.append(f"| `ENVMON_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines)
 

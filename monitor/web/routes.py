@@ -38,8 +38,8 @@ from monitor.auth import (
 from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import EnvmonError, InvalidInput, NotFound
 from monitor.core.models import AlertStatus, Role, Severity, User, table
-from monitor.core.settings import Environment, Settings
-from monitor.web import messages
+from monitor.core.settings import Environment, MapDatum, Settings
+from monitor.web import geo, messages
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
 
 router = APIRouter(include_in_schema=False)
@@ -47,13 +47,21 @@ users_t = table(User)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 SECURITY_HEADERS = {
-    # nothing but this server: the page must work with the outside network cut
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+def security_headers(settings: Settings) -> dict[str, str]:
+    """Nothing but this server (the page must work with the outside network cut), and the
+    map's tile server when one is set, for images only."""
+    tiles = f" {settings.map_tiles_origin}" if settings.map_tiles else ""
+    csp = (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data:{tiles}; frame-ancestors 'none'; form-action 'self'"
+    )
+    return {"Content-Security-Policy": csp, **SECURITY_HEADERS}
 
 
 class SignInThrottle:
@@ -192,7 +200,7 @@ def render(
         },
         status_code=status_code,
     )
-    response.headers.update(SECURITY_HEADERS)
+    response.headers.update(security_headers(settings))
     if request.query_params.get("lang"):
         response.set_cookie(LANG_COOKIE, lang, samesite="strict", max_age=365 * 86400)
     return response
@@ -535,7 +543,44 @@ def map_page(
         for r in session.execute(select(s).where(district_clause(p, s.c.district)).order_by(s.c.id))
         if r.latitude is not None and r.longitude is not None
     ]
-    return render(request, "map.html", settings, user, **_layout(placed, worst))
+    if settings.map_tiles:
+        layout = _tiled_layout(placed, worst, settings)
+    else:
+        layout = _layout(placed, worst)
+    return render(request, "map.html", settings, user, **layout)
+
+
+LEVEL = {0: "none", 1: "warning", 2: "alarm"}
+
+
+def _point(r: Any, worst: dict[str, int], x: float, y: float) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "district": r.district,
+        "x": x,
+        "y": y,
+        "worst": LEVEL[worst.get(r.id, 0)],
+    }
+
+
+def _tiled_layout(placed: list[Any], worst: dict[str, int], settings: Settings) -> dict[str, Any]:
+    """The sites on the tile server's Web Mercator tiles, moved into the tiles' datum."""
+    out: dict[str, Any] = {"points": [], "grid": [], "tiles": [], "w": MAP_W, "h": MAP_H}
+    out["attribution"] = settings.map_tiles_attribution
+    if not placed:
+        return out
+    gcj = settings.map_tiles_datum == MapDatum.gcj02
+    at = [
+        geo.wgs84_to_gcj02(r.latitude, r.longitude) if gcj else (r.latitude, r.longitude)
+        for r in placed
+    ]
+    view = geo.fit(at, MAP_W, MAP_H, MAP_PAD)
+    out["tiles"] = geo.tiles(view, settings.map_tiles, MAP_W, MAP_H)
+    out["points"] = [
+        _point(r, worst, *view.place(lat, lon)) for r, (lat, lon) in zip(placed, at, strict=True)
+    ]
+    return out
 
 
 def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
@@ -564,18 +609,7 @@ def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
     while g < lat1:
         grid.append({"x1": 0, "y1": y(g), "x2": MAP_W, "y2": y(g), "label": f"{g:.2f}°N"})
         g += step
-    level = {0: "none", 1: "warning", 2: "alarm"}
-    points = [
-        {
-            "id": r.id,
-            "name": r.name,
-            "district": r.district,
-            "x": x(r.longitude),
-            "y": y(r.latitude),
-            "worst": level[worst.get(r.id, 0)],
-        }
-        for r in placed
-    ]
+    points = [_point(r, worst, x(r.longitude), y(r.latitude)) for r in placed]
     return {"points": points, "grid": grid, "w": MAP_W, "h": MAP_H}
 
 

@@ -5,6 +5,8 @@ page at phone and tablet widths go to test-output/web/ (ENVMON_TEST_OUTPUT to mo
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -487,3 +489,85 @@ def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browse
         "en-US": "pm10 310 µg/m³ (alarm: > 250 µg/m³)",
     }
     assert web.outside == []
+
+
+# a 1x1 grey PNG: what the test's tile server answers for every tile
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360606060000000050001a5f645400000000049454e44ae426082"
+)
+
+
+@pytest.fixture
+def tile_server() -> Iterator[tuple[str, list[str]]]:
+    """A tile server on another port of 127.0.0.1 (another origin): its base URL and the
+    paths asked of it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    thread.join(5)
+
+
+def test_map_tiles_from_the_configured_server_only(
+    web: Web, browser: Browser, pg_url: str, tile_server: tuple[str, list[str]]
+) -> None:
+    tiles, asked = tile_server
+    # without the setting: no tiles, and the page's CSP names no other server
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    response = page.goto("/map")
+    assert response is not None
+    assert "img-src 'self' data:;" in response.headers["content-security-policy"]
+    assert page.locator("#map image.tile").count() == 0
+    ctx.close()
+
+    settings = Settings(
+        database_url=pg_url,
+        map_tiles=tiles + "/{z}/{x}/{y}.png",
+        map_tiles_datum="gcj02",
+        map_tiles_attribution="审图号 GS(2026)0000号",
+    )
+    with serve(create_app(settings)) as base:
+        tiled = Web(base, web.engine, web.admin, web.inspector, web.alerts)
+        ctx = context_for(browser, tiled)
+        page = ctx.new_page()
+        sign_in(page, web.inspector)
+        response = page.goto("/map")
+        assert response is not None
+        assert f"img-src 'self' data: {tiles};" in response.headers["content-security-policy"]
+        hrefs = page.locator("#map image.tile").evaluate_all(
+            "ts => ts.map(t => t.getAttribute('href'))"
+        )
+        assert hrefs and all(
+            re.fullmatch(re.escape(tiles) + r"/\d+/\d+/\d+\.png", h) for h in hrefs
+        )
+        # the browser fetched them: the CSP let that one other origin through
+        deadline = time.monotonic() + 10
+        while len(set(asked)) < len(hrefs):
+            assert time.monotonic() < deadline, f"tiles asked: {asked}, shown: {hrefs}"
+            time.sleep(0.1)
+        assert {tiles + p for p in asked} == set(hrefs)
+        assert page.locator("#map circle.site").count() == 1  # the district's site, on the tiles
+        assert "审图号" in (page.text_content("#map text.attribution") or "")
+        shoot(page, "map-tiles")
+        assert tiled.outside == []
+        ctx.close()
