@@ -571,3 +571,26 @@ def test_map_tiles_from_the_configured_server_only(
         shoot(page, "map-tiles")
         assert tiled.outside == []
         ctx.close()
+
+
+def test_a_live_refresh_waits_while_a_form_is_being_filled_in(web: Web, browser: Browser) -> None:
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    alert = web.alerts["d-ls"]
+    page.goto(f"/alerts/{alert}")
+    wait_js(page, "!!window.envmon.stream && window.envmon.stream.readyState === 1")
+    page.fill("form[hx-post$='/comment'] input[name=note]", "正在填写")
+    # someone else acts meanwhile: the stream brings the event, the refresh is held back
+    r = httpx.post(
+        f"{web.base}/v1/alerts/{alert}/comment", json={"note": "by API"}, headers=bearer(web.admin)
+    )
+    assert r.status_code == 200
+    wait_js(page, "window.envmon.held > 0")
+    assert page.input_value("form[hx-post$='/comment'] input[name=note]") == "正在填写"
+    page.click("#do-comment")
+    page.wait_for_selector("#events >> text=正在填写")
+    events = page.inner_text("#events")
+    assert "by API" in events  # the post's answer is the whole, current alert
+    assert web.outside == []
+    ctx.close()
