@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from bench.apiload import measure
 from bench.services import Api, BenchError, Database
 
-LIST_ROWS = 200  # the alert list page shows the newest 200 (monitor/web/routes.py)
+LIST_ROWS = 100  # the alert list page shows the newest 100 (monitor/web/routes.py)
 ROW = re.compile(rb'data-alert-id="(\d+)"')
 
 
@@ -43,7 +43,7 @@ def pages(first_id: int, last_id: int) -> dict[str, Callable[[random.Random], st
     """Name -> a function drawing the next page's path."""
     return {
         "overview": lambda _: "/",
-        "alert list page (newest 200)": lambda _: "/alerts",
+        "alert list page (newest 100)": lambda _: "/alerts",
         "alert page (any alert)": lambda rng: f"/alerts/{rng.randint(first_id, last_id)}",
     }
 

@@ -87,6 +87,10 @@ _EN: dict[str, str] = {
     "assignee": "Assignee",
     "assign": "Assign",
     "nobody": "nobody",
+    "older": "Older alerts",
+    "newest": "Newest alerts",
+    "more_offline": "and {} more offline (GET /v1/devices lists every device)",
+    "stalest": "The devices whose last reading is oldest (never seen first).",
 }
 
 _ZH: dict[str, str] = {
@@ -169,6 +173,10 @@ _ZH: dict[str, str] = {
     "assignee": "负责人",
     "assign": "指派",
     "nobody": "无",
+    "older": "更早的告警",
+    "newest": "最新告警",
+    "more_offline": "另有 {} 台离线（GET /v1/devices 列出全部设备）",
+    "stalest": "最近数据最久远的设备（从未上报的在前）。",
 }
 
 assert _EN.keys() == _ZH.keys()

@@ -238,23 +238,55 @@ def overview(
     table: dict[tuple[str, str], dict[str, int]] = {}
     for district, kind, status, n in open_alerts:
         table.setdefault((district, kind), {})[status] = int(n)
-    devices = _devices(session, settings, p)
     return render(
         request,
         "overview.html",
         settings,
         user,
         open_alerts=sorted(table.items()),
-        offline=[x for x in devices if not x.online],
-        devices=sorted(devices, key=lambda x: (x.last_seen_at is not None, x.last_seen_at)),
+        **_device_health(session, settings, p),
     )
 
 
-def _devices(session: Any, settings: Settings, p: Principal) -> list[Any]:
+OVERVIEW_OFFLINE = 50  # offline devices listed by name (all are counted)
+OVERVIEW_STALEST = 20  # devices with the oldest last reading
+
+
+def _device_health(session: Any, settings: Settings, p: Principal) -> dict[str, Any]:
+    """Devices in scope: how many, which are offline, whose last reading is oldest. The
+    columns it needs only, and the API's online rule (devices._read) without its model per
+    row: a city has thousands of devices."""
+    d, s = device_routes.devices, device_routes.sites
     rows = session.execute(
-        device_routes._select(p).order_by(device_routes.devices.c.id).limit(2000)
+        select(d.c.id, d.c.site_id, s.c.district, d.c.last_seen_at, d.c.interval_s, d.c.connection)
+        .join(s, s.c.id == d.c.site_id)
+        .where(district_clause(p, s.c.district))
     ).all()
-    return [device_routes._read(r, settings.offline_after_s) for r in rows]
+    now = datetime.now(UTC)
+    limits: dict[int, timedelta] = {}
+    devices: list[tuple[datetime | None, str, str, str, bool]] = []
+    for device_id, site_id, district, seen, interval_s, connection in rows:
+        limit = limits.get(interval_s)
+        if limit is None:
+            limit = device_routes.offline_after(int(interval_s), settings.offline_after_s)
+            limits[interval_s] = limit
+        seen = _aware(seen) if seen is not None else None
+        online = seen is not None and now - seen <= limit and connection != "offline"
+        devices.append((seen, device_id, site_id, district, online))
+    # never-seen first, then the stalest
+    devices.sort(key=lambda x: (x[0] is not None, x[0] or now, x[1]))
+    offline = [x for x in devices if not x[4]]
+
+    def shown(xs: list[tuple[datetime | None, str, str, str, bool]]) -> list[dict[str, Any]]:
+        keys = ("last_seen_at", "id", "site_id", "district", "online")
+        return [dict(zip(keys, x, strict=True)) for x in xs]
+
+    return {
+        "device_count": len(devices),
+        "offline_count": len(offline),
+        "offline": shown(offline[:OVERVIEW_OFFLINE]),
+        "devices": shown(devices[:OVERVIEW_STALEST]),
+    }
 
 
 @router.post("/signin", response_model=None)
@@ -318,10 +350,20 @@ def _alert_filter(request: Request) -> alert_routes.AlertFilter:
     )
 
 
-def _alert_rows(session: Any, settings: Settings, p: Principal, f: Any) -> list[Any]:
+LIST_PAGE = 100  # alerts per page of the list, newest first (as the API's default page)
+
+
+def _alert_rows(
+    session: Any, settings: Settings, p: Principal, f: Any, before: int | None = None
+) -> tuple[list[Any], int | None]:
+    """A page of the list, and the id to continue from (None on the last page)."""
     a = alert_routes.alerts
-    q = f.apply(alert_routes._select(p), settings).order_by(a.c.id.desc()).limit(200)
-    return [r._mapping for r in session.execute(q)]
+    q = f.apply(alert_routes._select(p), settings).order_by(a.c.id.desc()).limit(LIST_PAGE + 1)
+    if before is not None:
+        q = q.where(a.c.id < before)
+    rows = [r._mapping for r in session.execute(q)]
+    more = len(rows) > LIST_PAGE
+    return rows[:LIST_PAGE], (rows[LIST_PAGE - 1]["id"] if more else None)
 
 
 def _districts(session: Any, p: Principal) -> list[str]:
@@ -336,9 +378,12 @@ def alert_list(
 ) -> HTMLResponse:
     """Alerts with the API's filters; the rows refresh from the alert stream."""
     f = _alert_filter(request)
-    rows = _alert_rows(session, settings, user.principal, f)
+    before = request.query_params.get("before", "")
+    start = int(before) if before.isdigit() and len(before) < 12 else None
+    rows, older = _alert_rows(session, settings, user.principal, f, start)
     template = "alert_rows.html" if request.query_params.get("rows") else "alerts.html"
     query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
+    page = {"before": str(start)} if start is not None else {}
     return render(
         request,
         template,
@@ -350,8 +395,11 @@ def alert_list(
         statuses=list(AlertStatus),
         severities=list(Severity),
         kinds=list(DeviceKind),
-        rows_url="/alerts?" + urlencode({**query, "rows": "1"}),
+        rows_url="/alerts?" + urlencode({**query, **page, "rows": "1"}),
+        # every firing alert the filters match, not this page's only
         bulk_url="/alerts/acknowledge?" + urlencode(query),
+        older_url="/alerts?" + urlencode({**query, "before": older}) if older else None,
+        newest_url="/alerts?" + urlencode(query) if start is not None else None,
     )
 
 

@@ -594,3 +594,42 @@ def test_a_live_refresh_waits_while_a_form_is_being_filled_in(web: Web, browser:
     assert "by API" in events  # the post's answer is the whole, current alert
     assert web.outside == []
     ctx.close()
+
+
+def test_alert_list_pages_by_100_newest_first_bulk_acknowledge_takes_every_page(
+    web: Web,
+) -> None:
+    alerts = table(Alert)
+    with web.engine.begin() as conn:
+        template = dict(
+            conn.execute(select(alerts).where(alerts.c.id == web.alerts["d-ls2"])).one()._mapping
+        )
+        del template["id"]
+        # 150 earlier episodes of d-ls2, resolved (one open alert per rule and device)
+        conn.execute(
+            insert(alerts),
+            [{**template, "status": "resolved", "resolved_at": T0} for _ in range(150)],
+        )
+        lanshan = sorted(
+            conn.execute(
+                select(alerts.c.id).where(alerts.c.device_id.in_(["d-ls", "d-ls2"]))
+            ).scalars(),
+            reverse=True,
+        )
+    assert len(lanshan) == 152
+    with httpx.Client(base_url=web.base) as c:
+        assert c.post("/signin", data={"key": web.inspector}).status_code == 303
+        first = c.get("/alerts")
+        ids = [int(x) for x in re.findall(r'data-alert-id="(\d+)"', first.text)]
+        assert ids == lanshan[:100]  # the newest 100 of the district only
+        older = re.search(r'href="([^"]+)" id="older"', first.text)
+        assert older is not None and 'id="newest"' not in first.text
+        second = c.get(older.group(1).replace("&amp;", "&"))
+        ids = [int(x) for x in re.findall(r'data-alert-id="(\d+)"', second.text)]
+        assert ids == lanshan[100:]
+        assert 'id="older"' not in second.text and 'id="newest"' in second.text
+        # the live refresh keeps the page; bulk acknowledge is by the filters, not the page
+        refresh = re.search(r'id="alert-rows" hx-get="([^"]+)"', second.text)
+        assert refresh is not None and "before=" in refresh.group(1)
+        bulk = re.search(r'action="([^"]+)" id="bulk-ack"', second.text)
+        assert bulk is not None and "before" not in bulk.group(1)
