@@ -1,65 +1,48 @@
 """Evaluate rules on each stored batch, in the batch's transaction, and on a timer.
 
-For every (rule, device) a batch touched, the evaluator derives the rule's series from the
-database (readings, flags or hourly rollups, by rule kind), runs the pure functions of
-`alerts.evaluation` over it, and folds the steps after the alert's watermark
-(`evaluated_until`) into the alert: a redelivered or late reading is never counted twice, and
-a late reading re-evaluates the windows it falls in. "No data" rules run on a timer instead.
+For every (rule, device) a batch touched, the evaluator asks the rule's kind
+(`alerts.kinds`) for its steps, built from readings, flags or hourly rollups that
+`alerts.repository` reads once per metric for all the rules, and reconciles the episodes of
+those steps with the pair's stored alerts from a point where nothing was in progress (see
+`_evaluate_rules`): late, out-of-order and redelivered readings give the alerts in-order
+data gives. "No data" rules run on a timer instead; composites after the reading rules.
 """
 
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, delete, func, insert, or_, select
+from sqlalchemy import Connection, Row, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from alerts import repository
 from alerts.evaluation import (
-    MIN_COVERAGE,
     RANK,
     Episode,
-    FlaggedPoint,
-    Point,
     Step,
-    changes,
     cleared,
-    differences,
     episodes,
-    evaluate,
-    exceeding_hours_per_day,
-    flag_runs,
-    hourly_window_means,
     in_window,
-    level_of,
     more_extreme,
-    period_means,
-    steps_of,
 )
+from alerts.kinds import Composite, NoData, Sources, describe, kind_of
 from alerts.service import SYSTEM_ACTOR, StaleAlert, record_event, save
-from monitor.core.catalogue import METRICS
 from monitor.core.db import lock_devices, one_of
 from monitor.core.models import (
     CLOSED,
-    Aggregate,
     Alert,
     AlertEventKind,
     AlertStatus,
-    Device,
     DeviceStatus,
-    HourlyRollup,
-    MaintenanceWindow,
-    Reading,
     Rule,
     RuleKind,
     Severity,
-    Site,
     table,
     utcnow,
 )
@@ -68,11 +51,7 @@ log = logging.getLogger(__name__)
 
 rules_t = table(Rule)
 alerts_t = table(Alert)
-readings_t = table(Reading)
-rollups_t = table(HourlyRollup)
-devices_t = table(Device)
-sites_t = table(Site)
-maintenance_t = table(MaintenanceWindow)
+readings_t = repository.readings_t
 
 DEFAULT_TZ = ZoneInfo("Asia/Shanghai")
 READING_KINDS = (
@@ -82,11 +61,6 @@ READING_KINDS = (
     RuleKind.daily_count,
     RuleKind.reference_diff,
 )
-HOUR = timedelta(hours=1)
-# readings of a device further apart than this many reporting intervals (a missed reading)
-# break a "for" run: it must be shown to hold by consecutive readings
-GAP_INTERVALS = 1.5
-K = TypeVar("K")
 EPSILON = timedelta(microseconds=1)
 FOREVER = datetime.max.replace(tzinfo=UTC)
 # events of an alert raised or changed by readings older than what the device had already sent
@@ -123,24 +97,6 @@ class _Context:
     def late(self, device_id: str, e: Episode) -> bool:
         known = self.known.get(device_id)
         return known is not None and (e.fired_at or e.started_at) <= known
-
-
-def _devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, Any]:
-    q = select(
-        devices_t.c.id,
-        devices_t.c.kind,
-        devices_t.c.site_id,
-        devices_t.c.status,
-        devices_t.c.interval_s,
-        devices_t.c.last_seen_at,
-        devices_t.c.watermark_at,
-        devices_t.c.created_at,
-        sites_t.c.kind.label("site_kind"),
-        sites_t.c.district,
-    ).join(sites_t, sites_t.c.id == devices_t.c.site_id)
-    if ids is not None:
-        q = q.where(one_of(conn, devices_t.c.id, set(ids)))
-    return {row.id: row for row in conn.execute(q)}
 
 
 def applies(rule: Any, device: Any) -> bool:
@@ -222,7 +178,7 @@ def evaluate_batch(
     rules = conn.execute(q.order_by(rules_t.c.id)).all()
     if not rules:
         return outcome
-    devices = _devices(conn, latest)
+    devices = repository.devices(conn, latest)
     any_metric: dict[str, datetime] = {}
     for (d, _), ts in earliest.items():
         any_metric[d] = min(ts, any_metric.get(d, ts))
@@ -240,7 +196,7 @@ def evaluate_batch(
         late_refs = [ts for d, ts in by_metric.get(rule.metric, {}).items() if d in refs]
         if rule.kind == RuleKind.reference_diff and late_refs:
             # a reference station's hour changes every site's difference for that hour
-            everyone = everyone if everyone is not None else _devices(conn)
+            everyone = everyone if everyone is not None else repository.devices(conn)
             for d, device in everyone.items():
                 if d not in refs and selector.takes(device):
                     targets[d] = min(min(late_refs), targets.get(d, min(late_refs)))
@@ -283,9 +239,8 @@ def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) 
     ).all()
     if not rules:
         return outcome
-    devices = _devices(conn)
+    devices = repository.devices(conn)
     for rule in rules:
-        params = rule.params or {}
         if not in_window(_hhmm(now, tz), rule.active_from, rule.active_to):
             continue
         # one query for the rule's open alerts, not one per device: this runs every 30 s
@@ -297,50 +252,21 @@ def evaluate_timers(conn: Connection, now: datetime, tz: ZoneInfo = DEFAULT_TZ) 
                 )
             )
         }
+        kind = kind_of(rule)
+        assert isinstance(kind, NoData)
         for device in devices.values():
             if device.status != DeviceStatus.active or not applies(rule, device):
                 continue
-            seen = device.last_seen_at or device.created_at
-            silent_s = (now - seen).total_seconds()
-            value = silent_s / device.interval_s if params.get("per_interval") else silent_s / 60
-            level = level_of(rule, value)
-            if level == Severity.alarm and silent_s < params.get("alarm_min_s", 0):
-                level = Severity.warning if rule.warn_above is not None else None
+            step = kind.silence(device, now)
             state = open_alerts.get(device.id)
-            if state is None and level is None:
+            if state is None and step.level is None:
                 continue
-            _fold(conn, rule, device.id, state, [Step(now, value, level, level, seen)], outcome)
+            _fold(conn, rule, device.id, state, [step], outcome)
     return outcome
 
 
 def _hhmm(ts: datetime, tz: ZoneInfo) -> str:
     return ts.astimezone(tz).strftime("%H:%M")
-
-
-def _open_alert(conn: Connection, rule_id: int, device_id: str) -> Row[Any] | None:
-    return conn.execute(
-        select(alerts_t).where(
-            alerts_t.c.rule_id == rule_id,
-            alerts_t.c.device_id == device_id,
-            alerts_t.c.status.not_in(CLOSED),
-        )
-    ).first()
-
-
-def _lookback(rule: Row[Any]) -> timedelta:
-    """How far before the earliest new reading a rule's series must start to judge it."""
-    r = rule._mapping
-    params: dict[str, Any] = r["params"] or {}
-    seconds = int(r["window_s"]) + int(r["for_s"]) + int(params.get("window_s", 0))
-    if r["aggregate"] == Aggregate.period_mean:
-        seconds = 2 * int(r["window_s"]) + int(r["for_s"])  # back to the period's start
-    if r["aggregate"] == Aggregate.hourly_mean:
-        seconds += 3600  # and the start of the hour the earliest new reading is in
-    if r["kind"] == RuleKind.flag_held:
-        # the run of flags may have begun up to the highest tier (minutes) ago
-        tiers = [t for t in (r["warn_above"], r["alarm_above"]) if t is not None]
-        seconds = int(max(tiers, default=0) * 60) + int(r["for_s"]) + 3600
-    return timedelta(seconds=seconds)
 
 
 def _evaluate_rules(
@@ -361,59 +287,55 @@ def _evaluate_rules(
     resolve (final). The series itself starts one more lookback earlier, so the first folded
     step's window is whole. Late, out-of-order and redelivered readings therefore give the
     alerts in-order data gives, within the lateness horizon."""
-    rule_ids = [rule.id for rule, _ in plans]
-    device_ids = {d for _, targets in plans for d in targets}
-    lookbacks = [_lookback(rule) for rule, _ in plans]
+    kinds = [kind_of(rule) for rule, _ in plans]
+    lookbacks = [k.lookback() for k in kinds]
     earliest = min(
         ts - lookback
         for (_, targets), lookback in zip(plans, lookbacks, strict=True)
         for ts in targets.values()
     )
-    by_pair: dict[tuple[int, str], list[Row[Any]]] = defaultdict(list)
-    for row in conn.execute(
-        select(alerts_t)
-        .where(
-            one_of(conn, alerts_t.c.rule_id, rule_ids),
-            one_of(conn, alerts_t.c.device_id, device_ids),
-            alerts_t.c.status != AlertStatus.retracted,
-            or_(alerts_t.c.resolved_at.is_(None), alerts_t.c.resolved_at >= earliest),
-        )
-        .order_by(alerts_t.c.started_at, alerts_t.c.id)
-    ):
-        by_pair[(row.rule_id, row.device_id)].append(row)
+    by_pair = repository.pair_alerts(
+        conn,
+        [rule.id for rule, _ in plans],
+        {d for _, targets in plans for d in targets},
+        earliest,
+    )
     starts: list[dict[str, datetime]] = []
     folds: list[dict[str, tuple[datetime, list[Row[Any]]]]] = []
-    for (rule, targets), lookback in zip(plans, lookbacks, strict=True):
+    for (rule, targets), kind, lookback in zip(plans, kinds, lookbacks, strict=True):
         begin: dict[str, datetime] = {}
         fold: dict[str, tuple[datetime, list[Row[Any]]]] = {}
         for device_id, since in targets.items():
             start, mine = _fold_start(since - lookback, by_pair.get((rule.id, device_id), []))
             begin[device_id] = start - lookback
             fold[device_id] = (start, mine)
-        if rule.kind == RuleKind.flag_held:
-            # Nearly every reading is flagged N: a flag rule needs the series only of devices
-            # with a flagged reading in its window, or an alert that may change.
-            keep = _flagged(conn, rule, begin) | {d for d in begin if fold[d][1]}
-            begin = {d: ts for d, ts in begin.items() if d in keep}
+        worth = kind.worth_reading(conn, begin)
+        if worth is not None:
+            # and the devices with an alert that may change
+            begin = {d: ts for d, ts in begin.items() if d in worth or fold[d][1]}
         starts.append(begin)
         folds.append(fold)
-    rules_only = [rule for rule, _ in plans]
-    extremes = _extremes(conn, list(zip(rules_only, starts, strict=True)))
-    for i, (rule, _) in enumerate(plans):
-        if _bounded_by_extremes(rule):
+    bounded = [
+        (k.metric if k.bounded_by_extremes() else None, begin)
+        for k, begin in zip(kinds, starts, strict=True)
+    ]
+    extremes = repository.extremes(conn, repository.earliest_by(bounded))
+    for i, kind in enumerate(kinds):
+        if kind.bounded_by_extremes():
             # A mean lies between the smallest and the largest reading it averages: where
             # none of a device's readings in the window passes a tier, neither can any mean
             # of them, and unless an alert is there to reconcile there is nothing to judge.
-            got = extremes.get(str(rule.metric), {})
+            got = extremes.get(kind.metric, {})
             starts[i] = {
-                d: ts
-                for d, ts in starts[i].items()
-                if folds[i][d][1] or _may_violate(rule, got.get(d))
+                d: ts for d, ts in starts[i].items() if folds[i][d][1] or kind.may_pass(got.get(d))
             }
-    fetched = _fetch_readings(conn, list(zip(rules_only, starts, strict=True)))
-    for (rule, targets), begin, fold in zip(plans, starts, folds, strict=True):
+    raw = [(k.raw_key(), begin) for k, begin in zip(kinds, starts, strict=True)]
+    src = Sources(
+        conn, devices, tz, repository.fetch_readings(conn, repository.earliest_by(raw)), latest
+    )
+    for (rule, targets), kind, begin, fold in zip(plans, kinds, starts, folds, strict=True):
         r = rule._mapping
-        series = _series(conn, rule, begin, devices, tz, fetched, latest) if begin else {}
+        series = kind.series(src, begin) if begin else {}
         for device_id in targets:
             start, existing = fold[device_id]
             steps = [
@@ -436,125 +358,6 @@ def _evaluate_rules(
                 auto_resolve=bool(r["auto_resolve"]),
             )
             _reconcile(conn, rule, device_id, existing, found, outcome, ctx)
-
-
-def _bounded_by_extremes(rule: Row[Any]) -> bool:
-    """Threshold rules on a reading or a mean of readings (not rollups)."""
-    return rule.kind == RuleKind.threshold and rule.aggregate in (
-        Aggregate.raw,
-        Aggregate.mean,
-        Aggregate.period_mean,
-    )
-
-
-def _may_violate(rule: Row[Any], extremes: tuple[float, float] | None) -> bool:
-    """Whether a value between these (min, max) could pass one of the rule's tiers."""
-    if extremes is None:
-        return False
-    low, high = extremes
-    above = [t for t in (rule.warn_above, rule.alarm_above) if t is not None]
-    below = [t for t in (rule.warn_below, rule.alarm_below) if t is not None]
-    return (bool(above) and high > min(above)) or (bool(below) and low < max(below))
-
-
-def _earliest_by(
-    wanted: list[tuple[Row[Any], Mapping[str, datetime]]], key_of: Callable[[Row[Any]], K | None]
-) -> dict[K, dict[str, datetime]]:
-    """The rules' starts grouped by `key_of(rule)` (rules it maps to None left out): per key
-    and device, the earliest start any rule of that key needs, so one query serves them."""
-    need: dict[K, dict[str, datetime]] = defaultdict(dict)
-    for rule, begin in wanted:
-        key = key_of(rule)
-        if key is None:
-            continue
-        for d, lo in begin.items():
-            need[key][d] = min(lo, need[key].get(d, lo))
-    return need
-
-
-def _extremes(
-    conn: Connection, wanted: list[tuple[Row[Any], Mapping[str, datetime]]]
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per metric of the threshold rules, per device: (min, max) of its N-flagged readings
-    from the earliest start any of those rules needs. One aggregate query per metric: a row
-    per device comes back, not its readings."""
-    need = _earliest_by(
-        wanted, lambda rule: str(rule.metric) if _bounded_by_extremes(rule) else None
-    )
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for metric, begin in need.items():
-        rows = conn.execute(
-            select(
-                readings_t.c.device_id, func.min(readings_t.c.value), func.max(readings_t.c.value)
-            )
-            .where(
-                one_of(conn, readings_t.c.device_id, begin),
-                readings_t.c.metric == metric,
-                readings_t.c.ts >= min(begin.values()),
-                readings_t.c.quality == "N",
-            )
-            .group_by(readings_t.c.device_id)
-        )
-        out[metric] = {d: (lo, hi) for d, lo, hi in rows}
-    return out
-
-
-def _flagged(conn: Connection, rule: Row[Any], begin: Mapping[str, datetime]) -> set[str]:
-    """The devices with a reading flagged as `rule` counts since their start."""
-    if not begin:
-        return set()
-    flags = list((rule.params or {}).get("flags", ["D", "B"]))
-    q = (
-        select(readings_t.c.device_id)
-        .where(
-            one_of(conn, readings_t.c.device_id, begin),
-            readings_t.c.ts >= min(begin.values()),
-            readings_t.c.quality.in_(flags),
-        )
-        .distinct()
-    )
-    if rule.metric != "*":
-        q = q.where(readings_t.c.metric == rule.metric)
-    return set(conn.execute(q).scalars())
-
-
-_Fetched = dict[tuple[str, bool], dict[str, list[Any]]]
-
-
-def _raw_key(rule: Row[Any]) -> tuple[str, bool] | None:
-    """Which raw readings a rule's series is made of: (metric, every quality flag?); None
-    for the rules judged on hourly rollups."""
-    if rule.kind in (RuleKind.daily_count, RuleKind.reference_diff):
-        return None
-    if rule.aggregate == Aggregate.hourly_mean:
-        return None
-    return (str(rule.metric), rule.kind == RuleKind.flag_held)
-
-
-def _fetch_readings(
-    conn: Connection, wanted: list[tuple[Row[Any], Mapping[str, datetime]]]
-) -> _Fetched:
-    """One query per metric (and quality filter) for every rule that reads raw readings of
-    it, from the earliest start any of them needs, per device, in time order."""
-    need = _earliest_by(wanted, _raw_key)
-    out: _Fetched = {}
-    for (metric, all_flags), begin in need.items():
-        q = select(
-            readings_t.c.device_id,
-            readings_t.c.metric,
-            readings_t.c.ts,
-            readings_t.c.value,
-            readings_t.c.quality,
-        ).where(one_of(conn, readings_t.c.device_id, begin), readings_t.c.ts >= min(begin.values()))
-        if metric != "*":
-            q = q.where(readings_t.c.metric == metric)
-        if not all_flags:
-            q = q.where(readings_t.c.quality == "N")
-        by_device: dict[str, list[Any]] = defaultdict(list)
-        for row in conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)):
-            by_device[row.device_id].append(row)
-        out[(metric, all_flags)] = by_device
-    return out
 
 
 def _fold_start(lo: datetime, alerts: list[Row[Any]]) -> tuple[datetime, list[Row[Any]]]:
@@ -649,9 +452,9 @@ def _insert_episode(
     outcome: Outcome,
     ctx: _Context,
 ) -> int | None:
-    maintenance = _in_maintenance(conn, device_id, e.started_at)
+    maintenance = repository.in_maintenance(conn, device_id, e.started_at)
     severity = e.severity
-    message = _describe(rule, severity, e.peak)
+    message = describe(rule, severity, e.peak)
     if maintenance:
         message = f"[maintenance: {maintenance}] {message}"
     status = (
@@ -709,7 +512,7 @@ def _insert_episode(
         conn,
         alert_id,
         AlertEventKind.opened,
-        note=tag + _describe(rule, first_severity, e.first_value),
+        note=tag + describe(rule, first_severity, e.first_value),
         severity=first_severity,
         value=e.first_value,
         notify=notify,
@@ -720,7 +523,7 @@ def _insert_episode(
             conn,
             alert_id,
             AlertEventKind.escalated,
-            note=tag + _describe(rule, sev, value),
+            note=tag + describe(rule, sev, value),
             severity=sev,
             value=value,
             notify=notify,
@@ -771,7 +574,7 @@ def _update(
     if status == AlertStatus.pending:
         if e.fired_at is not None:
             status = AlertStatus.firing
-            changes.update(status=status, message=_describe(rule, e.severity, e.peak))
+            changes.update(status=status, message=describe(rule, e.severity, e.peak))
             _event(
                 conn,
                 state["id"],
@@ -782,9 +585,9 @@ def _update(
             )
             outcome.opened += 1
         else:
-            changes["message"] = _describe(rule, e.severity, e.peak)
+            changes["message"] = describe(rule, e.severity, e.peak)
     elif RANK[e.severity] > RANK[Severity(state["severity"])]:
-        changes["message"] = _describe(rule, e.severity, e.peak)
+        changes["message"] = describe(rule, e.severity, e.peak)
         _event(
             conn,
             state["id"],
@@ -822,179 +625,6 @@ def _update(
         save(conn, state["id"], state["version"], changes)
 
 
-def _series(
-    conn: Connection,
-    rule: Row[Any],
-    starts: Mapping[str, datetime],
-    devices: Mapping[str, Row[Any]],
-    tz: ZoneInfo,
-    fetched: _Fetched | None = None,
-    latest: Mapping[str, datetime | None] | None = None,
-) -> dict[str, list[Step]]:
-    """The rule's steps per device from `starts[device]` on, from readings or rollups as its
-    kind needs (raw readings from `fetched` when given, else read here). `latest`: each
-    device's newest event time in the batch, where known (else it is looked up)."""
-    r = rule._mapping
-    params: dict[str, Any] = r["params"] or {}
-    kind = r["kind"]
-    ids = list(starts)
-    metric = str(r["metric"])
-    if r["aggregate"] == Aggregate.hourly_mean:
-        lo = min(starts.values()) - HOUR
-        counted = _hourly_counted(conn, metric, ids, lo)
-        until = _complete_until(conn, metric, counted, devices, latest or {}, lo)
-        out: dict[str, list[Step]] = {}
-        window = timedelta(seconds=int(r["window_s"]))
-        for d in ids:
-            # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
-            expected = 3600 / max(1, int(devices[d].interval_s))
-            valid = [
-                Point(end, mean)
-                for end, mean, count in counted.get(d, [])
-                if count >= MIN_COVERAGE * expected
-            ]
-            means = hourly_window_means(valid, int(r["window_s"]), int(r["min_samples"]), until[d])
-            # only windows wholly inside the hours read
-            out[d] = steps_of(rule, [p for p in means if p.ts >= lo + window])
-        return out
-    if kind in (RuleKind.daily_count, RuleKind.reference_diff):
-        day = min(starts.values()).astimezone(tz).replace(hour=0, minute=0, second=0)
-        lo = day.astimezone(UTC) - timedelta(days=1)
-        refs = list(params.get("reference_device_ids", []))
-        counted = _hourly_counted(conn, metric, ids + refs, lo)
-        hourly = {d: [Point(end, mean) for end, mean, _ in rows] for d, rows in counted.items()}
-        # an hour is judged once it is over by the data (see _complete_until), so a
-        # half-uploaded hour is not judged
-        until = _complete_until(conn, metric, counted, devices, latest or {}, lo)
-        out = {}
-        if kind == RuleKind.daily_count:
-            for d in ids:
-                complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
-                counts = exceeding_hours_per_day(
-                    complete, float(params["hour_above"]), lambda t: t.astimezone(tz).date()
-                )
-                out[d] = steps_of(rule, counts)
-        else:
-            per_hour: dict[datetime, list[float]] = defaultdict(list)
-            for ref in refs:
-                for p in hourly.get(ref, []):
-                    per_hour[p.ts].append(p.value)
-            reference = {ts: sum(v) / len(v) for ts, v in per_hour.items()}
-            cap = params.get("reference_cap")
-            for d in ids:
-                complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
-                out[d] = steps_of(rule, differences(complete, reference, cap))
-        return out
-
-    lo = min(starts.values())
-    key = _raw_key(rule)
-    assert key is not None
-    if fetched is None or key not in fetched:
-        fetched = _fetch_readings(conn, [(rule, starts)])
-    by_device = fetched.get(key, {})
-    out = {}
-    for d in ids:
-        rows = by_device.get(d, [])
-        got = rows[bisect_left(rows, starts[d], key=_ts) :]
-        # a missed reading breaks a "for" run (see steps_of)
-        gap = timedelta(seconds=GAP_INTERVALS * int(devices[d].interval_s))
-        if kind == RuleKind.flag_held:
-            flags = frozenset(params.get("flags", ["D", "B"]))
-            per_metric: dict[str, list[FlaggedPoint]] = defaultdict(list)
-            for row in got:
-                per_metric[row.metric].append(FlaggedPoint(row.ts, row.quality))
-            longest: dict[datetime, float] = {}
-            for pts in per_metric.values():
-                for p in flag_runs(pts, flags):
-                    longest[p.ts] = max(p.value, longest.get(p.ts, 0.0))
-            out[d] = steps_of(rule, [Point(ts, v) for ts, v in sorted(longest.items())], gap)
-            continue
-        points = [Point(row.ts, row.value) for row in got]
-        if kind == RuleKind.rate_of_change:
-            out[d] = steps_of(rule, changes(points, int(params["window_s"])), gap)
-        elif r["aggregate"] == Aggregate.period_mean:
-            period = int(r["window_s"])
-            expected = period / max(1, int(devices[d].interval_s))
-            means = period_means(
-                points,
-                period,
-                expected,
-                lambda t, period=period: _period_start(t, period, tz),  # type: ignore[misc]
-                until=max(p.ts for p in points) if points else lo,
-            )
-            out[d] = steps_of(rule, means)
-        else:
-            out[d] = evaluate(rule, points, gap)
-    return out
-
-
-def _ts(row: Any) -> datetime:
-    return row.ts  # type: ignore[no-any-return]
-
-
-def _period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
-    """Start of the calendar period (in the city's time zone) that holds `ts`."""
-    local = ts.astimezone(tz)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    offset = (local - midnight).total_seconds() // period_s * period_s
-    return (midnight + timedelta(seconds=offset)).astimezone(UTC)
-
-
-def _hourly_counted(
-    conn: Connection, metric: str, device_ids: list[str], lo: datetime
-) -> dict[str, list[tuple[datetime, float, int]]]:
-    """Hourly (end of the hour, mean, count) of N-flagged readings from the rollups, per
-    device, for the hours starting at or after `lo`, in time order."""
-    out: dict[str, list[tuple[datetime, float, int]]] = defaultdict(list)
-    for row in conn.execute(
-        select(rollups_t)
-        .where(
-            rollups_t.c.metric == metric,
-            one_of(conn, rollups_t.c.device_id, device_ids),
-            rollups_t.c.hour >= lo,
-        )
-        .order_by(rollups_t.c.device_id, rollups_t.c.hour)
-    ):
-        count = int(row._mapping["count"])  # (`row.count` is also tuple.count to mypy)
-        out[row.device_id].append((row.hour + HOUR, row.sum / count, count))
-    return out
-
-
-def _complete_until(
-    conn: Connection,
-    metric: str,
-    hourly: Mapping[str, list[tuple[datetime, float, int]]],
-    devices: Mapping[str, Row[Any]],
-    latest: Mapping[str, datetime | None],
-    lo: datetime,
-) -> dict[str, datetime]:
-    """Per device, up to when its hours are over by its data: an hour before the newest hour
-    it has data in is over, and so is an hour its newest reading (plus one reporting interval)
-    reaches the end of. The newest reading comes from the batch where known."""
-    ids = [d for d in hourly.keys() | latest.keys() if d in devices]
-    unknown = [d for d in ids if latest.get(d) is None]
-    newest: dict[str, datetime] = {d: ts for d in ids if (ts := latest.get(d)) is not None}
-    if unknown:
-        newest.update(
-            conn.execute(
-                select(readings_t.c.device_id, func.max(readings_t.c.ts))
-                .where(
-                    one_of(conn, readings_t.c.device_id, unknown),
-                    readings_t.c.metric == metric,
-                    readings_t.c.ts >= lo,
-                )
-                .group_by(readings_t.c.device_id)
-            ).all()
-        )
-    out: dict[str, datetime] = {}
-    for d in devices:
-        by_reading = newest.get(d, lo) + timedelta(seconds=int(devices[d].interval_s))
-        rows = hourly.get(d)
-        by_hours = rows[-1][0] - HOUR if rows else lo
-        out[d] = max(by_reading, by_hours)
-    return out
-
-
 _WARNED: set[int] = set()  # composite rules already reported as naming unknown rules
 
 
@@ -1012,12 +642,13 @@ def _evaluate_composites(
         conn.execute(select(rules_t.c.name, rules_t.c.id).where(rules_t.c.name.in_(names))).all()
     )
     for rule in rules:
-        params: dict[str, Any] = rule.params or {}
-        parts = [ids[name] for name in params.get("rules", []) if name in ids]
-        if len(parts) < len(params.get("rules", [])):
+        kind = kind_of(rule)
+        assert isinstance(kind, Composite)
+        parts = [ids[name] for name in kind.parts() if name in ids]
+        if len(parts) < len(kind.parts()):
             if rule.id not in _WARNED:
                 _WARNED.add(rule.id)
-                missing = sorted(set(params.get("rules", [])) - set(ids))
+                missing = sorted(set(kind.parts()) - set(ids))
                 log.warning("composite %s names unknown rules %s: not judged", rule.name, missing)
             continue
         selector = _Selector.of(rule)
@@ -1045,21 +676,14 @@ def _evaluate_composites(
         }
         for device_id in targets:
             have = severities.get(device_id, {})
-            ranks = [RANK[Severity(have[i])] if i in have else 0 for i in parts]
-            rank = min(ranks) if params.get("op", "all") == "all" else max(ranks)
-            level = {1: Severity.warning, 2: Severity.alarm}.get(rank)
+            rank, level = kind.combine([have.get(i) for i in parts])
             state = open_alerts.get(device_id)
             if state is None and level is None:
                 continue
-            at = (
-                latest[device_id]
-                or conn.execute(
-                    select(func.max(readings_t.c.ts)).where(readings_t.c.device_id == device_id)
-                ).scalar_one()
-            )
+            at = latest[device_id] or repository.newest_reading(conn, device_id)
             if state is not None and state.evaluated_until >= at:
                 continue
-            _fold(conn, rule, device_id, state, [Step(at, float(rank), level, level, at)], outcome)
+            _fold(conn, rule, device_id, state, [Step(at, rank, level, level, at)], outcome)
 
 
 def _event(
@@ -1083,55 +707,6 @@ def _event(
         value=value,
         notify=notify,
     )
-
-
-def _describe(rule: Row[Any], severity: str, value: float) -> str:
-    r = rule._mapping
-    kind = r["kind"]
-    prefix = "alarm" if severity == Severity.alarm else "warn"
-    limits = []
-    if r[f"{prefix}_above"] is not None:
-        limits.append(f"> {r[f'{prefix}_above']:g}")
-    if r[f"{prefix}_below"] is not None:
-        limits.append(f"< {r[f'{prefix}_below']:g}")
-    limit = " or ".join(limits)
-    if kind == RuleKind.no_data:
-        unit = "intervals" if (r["params"] or {}).get("per_interval") else "min"
-        return f"no data for {value:.1f} {unit} ({severity}: {limit} {unit})"
-    if kind == RuleKind.composite:
-        params = r["params"] or {}
-        joiner = " AND " if params.get("op", "all") == "all" else " OR "
-        return f"{joiner.join(params.get('rules', []))} ({severity})"
-    if kind == RuleKind.flag_held:
-        return f"{r['metric']} flagged {value:.0f} min ({severity}: {limit} min)"
-    if kind == RuleKind.daily_count:
-        return f"{value:.0f} exceeding hours today ({severity}: {limit})"
-    unit = METRICS[str(r["metric"])].unit
-    change_min = int((r["params"] or {}).get("window_s", 0)) // 60
-    how = {
-        RuleKind.rate_of_change: f" change over {change_min} min",
-        RuleKind.reference_diff: " hourly mean minus reference",
-    }.get(kind, "")
-    if not how and r["aggregate"] != Aggregate.raw:
-        how = f" {int(r['window_s']) // 60}-min mean"
-    return f"{r['metric']}{how} {value:.4g} {unit} ({severity}: {limit} {unit})"
-
-
-def _in_maintenance(conn: Connection, device_id: str, at: datetime) -> str | None:
-    row = conn.execute(
-        select(maintenance_t.c.reason)
-        .join(devices_t, devices_t.c.id == device_id)
-        .where(
-            or_(
-                maintenance_t.c.device_id == device_id,
-                maintenance_t.c.site_id == devices_t.c.site_id,
-            ),
-            maintenance_t.c.starts_at <= at,
-            maintenance_t.c.ends_at > at,
-        )
-        .limit(1)
-    ).first()
-    return None if row is None else str(row.reason)
 
 
 def _insert_alert(conn: Connection, values: dict[str, Any]) -> int | None:
@@ -1167,7 +742,7 @@ def _fold(
             state = _open(conn, rule, device_id, step, outcome)
             changed = False
             if state is None:  # another evaluator holds the open alert: fold into it
-                existing = _open_alert(conn, r["id"], device_id)
+                existing = repository.open_alert(conn, r["id"], device_id)
                 if existing is None or step.ts <= existing.evaluated_until:
                     continue
                 state = dict(existing._mapping)
@@ -1183,7 +758,7 @@ def _fold(
             state["clear_since"] = None
         if step.held is not None and RANK[step.held] > RANK[Severity(state["severity"])]:
             state["severity"] = step.held
-            state["message"] = _describe(rule, step.held, step.value)
+            state["message"] = describe(rule, step.held, step.value)
             _event(
                 conn,
                 state["id"],

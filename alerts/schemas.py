@@ -111,6 +111,9 @@ class RuleSpec(BaseModel):
         tiers = (self.warn_above, self.warn_below, self.alarm_above, self.alarm_below)
         if kind != RuleKind.composite and all(t is None for t in tiers):
             raise ValueError("set at least one of warn_above, warn_below, alarm_above, alarm_below")
+        if kind != RuleKind.threshold and self.aggregate != Aggregate.raw:
+            # the other kinds say what they judge themselves (a change, a flag run, a count)
+            raise ValueError(f"aggregate: only a threshold rule takes one, not a {kind} rule")
         if self.aggregate == Aggregate.mean and self.window_s <= 0:
             raise ValueError("window_s: a mean needs a window longer than 0 s")
         if self.aggregate == Aggregate.hourly_mean and (

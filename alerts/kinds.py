@@ -1,0 +1,449 @@
+"""One class per rule kind: how far back it reads, what it reads, the steps it judges and
+how it describes a value (shared/DESIGN.md, "Inside alerts/").
+
+The evaluator plans (which (rule, device) pairs a batch touches), fetches once for all the
+rules on a metric (what `raw_key` names, from the start `lookback` gives), asks each rule's
+kind for its steps (`series`), and reconciles the episodes of those steps with the stored
+alerts. A kind knows nothing of alerts, and the pure functions of `alerts.evaluation` do
+the arithmetic. A new kind is one class here, listed in `KINDS`."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Row
+
+from alerts import repository
+from alerts.evaluation import (
+    MIN_COVERAGE,
+    RANK,
+    FlaggedPoint,
+    Point,
+    Step,
+    changes,
+    differences,
+    evaluate,
+    exceeding_hours_per_day,
+    flag_runs,
+    hourly_window_means,
+    level_of,
+    period_means,
+    steps_of,
+)
+from monitor.core.catalogue import METRICS
+from monitor.core.models import Aggregate, RuleKind, Severity
+
+HOUR = timedelta(hours=1)
+# a missed reading (no reading for 1.5 reporting intervals) breaks a "for" run (steps_of)
+GAP_INTERVALS = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What a kind builds its series from: the batch's connection (for rollups), the devices
+    (interval, for gaps and hour validity), the city's time zone (calendar periods and days),
+    the raw readings the evaluator fetched for every rule at once, and each device's newest
+    event time in the batch where known (else it is looked up)."""
+
+    conn: Connection
+    devices: Mapping[str, Row[Any]]
+    tz: ZoneInfo
+    fetched: repository.Fetched
+    latest: Mapping[str, datetime | None]
+
+
+class Kind:
+    """A rule seen through its kind. The base class is a rule on a measured value with
+    `window_s` and `for_s`; subclasses override what differs."""
+
+    kind: ClassVar[RuleKind]
+
+    def __init__(self, rule: Row[Any]) -> None:
+        self.rule = rule
+        self.r = rule._mapping
+        self.params: dict[str, Any] = self.r["params"] or {}
+        self.metric = str(self.r["metric"])
+
+    # --- what to read ---------------------------------------------------------------------
+    def lookback(self) -> timedelta:
+        """How far before the earliest new reading the series must start for its first
+        judged step to see a whole window."""
+        r = self.r
+        return timedelta(
+            seconds=int(r["window_s"]) + int(r["for_s"]) + int(self.params.get("window_s", 0))
+        )
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        """Which raw readings the series is made of: (metric, every quality flag?); None
+        for kinds judged on hourly rollups (nothing to fetch for them)."""
+        return (self.metric, False)
+
+    def bounded_by_extremes(self) -> bool:
+        """Whether every value of the series lies between the smallest and the largest reading
+        it is made of: then a device none of whose readings passes a tier has nothing to
+        judge (unless an alert is there to reconcile)."""
+        return False
+
+    def may_pass(self, extremes: tuple[float, float] | None) -> bool:
+        """Whether a value between these (min, max) could pass one of the rule's tiers."""
+        if extremes is None:
+            return False
+        low, high = extremes
+        above = [t for t in (self.r["warn_above"], self.r["alarm_above"]) if t is not None]
+        below = [t for t in (self.r["warn_below"], self.r["alarm_below"]) if t is not None]
+        return (bool(above) and high > min(above)) or (bool(below) and low < max(below))
+
+    def worth_reading(self, conn: Connection, begin: Mapping[str, datetime]) -> set[str] | None:
+        """The devices whose series could hold a step worth judging (None: all of them)."""
+        return None
+
+    # --- what it judges -------------------------------------------------------------------
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        """The rule's steps per device from `starts[device]` on."""
+        raise NotImplementedError
+
+    # --- how it speaks --------------------------------------------------------------------
+    def how(self) -> str:
+        """What the value is, after the metric's name ("" for the reading itself)."""
+        return ""
+
+    def limit(self, severity: str) -> str:
+        prefix = "alarm" if severity == Severity.alarm else "warn"
+        limits = []
+        if self.r[f"{prefix}_above"] is not None:
+            limits.append(f"> {self.r[f'{prefix}_above']:g}")
+        if self.r[f"{prefix}_below"] is not None:
+            limits.append(f"< {self.r[f'{prefix}_below']:g}")
+        return " or ".join(limits)
+
+    def describe(self, severity: str, value: float) -> str:
+        unit = METRICS[self.metric].unit
+        limit = self.limit(severity)
+        return f"{self.metric}{self.how()} {value:.4g} {unit} ({severity}: {limit} {unit})"
+
+    # --- shared by the kinds that read raw readings ---------------------------------------
+    def _rows(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> Iterator[tuple[str, list[Any], timedelta]]:
+        """Per device: its raw readings from its start, and the gap that breaks a run."""
+        key = self.raw_key()
+        assert key is not None, f"{type(self).__name__} reads no raw readings"
+        fetched = src.fetched
+        if key not in fetched:
+            fetched = repository.fetch_readings(src.conn, {key: starts})
+        by_device = fetched.get(key, {})
+        for d, start in starts.items():
+            rows = by_device.get(d, [])
+            gap = timedelta(seconds=GAP_INTERVALS * int(src.devices[d].interval_s))
+            yield d, rows[bisect_left(rows, start, key=_ts) :], gap
+
+
+class Threshold(Kind):
+    """The reading (aggregate `raw`) or its rolling mean over `window_s` (`mean`) passes a
+    tier for `for_s`."""
+
+    kind = RuleKind.threshold
+
+    def bounded_by_extremes(self) -> bool:
+        return True
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return {
+            d: evaluate(self.rule, [Point(row.ts, row.value) for row in rows], gap)
+            for d, rows, gap in self._rows(src, starts)
+        }
+
+    def how(self) -> str:
+        if self.r["aggregate"] == Aggregate.raw:
+            return ""
+        return f" {int(self.r['window_s']) // 60}-min mean"
+
+
+class PeriodMean(Threshold):
+    """The mean of a calendar period (15 min, hour or day in the city's time zone), valid with
+    75% of the period's expected readings, passes a tier."""
+
+    def lookback(self) -> timedelta:
+        # back to the start of the period the earliest new reading is in
+        return timedelta(seconds=2 * int(self.r["window_s"]) + int(self.r["for_s"]))
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        period = int(self.r["window_s"])
+        lo = min(starts.values())
+        out = {}
+        for d, rows, _ in self._rows(src, starts):
+            points = [Point(row.ts, row.value) for row in rows]
+            expected = period / max(1, int(src.devices[d].interval_s))
+            means = period_means(
+                points,
+                period,
+                expected,
+                lambda t: period_start(t, period, src.tz),
+                until=max(p.ts for p in points) if points else lo,
+            )
+            out[d] = steps_of(self.rule, means)
+        return out
+
+
+class HourlyMean(Threshold):
+    """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
+    of its expected valid readings; `min_samples` hours make a window), judged at each
+    hour's end."""
+
+    def lookback(self) -> timedelta:
+        # and back to the start of the hour the earliest new reading is in
+        return super().lookback() + HOUR
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def bounded_by_extremes(self) -> bool:
+        return False
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        ids = list(starts)
+        lo = min(starts.values()) - HOUR
+        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
+        until = repository.complete_until(
+            src.conn, self.metric, counted, src.devices, src.latest, lo
+        )
+        window = timedelta(seconds=int(self.r["window_s"]))
+        out = {}
+        for d in ids:
+            # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
+            expected = 3600 / max(1, int(src.devices[d].interval_s))
+            valid = [
+                Point(end, mean)
+                for end, mean, count in counted.get(d, [])
+                if count >= MIN_COVERAGE * expected
+            ]
+            means = hourly_window_means(
+                valid, int(self.r["window_s"]), int(self.r["min_samples"]), until[d]
+            )
+            # only windows wholly inside the hours read
+            out[d] = steps_of(self.rule, [p for p in means if p.ts >= lo + window])
+        return out
+
+
+class RateOfChange(Kind):
+    """The change of the reading over `params.window_s` (a pressure falling fast) passes a
+    tier."""
+
+    kind = RuleKind.rate_of_change
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        span = int(self.params["window_s"])
+        return {
+            d: steps_of(self.rule, changes([Point(r.ts, r.value) for r in rows], span), gap)
+            for d, rows, gap in self._rows(src, starts)
+        }
+
+    def how(self) -> str:
+        return f" change over {int(self.params.get('window_s', 0)) // 60} min"
+
+
+class FlagHeld(Kind):
+    """A device fault flag (HJ 212 D, B, ...; `params.flags`) held on a metric ("*": any) for
+    the tiers' minutes."""
+
+    kind = RuleKind.flag_held
+
+    def flags(self) -> frozenset[str]:
+        return frozenset(self.params.get("flags", ["D", "B"]))
+
+    def lookback(self) -> timedelta:
+        # the run of flags may have begun up to the highest tier (minutes) ago
+        tiers = [t for t in (self.r["warn_above"], self.r["alarm_above"]) if t is not None]
+        return timedelta(seconds=int(max(tiers, default=0) * 60) + int(self.r["for_s"]) + 3600)
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return (self.metric, True)
+
+    def worth_reading(self, conn: Connection, begin: Mapping[str, datetime]) -> set[str] | None:
+        # nearly every reading is flagged N: only devices with a flagged reading in the window
+        return repository.flagged(conn, self.metric, self.flags(), begin)
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        flags = self.flags()
+        out = {}
+        for d, rows, gap in self._rows(src, starts):
+            per_metric: dict[str, list[FlaggedPoint]] = defaultdict(list)
+            for row in rows:
+                per_metric[row.metric].append(FlaggedPoint(row.ts, row.quality))
+            longest: dict[datetime, float] = {}
+            for pts in per_metric.values():
+                for p in flag_runs(pts, flags):
+                    longest[p.ts] = max(p.value, longest.get(p.ts, 0.0))
+            points = [Point(ts, v) for ts, v in sorted(longest.items())]
+            out[d] = steps_of(self.rule, points, gap)
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        return f"{self.metric} flagged {value:.0f} min ({severity}: {self.limit(severity)} min)"
+
+
+class _Daily(Kind):
+    """Kinds judged on the hourly rollups of whole local days."""
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def _hours(
+        self, src: Sources, ids: list[str], starts: Mapping[str, datetime]
+    ) -> tuple[dict[str, list[Point]], dict[str, datetime]]:
+        """Hourly means of `ids` from the local day before the earliest start, and up to when
+        each device's hours are over by its data (a half-uploaded hour is not judged)."""
+        day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
+        lo = day.astimezone(UTC) - timedelta(days=1)
+        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
+        hourly = {d: [Point(end, mean) for end, mean, _ in rows] for d, rows in counted.items()}
+        until = repository.complete_until(
+            src.conn, self.metric, counted, src.devices, src.latest, lo
+        )
+        return hourly, until
+
+
+class DailyCount(_Daily):
+    """How many hours of the local day so far had a mean above `params.hour_above`."""
+
+    kind = RuleKind.daily_count
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        hourly, until = self._hours(src, list(starts), starts)
+        above = float(self.params["hour_above"])
+        out = {}
+        for d in starts:
+            complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
+            counts = exceeding_hours_per_day(complete, above, lambda t: t.astimezone(src.tz).date())
+            out[d] = steps_of(self.rule, counts)
+        return out
+
+    def describe(self, severity: str, value: float) -> str:
+        return f"{value:.0f} exceeding hours today ({severity}: {self.limit(severity)})"
+
+
+class ReferenceDiff(_Daily):
+    """A site's hourly mean minus the mean of the reference stations' for the same hour
+    (capped at `params.reference_cap`)."""
+
+    kind = RuleKind.reference_diff
+
+    def references(self) -> list[str]:
+        return list(self.params.get("reference_device_ids", []))
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        refs = self.references()
+        hourly, until = self._hours(src, list(starts) + refs, starts)
+        per_hour: dict[datetime, list[float]] = defaultdict(list)
+        for ref in refs:
+            for p in hourly.get(ref, []):
+                per_hour[p.ts].append(p.value)
+        reference = {ts: sum(v) / len(v) for ts, v in per_hour.items()}
+        cap = self.params.get("reference_cap")
+        out = {}
+        for d in starts:
+            complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
+            out[d] = steps_of(self.rule, differences(complete, reference, cap))
+        return out
+
+    def how(self) -> str:
+        return " hourly mean minus reference"
+
+
+class NoData(Kind):
+    """Silence: minutes (or reporting intervals, `params.per_interval`) since the device was
+    last heard from, judged on the timer against wall time, not on batches."""
+
+    kind = RuleKind.no_data
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def silence(self, device: Any, now: datetime) -> Step:
+        """The step at `now` for a device last heard from at `last_seen_at`."""
+        seen = device.last_seen_at or device.created_at
+        silent_s = (now - seen).total_seconds()
+        per_interval = self.params.get("per_interval")
+        value = silent_s / device.interval_s if per_interval else silent_s / 60
+        level = level_of(self.rule, value)
+        if level == Severity.alarm and silent_s < self.params.get("alarm_min_s", 0):
+            level = Severity.warning if self.r["warn_above"] is not None else None
+        return Step(now, value, level, level, seen)
+
+    def describe(self, severity: str, value: float) -> str:
+        unit = "intervals" if self.params.get("per_interval") else "min"
+        return f"no data for {value:.1f} {unit} ({severity}: {self.limit(severity)} {unit})"
+
+
+class Composite(Kind):
+    """All (`op` "all") or any (`op` "any") of other rules firing on the device: e.g. a burst
+    is a pressure drop AND an inflow rise. Judged after the reading rules of a batch."""
+
+    kind = RuleKind.composite
+
+    def parts(self) -> list[str]:
+        return list(self.params.get("rules", []))
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def combine(self, severities: list[str | None]) -> tuple[float, Severity | None]:
+        """The composite's value (a rank: 0 none, 1 warning, 2 alarm) and level from the
+        severities of its parts' open alerts (None: not firing)."""
+        ranks = [RANK[Severity(s)] if s is not None else 0 for s in severities]
+        rank = min(ranks) if self.params.get("op", "all") == "all" else max(ranks)
+        return float(rank), {1: Severity.warning, 2: Severity.alarm}.get(rank)
+
+    def describe(self, severity: str, value: float) -> str:
+        joiner = " AND " if self.params.get("op", "all") == "all" else " OR "
+        return f"{joiner.join(self.parts())} ({severity})"
+
+
+KINDS: dict[RuleKind, type[Kind]] = {
+    cls.kind: cls
+    for cls in (
+        Threshold,
+        RateOfChange,
+        FlagHeld,
+        DailyCount,
+        ReferenceDiff,
+        NoData,
+        Composite,
+    )
+}
+# a threshold's value may be a calendar period's mean or a mean of hourly rollups
+THRESHOLDS: dict[Aggregate, type[Threshold]] = {
+    Aggregate.period_mean: PeriodMean,
+    Aggregate.hourly_mean: HourlyMean,
+}
+
+
+def kind_of(rule: Row[Any]) -> Kind:
+    """The rule seen through its kind."""
+    cls = KINDS[RuleKind(rule.kind)]
+    if cls is Threshold:
+        cls = THRESHOLDS.get(Aggregate(rule.aggregate), Threshold)
+    return cls(rule)
+
+
+def describe(rule: Row[Any], severity: str, value: float) -> str:
+    """An alert's message: the value, what it is, and the tier it passed."""
+    return kind_of(rule).describe(severity, value)
+
+
+def period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
+    """Start of the calendar period (in the city's time zone) that holds `ts`."""
+    local = ts.astimezone(tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    offset = (local - midnight).total_seconds() // period_s * period_s
+    return (midnight + timedelta(seconds=offset)).astimezone(UTC)
+
+
+def _ts(row: Any) -> datetime:
+    return row.ts  # type: ignore[no-any-return]
