@@ -1,9 +1,9 @@
 """Alert messages in Chinese, from an alert's structured fields.
 
-The evaluator stores one English message per alert (and per event), built from the rule, the
-severity and a value (`alerts/evaluator.py` `_describe`). The page rebuilds the same sentence
-in Chinese from those same fields; the stored English text stays the fallback for a rule kind
-this module does not know, and for every language but zh-CN.
+The evaluator stores one English message per alert (and per event), built from the rule,
+the severity and a value (each kind's `describe` in `alerts/kinds.py`). The page rebuilds
+the same sentence in Chinese from those same fields; the stored English text stays the
+fallback for a rule kind this module does not know, and for every language but zh-CN.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from alerts.evaluator import LATE_TAG
 from alerts.service import SYSTEM_ACTOR
 from monitor.core.catalogue import SERIES
 from monitor.core.models import Aggregate, RuleKind, Severity
 
-# the evaluator's markers in front of a message (alerts/evaluator.py)
-LATE_TAG = "[from late data] "
+# the evaluator's marker of an alert opened in a maintenance window (alerts/evaluator.py)
 MAINTENANCE_TAG = "[maintenance: "
 
 METRIC_ZH = {

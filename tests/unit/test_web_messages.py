@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from alerts.evaluator import _describe
+from alerts.kinds import describe
 from monitor.web.messages import alert_message, describe_zh, event_note
 
 BASE: dict[str, Any] = {
@@ -51,7 +51,9 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def english(rule: dict[str, Any], severity: str, value: float) -> str:
-    return _describe(SimpleNamespace(_mapping=rule), severity, value)  # type: ignore[arg-type]
+    """The engine's own message (alerts/kinds.py), for a rule given as its fields."""
+    row = SimpleNamespace(kind=rule["kind"], aggregate=rule["aggregate"], _mapping=rule)
+    return describe(row, severity, value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", RULES)
