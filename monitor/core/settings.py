@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -21,6 +22,9 @@ WEAK_SECRETS = frozenset(
 class Environment(StrEnum):
     development = "development"
     production = "production"
+
+
+TILE_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class MapDatum(StrEnum):
@@ -259,8 +263,11 @@ class Settings(BaseSettings):
         if not value:
             return ""
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"ENVMON_MAP_TILES must be an http(s):// URL template: {value!r}")
+        # the host goes into the page's CSP header: a plain host name or address, no userinfo
+        if parts.scheme not in ("http", "https") or not TILE_HOST.fullmatch(parts.netloc):
+            raise ValueError(
+                f"ENVMON_MAP_TILES must be an http(s)://host[:port]/... template: {value!r}"
+            )
         missing = [k for k in ("{z}", "{x}", "{y}") if k not in value]
         if missing:
             raise ValueError(f"ENVMON_MAP_TILES needs {', '.join(missing)}: {value!r}")

@@ -82,6 +82,16 @@ def test_tile_setting_is_checked_and_only_its_host_is_allowed() -> None:
     csp = security_headers(tiled)["Content-Security-Policy"]
     assert "img-src 'self' data: https://t0.tiles.example.cn:8443;" in csp
     assert "default-src 'self';" in csp  # scripts, styles and fetches stay on this server
-    for bad in ("tiles.example.cn/{z}/{x}/{y}", "ftp://x/{z}/{x}/{y}", "https://x/{z}/{x}"):
+    bad_ones = (
+        "tiles.example.cn/{z}/{x}/{y}",
+        "ftp://x/{z}/{x}/{y}",
+        "https://x/{z}/{x}",
+        "https://x;script-src*/{z}/{x}/{y}",  # would write into the CSP header
+        "https://user:pw@x/{z}/{x}/{y}",
+        "https://x:port/{z}/{x}/{y}",
+    )
+    for good in ("http://127.0.0.1:8080/{z}/{x}/{y}.png", "https://[::1]/{z}/{x}/{y}"):
+        assert Settings(map_tiles=good).map_tiles == good
+    for bad in bad_ones:
         with pytest.raises(ValidationError):
             Settings(map_tiles=bad)
