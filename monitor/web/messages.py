@@ -111,9 +111,16 @@ def alert_message(alert: Any, rule: Mapping[str, Any] | None, lang: str) -> str:
 
 
 def event_note(event: Any, rule: Mapping[str, Any] | None, lang: str) -> str:
-    """An event's note on the page: the evaluator's notes of pending, opened and escalated
-    (a description of the event's own severity and value) in Chinese where the page is."""
+    """An event's note on the page, in Chinese where the page is: the evaluator's notes of
+    pending, opened and escalated (a description of the event's own severity and value) and
+    the words an assignment is recorded with. What people wrote stays as they wrote it."""
     note = str(event.note or "")
+    if lang == "zh-CN" and event.kind == "assigned":
+        # the API's own wording (routes/alerts.py assign_alert), then the person's note
+        for english, chinese in (("assigned to ", "指派给 "), ("unassigned", "取消指派")):
+            if note.startswith(english):
+                return chinese + note[len(english) :]
+        return note
     if (
         lang != "zh-CN"
         or rule is None

@@ -458,7 +458,7 @@ def _render_alert(
         a=detail,
         message=messages.alert_message(detail, fields, lang),
         note=lambda event: messages.event_note(event, fields, lang),
-        chart=_alert_chart(detail, rule),
+        chart=_alert_chart(detail, rule, WORDS[lang]),
         assignees=_assignees(session, detail.district) if user.can_act else [],
     )
 
@@ -482,14 +482,16 @@ def _assignees(session: Any, district: str) -> list[str]:
 TIERS = ("warn_above", "alarm_above", "warn_below", "alarm_below")
 
 
-def _alert_chart(detail: Any, rule: Any) -> dict[str, Any]:
+def _alert_chart(detail: Any, rule: Any, words: dict[str, str]) -> dict[str, Any]:
     """The readings around the alert, and the rule's tiers to draw across them."""
     m = rule._mapping if rule is not None else {}
+    tiers = {t: m[t] for t in TIERS if m.get(t) is not None}
     return {
         "x": [_aware(r.ts).timestamp() for r in detail.readings],
         "y": [r.value for r in detail.readings],
         "label": detail.metric,
-        "tiers": {t: m[t] for t in TIERS if m.get(t) is not None},
+        "tiers": tiers,
+        "tier_labels": {t: f"{words[t]} {tiers[t]:g}" for t in tiers},
     }
 
 

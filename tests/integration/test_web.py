@@ -440,7 +440,7 @@ def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Brows
     page.click("#do-assign")
     page.wait_for_selector("#alert-assignee >> text=wang.fang")  # the swapped body
     assert page.locator("header.top").count() == 1
-    assert "指派" in page.inner_text("#events")
+    assert "指派给 wang.fang" in page.inner_text("#events")
     assert assignee() == "wang.fang"
     shoot(page, "alert-assigned")
 
@@ -478,6 +478,10 @@ def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browse
         sign_in(page, web.inspector)
         page.goto(f"/alerts/{alert}")
         shown[locale] = page.inner_text("#alert-message")
+        wait_js(page, "!!window.envmon.charts['alert-chart']")
+        labels = page.evaluate("window.envmon.charts['alert-chart'].series.map(s => s.label)")
+        tiers = {"预警上限 150", "报警上限 250"} if locale == "zh-CN" else None
+        assert set(labels[2:]) == (tiers or {"warning above 150", "alarm above 250"})
         opened = page.locator("#events tbody tr").first.inner_text()
         if locale == "zh-CN":
             assert "PM10 180 µg/m³（预警：> 150 µg/m³）" in opened  # the event's own value

@@ -109,3 +109,15 @@ def test_maintenance_and_late_data_markers_are_kept() -> None:
     assert event_note(event, rule, "en") == event.note
     person = SimpleNamespace(**{**vars(event), "actor": "user:li.ming", "note": "到场"})
     assert event_note(person, rule, "zh-CN") == "到场"  # people's notes are theirs
+
+
+def test_assignment_words_in_chinese_the_persons_note_kept() -> None:
+    def assigned(note: str) -> SimpleNamespace:
+        return SimpleNamespace(kind="assigned", actor="user:li.ming", note=note)
+
+    rule = {**BASE, **RULES["raw"]}
+    assert event_note(assigned("assigned to wang.fang"), rule, "zh-CN") == "指派给 wang.fang"
+    shown = event_note(assigned("assigned to wang.fang: 请今天到场"), rule, "zh-CN")
+    assert shown == "指派给 wang.fang: 请今天到场"
+    assert event_note(assigned("unassigned"), rule, "zh-CN") == "取消指派"
+    assert event_note(assigned("assigned to wang.fang"), rule, "en") == "assigned to wang.fang"

@@ -73,7 +73,7 @@
     // the rule's tiers as flat dashed lines across the readings
     var colours = { warn_above: "#e0a000", warn_below: "#e0a000", alarm_above: "#b00020", alarm_below: "#b00020" };
     var extra = Object.keys(s.tiers || {}).map(function (name) {
-      return { series: { label: name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
+      return { series: { label: (s.tier_labels || {})[name] || name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
                data: s.x.map(function () { return s.tiers[name]; }) };
     });
     plot(el, s.label, s.x, s.y, extra);
