@@ -458,6 +458,20 @@ def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Brows
     r = ctx.request.post(f"/alerts/{hd}/assign", form={"assignee": "li.ming", "csrf": token})
     assert r.status == 404
 
+    # a person disabled since the page was drawn: the page says why the server refused
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "wang.fang", True)
+    page.select_option("#assignee", "wang.fang")  # still offered by the page drawn before
+    page.click("#do-assign")
+    page.wait_for_selector("#flash:not([hidden])")
+    assert "wang.fang" in page.inner_text("#flash")
+    assert page.inner_text("#alert-assignee") == "wang.fang"  # nothing swapped
+    # a page drawn now still shows who has it (not silently "nobody", which would unassign)
+    page.reload()
+    assert page.locator("#assignee").input_value() == "wang.fang"
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "wang.fang", False)
+
     # unassign
     page.select_option("#assignee", "")
     page.click("#do-assign")

@@ -109,6 +109,21 @@
     if (form) form.addEventListener("change", trend);
   });
   document.addEventListener("htmx:afterSwap", alertChart);
+  // An action the server refused (htmx swaps nothing on an error): say why, from the
+  // problem object's detail, until the next action succeeds.
+  document.addEventListener("htmx:responseError", function (evt) {
+    var flash = document.getElementById("flash");
+    if (!flash) return;
+    var xhr = evt.detail.xhr;
+    var detail = "HTTP " + xhr.status;
+    try { detail = JSON.parse(xhr.responseText).detail || detail; } catch (e) { /* not JSON */ }
+    flash.textContent = detail;
+    flash.hidden = false;
+  });
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var flash = document.getElementById("flash");
+    if (flash && evt.detail.successful && evt.detail.requestConfig.verb !== "get") flash.hidden = true;
+  });
   // A live refresh already on its way when the person started filling a form: keep their
   // input, refresh after (the form's own post swaps as usual).
   document.addEventListener("htmx:beforeSwap", function (evt) {
