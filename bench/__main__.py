@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import apiload, dataset, live, throughput
+from bench import apiload, dataset, live, throughput, webload
 from bench.config import PRESETS, Plan
 from bench.context import Context
 from bench.fleet import build_fleet, make_backlog, parse_mix, probe_devices, register
@@ -28,7 +28,17 @@ from bench.report import goals, machine, render
 from bench.services import BenchError, Database, free_port
 from monitor.broker import EmbeddedBroker
 
-STAGES = ("raw", "envmon", "naive", "scaling", "profile", "live", "live-sustainable", "api")
+STAGES = (
+    "raw",
+    "envmon",
+    "naive",
+    "scaling",
+    "profile",
+    "live",
+    "live-sustainable",
+    "api",
+    "web",
+)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUSTAINABLE_SHARE = 0.5
 DEFAULT_PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -45,13 +55,16 @@ stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); 
 (1, 2, 4 ingestors on a $share subscription); profile (py-spy on one ingestor; full runs,
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
-api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database).
+api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database);
+web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in, 4 clients,
+100k alerts).
 """
 
 EPILOG = """\
 modes:
   --smoke   tiny load, well under a minute: CI runs it so that the benchmark keeps working
-  --quick   every figure in under 3 minutes; the API database is smaller (2M readings)
+  --quick   every figure in under 3 minutes; the API database is smaller (2M readings), the
+            web stage's too (20k alerts)
   (none)    the full run of docs/benchmarks.md: 10M readings, 100k alerts, longer stages
 
 exit status: 0 when every stage ran and nothing was lost (goals missed are not failures),
@@ -107,6 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--api-clients", type=int, help="concurrent API clients [20]")
     g.add_argument("--api-workers", type=int, help="`envmon api --workers` [2, one per core]")
     g.add_argument("--api-seconds", type=float, help="measured seconds per API endpoint")
+    g.add_argument("--web-alerts", type=int, help="alerts in the web stage's database")
+    g.add_argument("--web-clients", type=int, help="concurrent signed-in page clients [4]")
+    g.add_argument("--web-seconds", type=float, help="measured seconds per page")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--profile", action="store_true", help="run the py-spy stage (default: full)")
     prof.add_argument("--no-profile", action="store_true", help="skip the py-spy stage")
@@ -137,6 +153,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("api_clients", "api_clients"),
         ("api_workers", "api_workers"),
         ("api_seconds", "api_seconds"),
+        ("web_alerts", "web_alerts"),
+        ("web_clients", "web_clients"),
+        ("web_seconds", "web_seconds"),
     ):
         value = getattr(args, arg)
         if value is not None:
@@ -250,6 +269,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ("live", lambda: _live(ctx, results)),
             ("live-sustainable", lambda: _live_sustainable(ctx, results)),
             ("api", lambda: _api(ctx, results)),
+            ("web", lambda: _web(ctx, results)),
         ]
         for name, step in steps:
             if name in skip:
@@ -385,6 +405,40 @@ def _api(ctx: Context, results: dict[str, Any]) -> None:
         },
         "endpoints": endpoints,
     }
+
+
+def _web(ctx: Context, results: dict[str, Any]) -> None:
+    """The inspectors' pages over a database of many alerts (the api stage's loader, with
+    fewer readings: the pages read alerts, and only an alert's hour of readings)."""
+    plan = ctx.plan
+    ctx.db.reset_data()
+    ds = dataset.build(
+        ctx.db,
+        ctx.fleet,
+        readings=plan.web_readings,
+        alerts=plan.web_alerts,
+        days=plan.api_days,
+        step_s=plan.api_step_s,
+    )
+    say(f"web dataset: {ds.readings:,} readings, {ds.alerts:,} alerts in {ds.seconds:.0f} s")
+    api = ctx.api()
+    api.start()
+    api.wait_ready()
+    try:
+        pages = webload.run(
+            ctx.db, api, alerts=ds.alerts, clients=plan.web_clients, seconds=plan.web_seconds
+        )
+    finally:
+        api.stop()
+    results["web"] = {
+        "clients": plan.web_clients,
+        "workers": plan.api_workers,
+        "reduced": plan.web_reduced,
+        "dataset": {"readings": ds.readings, "alerts": ds.alerts, "build_s": ds.seconds},
+        "pages": pages,
+    }
+    for name, page in pages.items():
+        say(f"web {name}: p50 {page['p50_ms']:.1f} ms, p99 {page['p99_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

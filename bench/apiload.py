@@ -47,7 +47,7 @@ def _iso(at: datetime) -> str:
 
 def _client(
     port: int,
-    token: str,
+    headers: dict[str, str],
     draw: Callable[[random.Random], str],
     seed: int,
     until: float,
@@ -65,7 +65,7 @@ def _client(
             if t0 >= until:
                 return
             try:
-                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+                conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -85,8 +85,23 @@ def _client(
 
 
 def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {db.api_token}"}
+    return measure(db, api, endpoints(ds), headers, clients=clients, seconds=seconds, what="API")
+
+
+def measure(
+    db: Database,
+    api: Api,
+    draws: dict[str, Callable[[random.Random], str]],
+    headers: dict[str, str],
+    *,
+    clients: int,
+    seconds: float,
+    what: str,
+) -> dict[str, Any]:
+    """Each endpoint in turn under `clients` closed-loop clients: latency, rate, CPU."""
     results: dict[str, Any] = {}
-    for name, draw in endpoints(ds).items():
+    for name, draw in draws.items():
         samples: list[float] = []
         errors: list[str] = []
         sizes: list[int] = []
@@ -99,7 +114,7 @@ def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) ->
         threads = [
             threading.Thread(
                 target=_client,
-                args=(api.port, db.api_token, draw, i, until, record_from, samples, errors, sizes),
+                args=(api.port, headers, draw, i, until, record_from, samples, errors, sizes),
                 daemon=True,
             )
             for i in range(clients)
@@ -112,7 +127,7 @@ def run(db: Database, api: Api, ds: Dataset, *, clients: int, seconds: float) ->
         end = cpu_mark([*api_pids, *pg_pids])
         window = end.at - mark.at
         if errors:
-            raise BenchError(f"API {name}: {len(errors)} failed requests, e.g. {errors[0]}")
+            raise BenchError(f"{what} {name}: {len(errors)} failed requests, e.g. {errors[0]}")
         results[name] = {
             **summary_ms(samples),
             "requests_per_s": len(samples) / seconds,

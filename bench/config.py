@@ -33,6 +33,11 @@ class Plan:
     api_clients: int = 20
     api_workers: int = 2  # `envmon api --workers`: one per core of this machine
     api_seconds: float = 5.0
+    # web: the inspectors' pages, a few signed-in clients, many alerts (issue 13: 100k)
+    web_readings: int = 1_000_000
+    web_alerts: int = 100_000
+    web_clients: int = 4
+    web_seconds: float = 10.0
     profile: bool = False
     profile_messages: int = 60_000
 
@@ -40,6 +45,11 @@ class Plan:
     def api_reduced(self) -> bool:
         """Whether the API dataset is below the issue's 10M readings / 100k alerts."""
         return self.api_readings < 10_000_000 or self.api_alerts < 100_000
+
+    @property
+    def web_reduced(self) -> bool:
+        """Whether the web stage's database holds fewer than issue 13's 100k alerts."""
+        return self.web_alerts < 100_000
 
 
 PRESETS: dict[str, Plan] = {
@@ -55,6 +65,9 @@ PRESETS: dict[str, Plan] = {
         api_readings=100_000,
         api_alerts=1_000,
         api_seconds=1.5,
+        web_readings=50_000,
+        web_alerts=1_000,
+        web_seconds=1.5,
         profile_messages=2_000,
     ),
     "quick": Plan(
@@ -70,6 +83,9 @@ PRESETS: dict[str, Plan] = {
         api_readings=2_000_000,
         api_alerts=20_000,
         api_seconds=3.0,
+        web_readings=200_000,
+        web_alerts=20_000,
+        web_seconds=3.0,
         profile_messages=15_000,
     ),
     "full": Plan(

@@ -1,4 +1,4 @@
-"""The final table (stdout), the goals of issue 6, and the machine description."""
+"""The final table (stdout), the goals of issues 6 and 13, and the machine description."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 GOAL_INGEST_SHARE = 0.70
 GOAL_ALERT_P99_MS = 1000.0
 GOAL_API_P99_MS = 100.0
+GOAL_WEB_P99_MS = 300.0  # issue 13: a page's server time with 100k alerts
 
 
 def machine() -> dict[str, Any]:
@@ -53,7 +54,8 @@ def machine() -> dict[str, Any]:
 
 
 def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of issue 6: met or missed, by how much; absent when its stage did not run."""
+    """Each goal of issues 6 and 13: met or missed, by how much; absent when its stage did
+    not run."""
     out: list[dict[str, Any]] = []
     ratios = r.get("ratios", {})
     if "envmon_over_raw" in ratios:
@@ -95,6 +97,17 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{p99 / GOAL_API_P99_MS:.1f}x the goal" if p99 >= GOAL_API_P99_MS else "",
                 )
             )
+    web = r.get("web", {}).get("pages", {})
+    for name, page in web.items():
+        p99 = page["p99_ms"]
+        out.append(
+            _goal(
+                f"web p99 < 300 ms: {name}",
+                p99 < GOAL_WEB_P99_MS,
+                f"p99 {p99:,.1f} ms",
+                f"{p99 / GOAL_WEB_P99_MS:.1f}x the goal" if p99 >= GOAL_WEB_P99_MS else "",
+            )
+        )
     return out
 
 
@@ -221,6 +234,23 @@ def _api(lines: list[str], api: dict[str, Any]) -> None:
     add("")
 
 
+def _web(lines: list[str], web: dict[str, Any]) -> None:
+    add = lines.append
+    ds = web["dataset"]
+    note = " (REDUCED dataset: quick/smoke run)" if web["reduced"] else ""
+    add(
+        f"WEB PAGES: {web['clients']} signed-in clients, closed loop, {web['workers']} worker"
+        f" process(es); database {ds['alerts']:,} alerts, {ds['readings']:,} readings{note}"
+    )
+    add(f"  {'page':<40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>9}{'bytes':>9}")
+    for name, e in web["pages"].items():
+        add(
+            f"  {name:<40}{_n(e['p50_ms'], 1):>9}{_n(e['p99_ms'], 1):>9}"
+            f"{_n(e['max_ms'], 1):>9}{_n(e['requests_per_s']):>9}{e['response_bytes']:>9,}"
+        )
+    add("")
+
+
 def render(r: dict[str, Any]) -> str:
     plan = r["plan"]
     m = r["machine"]
@@ -247,9 +277,11 @@ def render(r: dict[str, Any]) -> str:
             _live(lines, r[key], title)
     if r.get("api"):
         _api(lines, r["api"])
+    if r.get("web"):
+        _web(lines, r["web"])
     g = r.get("goals", [])
     if g:
-        add("GOALS (issue 6)")
+        add("GOALS (issues 6 and 13)")
         for goal in g:
             state = "met   " if goal["met"] else "MISSED"
             gap = f"  ({goal['gap']})" if goal["gap"] else ""

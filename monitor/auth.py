@@ -11,10 +11,11 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from monitor.core.exceptions import Conflict, EnvmonError, NotFound
 from monitor.core.models import ApiKey, Role, User, table, utcnow
@@ -140,6 +141,8 @@ def authenticate(conn: Connection, token: str | None, *, production: bool) -> Pr
     parts = token.split("_")
     if len(parts) < 3 or not token.startswith(KEY_PREFIX):
         raise Unauthenticated("malformed API key")
+    if parts[1].startswith(SESSION_PREFIX):  # a browser session's row, never a bearer key
+        raise Unauthenticated("unknown API key")
     row = conn.execute(_key_query().where(keys_t.c.prefix == parts[1])).first()
     if row is None or not hmac.compare_digest(row.hash, _digest(token)):
         raise Unauthenticated("unknown API key")
@@ -163,32 +166,89 @@ def _principal(row: Any, production: bool) -> Principal:
 
 
 # --- browser sessions -------------------------------------------------------------------
-# The web page's cookie names a key and is signed with that key's stored hash, so no session
-# table is needed and every request re-reads the key row: revoking the key or disabling its
-# user ends the session at once, as it does for the bearer key itself.
+# A browser session is a credential of its own, kept as a row of api_keys beside the key it
+# was opened with (a `w` prefix marks it; no bearer token can match its hash). Its cookie
+# names the key, the session row and a secret; the row's hash is an HMAC of that secret under
+# the key's stored hash, so the session is bound to that key. Every request re-reads both
+# rows: revoking the key, disabling its user, signing out (the row is deleted) or revoking the
+# session row itself ends the session at once, for every copy of the cookie.
+
+SESSION_PREFIX = "w"
+SESSION_LABEL = "web session of key {key_id}"
 
 
-def _sign(key_hash: str, purpose: str, key_id: int, nonce: str) -> str:
-    msg = f"{purpose}:{key_id}:{nonce}".encode()
+def _sign(key_hash: str, purpose: str, *parts: object) -> str:
+    msg = ":".join([purpose, *map(str, parts)]).encode()
     return hmac.new(key_hash.encode(), msg, hashlib.sha256).hexdigest()
 
 
-def open_session(conn: Connection, token: str, *, production: bool) -> str:
-    """Check a key as `authenticate` does, and return the cookie value of a new session."""
+def open_session(conn: Connection, token: str, *, production: bool, max_age: timedelta) -> str:
+    """Check a key as `authenticate` does, store a new session, return its cookie value.
+    The key's expired sessions are deleted on the way (a browser closed without signing out
+    leaves its row behind)."""
     principal = authenticate(conn, token, production=production)
-    nonce = secrets.token_urlsafe(16)
-    return f"{principal.key_id}.{nonce}.{_sign(_digest(token), 'session', principal.key_id, nonce)}"
+    key_hash = _digest(token)
+    now = utcnow()
+    conn.execute(
+        delete(keys_t).where(
+            keys_t.c.label == SESSION_LABEL.format(key_id=principal.key_id),
+            keys_t.c.prefix.startswith(SESSION_PREFIX),
+            keys_t.c.created_at < now - max_age,
+        )
+    )
+    secret = secrets.token_urlsafe(24)
+    session_id = conn.execute(
+        insert(keys_t)
+        .values(
+            user_id=principal.user_id,
+            prefix=SESSION_PREFIX + secrets.token_hex(7),
+            hash=_sign(key_hash, "session", secret),
+            label=SESSION_LABEL.format(key_id=principal.key_id),
+            demo=False,
+            created_at=now,
+        )
+        .returning(keys_t.c.id)
+    ).scalar_one()
+    return f"{principal.key_id}.{session_id}.{secret}"
+
+
+def _session_row(conn: Connection, cookie: str | None) -> tuple[Any, int, str]:
+    parts = (cookie or "").split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise Unauthenticated("sign in again: no valid session")
+    key_id, session_id, secret = int(parts[0]), int(parts[1]), parts[2]
+    s = keys_t.alias("web_session")
+    row = conn.execute(
+        _key_query()
+        .add_columns(
+            s.c.hash.label("session_hash"),
+            s.c.revoked_at.label("session_revoked_at"),
+            s.c.created_at.label("session_created_at"),
+        )
+        .join(s, (s.c.id == session_id) & (s.c.user_id == keys_t.c.user_id))
+        .where(keys_t.c.id == key_id, s.c.prefix.startswith(SESSION_PREFIX))
+    ).first()
+    if row is None or not hmac.compare_digest(_sign(row.hash, "session", secret), row.session_hash):
+        raise Unauthenticated("sign in again: no valid session")
+    return row, session_id, secret
 
 
 def authenticate_session(
-    conn: Connection, cookie: str | None, *, production: bool
+    conn: Connection, cookie: str | None, *, production: bool, max_age: timedelta
 ) -> tuple[Principal, str]:
     """The principal behind a session cookie, and the session's CSRF token."""
-    parts = (cookie or "").split(".")
-    if len(parts) != 3 or not parts[0].isdigit():
-        raise Unauthenticated("sign in again: no valid session")
-    key_id, nonce, sig = int(parts[0]), parts[1], parts[2]
-    row = conn.execute(_key_query().where(keys_t.c.id == key_id)).first()
-    if row is None or not hmac.compare_digest(_sign(row.hash, "session", key_id, nonce), sig):
-        raise Unauthenticated("sign in again: no valid session")
-    return _principal(row, production), _sign(row.hash, "csrf", key_id, nonce)
+    row, session_id, secret = _session_row(conn, cookie)
+    if row.session_revoked_at is not None:
+        raise Unauthenticated("sign in again: this session was ended")
+    if row.session_created_at < utcnow() - max_age:
+        raise Unauthenticated("sign in again: the session is over")
+    return _principal(row, production), _sign(row.hash, "csrf", session_id, secret)
+
+
+def end_session(conn: Connection, cookie: str | None) -> None:
+    """Sign out: delete the session's row, so that no copy of the cookie works again."""
+    try:
+        _, session_id, _ = _session_row(conn, cookie)
+    except Unauthenticated:
+        return  # nothing to end
+    conn.execute(delete(keys_t).where(keys_t.c.id == session_id))

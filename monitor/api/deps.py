@@ -54,7 +54,12 @@ def get_principal(
     cookie = request.cookies.get(SESSION_COOKIE)
     if credentials is None and cookie:
         # the web page's fetches and its EventSource, which cannot send a bearer header
-        principal, csrf = authenticate_session(session.connection(), cookie, production=production)
+        principal, csrf = authenticate_session(
+            session.connection(),
+            cookie,
+            production=production,
+            max_age=settings.web_session_max_age,
+        )
         if request.method not in SAFE_METHODS and not hmac.compare_digest(
             request.headers.get(CSRF_HEADER, ""), csrf
         ):

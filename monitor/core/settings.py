@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +22,16 @@ WEAK_SECRETS = frozenset(
 class Environment(StrEnum):
     development = "development"
     production = "production"
+
+
+TILE_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+class MapDatum(StrEnum):
+    """The geodetic datum a map's tiles are drawn in (monitor/web/geo.py)."""
+
+    wgs84 = "wgs84"
+    gcj02 = "gcj02"
 
 
 class MqttEndpoint:
@@ -214,6 +226,26 @@ class Settings(BaseSettings):
         le=10,
         description="Maximum frost depth of the supply area, m (CJJ 92 R4; unset: R4 = 0)",
     )
+    web_session_hours: float = Field(
+        12.0,
+        gt=0,
+        description="A web page sign-in lasts this long (signing out, revoking the key or "
+        "disabling the user end it sooner)",
+    )
+    map_tiles: str = Field(
+        "",
+        description="Tile URL template of the web map ({z}/{x}/{y}, Web Mercator), e.g. "
+        "https://tiles.example.gov.cn/{z}/{x}/{y}.png; empty = sites on a coordinate grid, no "
+        "tiles. The page's CSP allows that one host",
+    )
+    map_tiles_datum: MapDatum = Field(
+        MapDatum.wgs84,
+        description="Datum the tiles are drawn in: wgs84 (also TianDiTu's CGCS2000, OSM) or "
+        "gcj02 (AMap, Tencent: sites are converted from WGS-84); Baidu's BD-09 is not supported",
+    )
+    map_tiles_attribution: str = Field(
+        "", description="Credit line the tile provider requires, drawn on the map"
+    )
     log_level: str = Field("INFO", description="Logging level")
     log_format: str = Field("text", description="text or json")
 
@@ -223,6 +255,29 @@ class Settings(BaseSettings):
         if value:
             MqttEndpoint(value)
         return value
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _check_map_tiles(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        # the host goes into the page's CSP header: a plain host name or address, no userinfo
+        if parts.scheme not in ("http", "https") or not TILE_HOST.fullmatch(parts.netloc):
+            raise ValueError(
+                f"ENVMON_MAP_TILES must be an http(s)://host[:port]/... template: {value!r}"
+            )
+        missing = [k for k in ("{z}", "{x}", "{y}") if k not in value]
+        if missing:
+            raise ValueError(f"ENVMON_MAP_TILES needs {', '.join(missing)}: {value!r}")
+        return value
+
+    @property
+    def map_tiles_origin(self) -> str:
+        """scheme://host[:port] of the tile server ('' without tiles), for the page's CSP."""
+        parts = urlsplit(self.map_tiles)
+        return f"{parts.scheme}://{parts.netloc}" if self.map_tiles else ""
 
     @field_validator("webhook_url")
     @classmethod
@@ -238,6 +293,10 @@ class Settings(BaseSettings):
                 "ENVMON_WEBHOOK_SECRET must be set when ENVMON_WEBHOOK_URL is: every "
                 "notification is signed with it (`openssl rand -hex 32` makes a good one)"
             )
+
+    @property
+    def web_session_max_age(self) -> timedelta:
+        return timedelta(hours=self.web_session_hours)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -288,7 +347,7 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default
         default = getattr(default, "value", default)
-        shown = "unset" if default is None else f"`{default}`"
+        shown = "unset" if default is None else "empty" if default == "" else f"`{default}`"
         lines.append(f"| `ENVMON_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines)
 

@@ -84,6 +84,17 @@ _EN: dict[str, str] = {
     "escalated": "escalated",
     "assigned": "assigned",
     "no_open": "no open alert",
+    "assignee": "Assignee",
+    "assign": "Assign",
+    "nobody": "nobody",
+    "older": "Older alerts",
+    "newest": "Newest alerts",
+    "more_offline": "and {} more offline (GET /v1/devices lists every device)",
+    "stalest": "The devices whose last reading is oldest (never seen first).",
+    "warn_above": "warning above",
+    "alarm_above": "alarm above",
+    "warn_below": "warning below",
+    "alarm_below": "alarm below",
 }
 
 _ZH: dict[str, str] = {
@@ -163,6 +174,17 @@ _ZH: dict[str, str] = {
     "escalated": "升级",
     "assigned": "指派",
     "no_open": "无未结告警",
+    "assignee": "负责人",
+    "assign": "指派",
+    "nobody": "无",
+    "older": "更早的告警",
+    "newest": "最新告警",
+    "more_offline": "另有 {} 台离线（GET /v1/devices 列出全部设备）",
+    "stalest": "最近数据最久远的设备（从未上报的在前）。",
+    "warn_above": "预警上限",
+    "alarm_above": "报警上限",
+    "warn_below": "预警下限",
+    "alarm_below": "报警下限",
 }
 
 assert _EN.keys() == _ZH.keys()

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from monitor.api.deps import CSRF_HEADER, SESSION_COOKIE, SessionDep, SettingsDep
 from monitor.api.routes import alerts as alert_routes
@@ -27,24 +27,41 @@ from monitor.api.routes import devices as device_routes
 from monitor.api.routes import reports as report_routes
 from monitor.api.schemas import AlertAction
 from monitor.api.scope import district_clause
-from monitor.auth import Forbidden, Principal, Unauthenticated, authenticate_session, open_session
+from monitor.auth import (
+    Forbidden,
+    Principal,
+    Unauthenticated,
+    authenticate_session,
+    end_session,
+    open_session,
+)
 from monitor.core.catalogue import DeviceKind, metrics_for
-from monitor.core.exceptions import EnvmonError, NotFound
-from monitor.core.models import AlertStatus, Role, Severity
-from monitor.core.settings import Environment, Settings
+from monitor.core.exceptions import EnvmonError, InvalidInput, NotFound
+from monitor.core.models import AlertStatus, Role, Severity, User, table
+from monitor.core.settings import Environment, MapDatum, Settings
+from monitor.web import geo, messages
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
 
 router = APIRouter(include_in_schema=False)
+users_t = table(User)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 SECURITY_HEADERS = {
-    # nothing but this server: the page must work with the outside network cut
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+def security_headers(settings: Settings) -> dict[str, str]:
+    """Nothing but this server (the page must work with the outside network cut), and the
+    map's tile server when one is set, for images only."""
+    tiles = f" {settings.map_tiles_origin}" if settings.map_tiles else ""
+    csp = (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data:{tiles}; frame-ancestors 'none'; form-action 'self'"
+    )
+    return {"Content-Security-Policy": csp, **SECURITY_HEADERS}
 
 
 class SignInThrottle:
@@ -95,7 +112,10 @@ def optional_user(request: Request, session: SessionDep, settings: SettingsDep) 
         return None
     try:
         principal, csrf = authenticate_session(
-            session.connection(), cookie, production=_production(settings)
+            session.connection(),
+            cookie,
+            production=_production(settings),
+            max_age=settings.web_session_max_age,
         )
     except Unauthenticated:
         return None
@@ -180,7 +200,7 @@ def render(
         },
         status_code=status_code,
     )
-    response.headers.update(SECURITY_HEADERS)
+    response.headers.update(security_headers(settings))
     if request.query_params.get("lang"):
         response.set_cookie(LANG_COOKIE, lang, samesite="strict", max_age=365 * 86400)
     return response
@@ -223,23 +243,63 @@ def overview(
     table: dict[tuple[str, str], dict[str, int]] = {}
     for district, kind, status, n in open_alerts:
         table.setdefault((district, kind), {})[status] = int(n)
-    devices = _devices(session, settings, p)
     return render(
         request,
         "overview.html",
         settings,
         user,
         open_alerts=sorted(table.items()),
-        offline=[x for x in devices if not x.online],
-        devices=sorted(devices, key=lambda x: (x.last_seen_at is not None, x.last_seen_at)),
+        **_device_health(session, settings, p),
     )
 
 
-def _devices(session: Any, settings: Settings, p: Principal) -> list[Any]:
-    rows = session.execute(
-        device_routes._select(p).order_by(device_routes.devices.c.id).limit(2000)
-    ).all()
-    return [device_routes._read(r, settings.offline_after_s) for r in rows]
+OVERVIEW_OFFLINE = 50  # offline devices listed by name (all are counted)
+OVERVIEW_STALEST = 20  # devices with the oldest last reading
+
+
+def _device_health(session: Any, settings: Settings, p: Principal) -> dict[str, Any]:
+    """Devices in scope: how many, which are offline, whose last reading is oldest, counted
+    and picked by the database (a city has thousands of devices). Offline is the API's rule
+    (devices._read): unseen, disconnected, or unseen for longer than its interval allows;
+    the reporting intervals in use are few, so the rule is one bound per interval."""
+    d, s = device_routes.devices, device_routes.sites
+    scope = district_clause(p, s.c.district)
+    joined = d.join(s, s.c.id == d.c.site_id)
+    now = datetime.now(UTC)
+    intervals = session.execute(
+        select(d.c.interval_s).select_from(joined).where(scope).distinct()
+    ).scalars()
+    stale = [
+        (d.c.interval_s == i)
+        & (d.c.last_seen_at < now - device_routes.offline_after(int(i), settings.offline_after_s))
+        for i in intervals
+    ]
+    offline_clause = or_(d.c.last_seen_at.is_(None), d.c.connection == "offline", *stale)
+    counts = session.execute(
+        select(func.count(), func.count().filter(offline_clause)).select_from(joined).where(scope)
+    ).one()
+    columns = (
+        d.c.id,
+        d.c.site_id,
+        s.c.district,
+        d.c.last_seen_at,
+        offline_clause.label("offline"),
+    )
+    stalest = (d.c.last_seen_at.asc().nulls_first(), d.c.id)
+
+    def rows(q: Any, n: int) -> list[dict[str, Any]]:
+        out = []
+        for r in session.execute(q.order_by(*stalest).limit(n)):
+            out.append({**r._mapping, "online": not r.offline})
+        return out
+
+    base = select(*columns).select_from(joined).where(scope)
+    return {
+        "device_count": int(counts[0]),
+        "offline_count": int(counts[1]),
+        "offline": rows(base.where(offline_clause), OVERVIEW_OFFLINE),
+        "devices": rows(base, OVERVIEW_STALEST),
+    }
 
 
 @router.post("/signin", response_model=None)
@@ -253,7 +313,10 @@ def sign_in(
         return render(request, "signin.html", settings, None, 429, error="throttled")
     try:
         cookie = open_session(
-            session.connection(), form.get("key", "").strip(), production=_production(settings)
+            session.connection(),
+            form.get("key", "").strip(),
+            production=_production(settings),
+            max_age=settings.web_session_max_age,
         )
     except Unauthenticated:
         throttle.failed(client)
@@ -271,9 +334,12 @@ def sign_in(
 
 
 @router.post("/signout")
-def sign_out(request: Request, user: UserDep, form: FormDep) -> RedirectResponse:
-    """Forget the session cookie."""
+def sign_out(
+    request: Request, session: SessionDep, user: UserDep, form: FormDep
+) -> RedirectResponse:
+    """End the session on the server (every copy of its cookie), and forget the cookie."""
     check_csrf(request, user, form)
+    end_session(session.connection(), request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -297,10 +363,20 @@ def _alert_filter(request: Request) -> alert_routes.AlertFilter:
     )
 
 
-def _alert_rows(session: Any, settings: Settings, p: Principal, f: Any) -> list[Any]:
+LIST_PAGE = 100  # alerts per page of the list, newest first (as the API's default page)
+
+
+def _alert_rows(
+    session: Any, settings: Settings, p: Principal, f: Any, before: int | None = None
+) -> tuple[list[Any], int | None]:
+    """A page of the list, and the id to continue from (None on the last page)."""
     a = alert_routes.alerts
-    q = f.apply(alert_routes._select(p), settings).order_by(a.c.id.desc()).limit(200)
-    return [r._mapping for r in session.execute(q)]
+    q = f.apply(alert_routes._select(p), settings).order_by(a.c.id.desc()).limit(LIST_PAGE + 1)
+    if before is not None:
+        q = q.where(a.c.id < before)
+    rows = [r._mapping for r in session.execute(q)]
+    more = len(rows) > LIST_PAGE
+    return rows[:LIST_PAGE], (rows[LIST_PAGE - 1]["id"] if more else None)
 
 
 def _districts(session: Any, p: Principal) -> list[str]:
@@ -315,9 +391,12 @@ def alert_list(
 ) -> HTMLResponse:
     """Alerts with the API's filters; the rows refresh from the alert stream."""
     f = _alert_filter(request)
-    rows = _alert_rows(session, settings, user.principal, f)
+    before = request.query_params.get("before", "")
+    start = int(before) if before.isdigit() and len(before) < 12 else None
+    rows, older = _alert_rows(session, settings, user.principal, f, start)
     template = "alert_rows.html" if request.query_params.get("rows") else "alerts.html"
     query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
+    page = {"before": str(start)} if start is not None else {}
     return render(
         request,
         template,
@@ -329,8 +408,11 @@ def alert_list(
         statuses=list(AlertStatus),
         severities=list(Severity),
         kinds=list(DeviceKind),
-        rows_url="/alerts?" + urlencode({**query, "rows": "1"}),
+        rows_url="/alerts?" + urlencode({**query, **page, "rows": "1"}),
+        # every firing alert the filters match, not this page's only
         bulk_url="/alerts/acknowledge?" + urlencode(query),
+        older_url="/alerts?" + urlencode({**query, "before": older}) if older else None,
+        newest_url="/alerts?" + urlencode(query) if start is not None else None,
     )
 
 
@@ -357,28 +439,68 @@ def alert_page(
     request: Request, session: SessionDep, settings: SettingsDep, user: UserDep, alert_id: int
 ) -> HTMLResponse:
     """One alert: what fired, its rule and basis, its readings and events, the actions."""
-    detail = alert_routes.get_alert(session, user.principal, alert_id)
     template = "alert_body.html" if request.query_params.get("body") else "alert.html"
+    return _render_alert(request, session, settings, user, alert_id, template)
+
+
+def _render_alert(
+    request: Request,
+    session: Any,
+    settings: Settings,
+    user: WebUser,
+    alert_id: int,
+    template: str,
+) -> HTMLResponse:
+    detail = alert_routes.get_alert(session, user.principal, alert_id)
     r = alert_routes.rules
     rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
-    return render(request, template, settings, user, a=detail, chart=_alert_chart(detail, rule))
+    lang, fields = language(request), (rule._mapping if rule is not None else None)
+    return render(
+        request,
+        template,
+        settings,
+        user,
+        a=detail,
+        message=messages.alert_message(detail, fields, lang),
+        note=lambda event: messages.event_note(event, fields, lang),
+        chart=_alert_chart(detail, rule, WORDS[lang]),
+        assignees=_assignees(session, detail.district) if user.can_act else [],
+    )
+
+
+def _assignees(session: Any, district: str) -> list[str]:
+    """Who may be given an alert of this district: the enabled users who could act on it
+    themselves (inspectors and admins whose scope covers the district)."""
+    u = users_t
+    q = (
+        select(u.c.name)
+        .where(
+            u.c.disabled.is_(False),
+            u.c.role.in_([Role.admin.value, Role.inspector.value]),
+            or_(u.c.district.is_(None), u.c.district == district),
+        )
+        .order_by(u.c.name)
+    )
+    return [str(name) for name in session.execute(q).scalars()]
 
 
 TIERS = ("warn_above", "alarm_above", "warn_below", "alarm_below")
 
 
-def _alert_chart(detail: Any, rule: Any) -> dict[str, Any]:
+def _alert_chart(detail: Any, rule: Any, words: dict[str, str]) -> dict[str, Any]:
     """The readings around the alert, and the rule's tiers to draw across them."""
     m = rule._mapping if rule is not None else {}
+    tiers = {t: m[t] for t in TIERS if m.get(t) is not None}
     return {
         "x": [_aware(r.ts).timestamp() for r in detail.readings],
         "y": [r.value for r in detail.readings],
         "label": detail.metric,
-        "tiers": {t: m[t] for t in TIERS if m.get(t) is not None},
+        "tiers": tiers,
+        "tier_labels": {t: f"{words[t]} {tiers[t]:g}" for t in tiers},
     }
 
 
-ACTIONS = ("acknowledge", "resolve", "comment")
+ACTIONS = ("acknowledge", "resolve", "comment", "assign")
 
 
 @router.post("/alerts/{alert_id}/{action}", response_model=None)
@@ -391,7 +513,7 @@ def alert_action(
     alert_id: int,
     action: str,
 ) -> Response:
-    """Acknowledge, resolve or comment, through the API's own route functions."""
+    """Acknowledge, resolve, comment or assign, through the API's own route functions."""
     check_csrf(request, user, form)
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}", field="path.action")
@@ -402,6 +524,16 @@ def alert_action(
         alert_routes.acknowledge_alert(session, p, alert_id, AlertAction(note=note))
     elif action == "resolve":
         alert_routes.resolve_alert(session, p, alert_id, AlertAction(note=note))
+    elif action == "assign":
+        detail = alert_routes.get_alert(session, p, alert_id)  # in scope, or 404
+        assignee = form.get("assignee", "").strip() or None
+        if assignee is not None and assignee not in _assignees(session, detail.district):
+            raise InvalidInput(
+                f"{assignee!r} cannot act on alerts of {detail.district}", field="assignee"
+            )
+        alert_routes.assign_alert(
+            session, p, alert_id, alert_routes.AssignBody(assignee=assignee, note=note)
+        )
     else:
         alert_routes.comment_alert(session, p, alert_id, alert_routes.CommentBody(note=note or ""))
     if not request.headers.get("HX-Request"):
@@ -410,12 +542,8 @@ def alert_action(
         q = alert_routes._select(p).where(alert_routes.alerts.c.id == alert_id)
         rows = [r._mapping for r in session.execute(q)]
         return render(request, "alert_rows.html", settings, user, rows=rows)
-    detail = alert_routes.get_alert(session, p, alert_id)
-    r = alert_routes.rules
-    rule = session.execute(select(r).where(r.c.id == detail.rule_id)).first()
-    return render(  # only the alert's body: htmx swaps it in place
-        request, "alert_body.html", settings, user, a=detail, chart=_alert_chart(detail, rule)
-    )
+    # only the alert's body: htmx swaps it in place
+    return _render_alert(request, session, settings, user, alert_id, "alert_body.html")
 
 
 # --- devices ---------------------------------------------------------------------------------
@@ -477,7 +605,44 @@ def map_page(
         for r in session.execute(select(s).where(district_clause(p, s.c.district)).order_by(s.c.id))
         if r.latitude is not None and r.longitude is not None
     ]
-    return render(request, "map.html", settings, user, **_layout(placed, worst))
+    if settings.map_tiles:
+        layout = _tiled_layout(placed, worst, settings)
+    else:
+        layout = _layout(placed, worst)
+    return render(request, "map.html", settings, user, **layout)
+
+
+LEVEL = {0: "none", 1: "warning", 2: "alarm"}
+
+
+def _point(r: Any, worst: dict[str, int], x: float, y: float) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "district": r.district,
+        "x": x,
+        "y": y,
+        "worst": LEVEL[worst.get(r.id, 0)],
+    }
+
+
+def _tiled_layout(placed: list[Any], worst: dict[str, int], settings: Settings) -> dict[str, Any]:
+    """The sites on the tile server's Web Mercator tiles, moved into the tiles' datum."""
+    out: dict[str, Any] = {"points": [], "grid": [], "tiles": [], "w": MAP_W, "h": MAP_H}
+    out["attribution"] = settings.map_tiles_attribution
+    if not placed:
+        return out
+    gcj = settings.map_tiles_datum == MapDatum.gcj02
+    at = [
+        geo.wgs84_to_gcj02(r.latitude, r.longitude) if gcj else (r.latitude, r.longitude)
+        for r in placed
+    ]
+    view = geo.fit(at, MAP_W, MAP_H, MAP_PAD)
+    out["tiles"] = geo.tiles(view, settings.map_tiles, MAP_W, MAP_H)
+    out["points"] = [
+        _point(r, worst, *view.place(lat, lon)) for r, (lat, lon) in zip(placed, at, strict=True)
+    ]
+    return out
 
 
 def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
@@ -506,18 +671,7 @@ def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
     while g < lat1:
         grid.append({"x1": 0, "y1": y(g), "x2": MAP_W, "y2": y(g), "label": f"{g:.2f}°N"})
         g += step
-    level = {0: "none", 1: "warning", 2: "alarm"}
-    points = [
-        {
-            "id": r.id,
-            "name": r.name,
-            "district": r.district,
-            "x": x(r.longitude),
-            "y": y(r.latitude),
-            "worst": level[worst.get(r.id, 0)],
-        }
-        for r in placed
-    ]
+    points = [_point(r, worst, x(r.longitude), y(r.latitude)) for r in placed]
     return {"points": points, "grid": grid, "w": MAP_W, "h": MAP_H}
 
 

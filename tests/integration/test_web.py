@@ -5,11 +5,14 @@ page at phone and tablet widths go to test-output/web/ (ENVMON_TEST_OUTPUT to mo
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -22,7 +25,7 @@ from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor import auth
 from monitor.api.app import create_app
-from monitor.core.models import Alert, Device, Rule, Site, table
+from monitor.core.models import Alert, ApiKey, Device, Rule, Site, table
 from monitor.core.settings import Settings
 from tests.conftest import bearer, make_key, register, serve
 
@@ -263,9 +266,10 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     page.goto("/?lang=en")
     assert "Overview" in page.content()
 
-    # signing out ends the session
+    # signing out ends the session (test_signing_out_ends_every_copy_of_the_session: on the
+    # server too)
     page.click("#signout")
-    page.wait_for_selector("input[name=key]")
+    page.wait_for_selector("input[name=key]")  # only the sign-in form has it: no race
     page.goto("/alerts")
     assert page.locator("input[name=key]").count() == 1
     assert ctx.request.get("/v1/alerts").status == 401
@@ -346,3 +350,304 @@ def test_sign_in_is_throttled_and_the_cookie_is_strict(web: Web) -> None:
         assert c.post("/signin", data={"key": web.inspector}).status_code == 429
     # bearer-key API calls are unchanged
     assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(web.inspector)).status_code == 200
+
+
+def session_cookie(ctx: BrowserContext) -> str:
+    return next(c["value"] for c in ctx.cookies() if c["name"] == "envmon_session")
+
+
+def session_rows(engine: Engine) -> list[Any]:
+    keys = table(ApiKey)
+    with engine.connect() as conn:
+        return list(conn.execute(select(keys).where(keys.c.prefix.startswith("w"))))
+
+
+def test_signing_out_ends_every_copy_of_the_session_not_other_sign_ins(
+    web: Web, browser: Browser
+) -> None:
+    ctx, other = context_for(browser, web), context_for(browser, web)
+    page, other_page = ctx.new_page(), other.new_page()
+    sign_in(page, web.inspector)
+    sign_in(other_page, web.inspector)  # the same key in a second browser
+    copied = session_cookie(ctx)
+    assert copied != session_cookie(other)
+
+    def replay(path: str) -> httpx.Response:
+        """The copied cookie, sent from outside the browser."""
+        with httpx.Client(base_url=web.base, cookies={"envmon_session": copied}) as c:
+            return c.get(path)
+
+    # the copy works while the session lasts (so its refusal below is the sign-out's doing)
+    assert 'id="alert-rows"' in replay("/alerts").text
+    assert replay("/v1/alerts").status_code == 200
+    assert len(session_rows(web.engine)) == 2
+
+    page.click("#signout")
+    page.wait_for_selector("input[name=key]")  # only the sign-in form has it: no race
+    refused = replay("/alerts")
+    assert refused.status_code == 303 and refused.headers["location"] == "/"
+    assert replay("/v1/alerts").status_code == 401
+    assert len(session_rows(web.engine)) == 1  # its row is gone from the server
+
+    # the other browser's session, and the key itself, are untouched
+    other_page.goto("/alerts")
+    assert other_page.locator("#alert-rows").count() == 1
+    assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(web.inspector)).status_code == 200
+
+    # a session lasts ENVMON_WEB_SESSION_HOURS (12) at most
+    keys = table(ApiKey)
+    with web.engine.begin() as conn:
+        conn.execute(
+            update(keys)
+            .where(keys.c.prefix.startswith("w"))
+            .values(created_at=datetime.now(UTC) - timedelta(hours=12, minutes=1))
+        )
+    other_page.goto("/alerts")
+    assert other_page.locator("input[name=key]").count() == 1
+    assert web.outside == []
+    ctx.close()
+    other.close()
+
+
+def test_a_session_row_is_no_bearer_key(web: Web) -> None:
+    with httpx.Client(base_url=web.base) as c:
+        assert c.post("/signin", data={"key": web.inspector}).status_code == 303
+        _key_id, _session_id, secret = c.cookies["envmon_session"].split(".")
+    (row,) = session_rows(web.engine)
+    forged = f"envmon_{row.prefix}_{secret}"
+    assert httpx.get(f"{web.base}/v1/alerts", headers=bearer(forged)).status_code == 401
+
+
+def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Browser) -> None:
+    make_key(web.engine, "wang.fang", "inspector", "Lanshan")
+    make_key(web.engine, "zhao.lei", "inspector", "Hedong")  # another district
+    make_key(web.engine, "sun.li", "viewer", "Lanshan")  # may only read
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    alert = web.alerts["d-ls"]
+    page.goto(f"/alerts/{alert}")
+    options = page.locator("#assignee option").evaluate_all("os => os.map(o => o.value)")
+    assert options == ["", "admin", "li.ming", "wang.fang"]
+    assert page.inner_text("#alert-assignee") == "无"
+
+    def assignee() -> str | None:
+        url = f"{web.base}/v1/alerts/{alert}"
+        value = httpx.get(url, headers=bearer(web.admin)).json()["assignee"]
+        return None if value is None else str(value)
+
+    page.select_option("#assignee", "wang.fang")
+    page.click("#do-assign")
+    page.wait_for_selector("#alert-assignee >> text=wang.fang")  # the swapped body
+    assert page.locator("header.top").count() == 1
+    assert "指派给 wang.fang" in page.inner_text("#events")
+    assert assignee() == "wang.fang"
+    shoot(page, "alert-assigned")
+
+    # refused: without the page's CSRF token, and to someone who cannot act on the alert
+    token = page.get_attribute("#assign input[name=csrf]", "value") or ""
+    forged = ctx.request.post(f"/alerts/{alert}/assign", form={"assignee": "li.ming"})
+    assert forged.status == 403
+    for name in ("zhao.lei", "sun.li", "nobody.at.all"):
+        r = ctx.request.post(f"/alerts/{alert}/assign", form={"assignee": name, "csrf": token})
+        assert r.status == 422, name
+        assert r.json()["errors"][0]["field"] == "assignee"
+    assert assignee() == "wang.fang"
+    # nor to an alert of another district
+    hd = web.alerts["d-hd"]
+    r = ctx.request.post(f"/alerts/{hd}/assign", form={"assignee": "li.ming", "csrf": token})
+    assert r.status == 404
+
+    # a person disabled since the page was drawn: the page says why the server refused
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "wang.fang", True)
+    page.select_option("#assignee", "wang.fang")  # still offered by the page drawn before
+    page.click("#do-assign")
+    page.wait_for_selector("#flash:not([hidden])")
+    assert "wang.fang" in page.inner_text("#flash")
+    assert page.inner_text("#alert-assignee") == "wang.fang"  # nothing swapped
+    # a page drawn now still shows who has it (not silently "nobody", which would unassign)
+    page.reload()
+    assert page.locator("#assignee").input_value() == "wang.fang"
+    with web.engine.begin() as conn:
+        auth.set_disabled(conn, "wang.fang", False)
+
+    # unassign
+    page.select_option("#assignee", "")
+    page.click("#do-assign")
+    page.wait_for_selector("#alert-assignee >> text=无")
+    assert assignee() is None
+    assert web.outside == []
+    ctx.close()
+
+
+def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browser: Browser) -> None:
+    alert = web.alerts["d-ls"]
+    stored = httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()
+    assert stored["message"] == "pm10 310 µg/m³ (alarm: > 250 µg/m³)"  # the engine's English
+    shown = {}
+    for locale in ("zh-CN", "en-US"):
+        ctx = context_for(browser, web, locale)
+        page = ctx.new_page()
+        sign_in(page, web.inspector)
+        page.goto(f"/alerts/{alert}")
+        shown[locale] = page.inner_text("#alert-message")
+        wait_js(page, "!!window.envmon.charts['alert-chart']")
+        labels = page.evaluate("window.envmon.charts['alert-chart'].series.map(s => s.label)")
+        tiers = {"预警上限 150", "报警上限 250"} if locale == "zh-CN" else None
+        assert set(labels[2:]) == (tiers or {"warning above 150", "alarm above 250"})
+        opened = page.locator("#events tbody tr").first.inner_text()
+        if locale == "zh-CN":
+            assert "PM10 180 µg/m³（预警：> 150 µg/m³）" in opened  # the event's own value
+        else:
+            assert "pm10 180 µg/m³ (warning: > 150 µg/m³)" in opened
+        ctx.close()
+    assert shown == {
+        "zh-CN": "PM10 310 µg/m³（报警：> 250 µg/m³）",
+        "en-US": "pm10 310 µg/m³ (alarm: > 250 µg/m³)",
+    }
+    assert web.outside == []
+
+
+# a 1x1 grey PNG: what the test's tile server answers for every tile
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360606060000000050001a5f645400000000049454e44ae426082"
+)
+
+
+@pytest.fixture
+def tile_server() -> Iterator[tuple[str, list[str]]]:
+    """A tile server on another port of 127.0.0.1 (another origin): its base URL and the
+    paths asked of it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    thread.join(5)
+
+
+def test_map_tiles_from_the_configured_server_only(
+    web: Web, browser: Browser, pg_url: str, tile_server: tuple[str, list[str]]
+) -> None:
+    tiles, asked = tile_server
+    # without the setting: no tiles, and the page's CSP names no other server
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    response = page.goto("/map")
+    assert response is not None
+    assert "img-src 'self' data:;" in response.headers["content-security-policy"]
+    assert page.locator("#map image.tile").count() == 0
+    ctx.close()
+
+    settings = Settings(
+        database_url=pg_url,
+        map_tiles=tiles + "/{z}/{x}/{y}.png",
+        map_tiles_datum="gcj02",
+        map_tiles_attribution="审图号 GS(2026)0000号",
+    )
+    with serve(create_app(settings)) as base:
+        tiled = Web(base, web.engine, web.admin, web.inspector, web.alerts)
+        ctx = context_for(browser, tiled)
+        page = ctx.new_page()
+        sign_in(page, web.inspector)
+        response = page.goto("/map")
+        assert response is not None
+        assert f"img-src 'self' data: {tiles};" in response.headers["content-security-policy"]
+        hrefs = page.locator("#map image.tile").evaluate_all(
+            "ts => ts.map(t => t.getAttribute('href'))"
+        )
+        assert hrefs and all(
+            re.fullmatch(re.escape(tiles) + r"/\d+/\d+/\d+\.png", h) for h in hrefs
+        )
+        # the browser fetched them: the CSP let that one other origin through
+        deadline = time.monotonic() + 10
+        while len(set(asked)) < len(hrefs):
+            assert time.monotonic() < deadline, f"tiles asked: {asked}, shown: {hrefs}"
+            time.sleep(0.1)
+        assert {tiles + p for p in asked} == set(hrefs)
+        assert page.locator("#map circle.site").count() == 1  # the district's site, on the tiles
+        assert "审图号" in (page.text_content("#map text.attribution") or "")
+        shoot(page, "map-tiles")
+        assert tiled.outside == []
+        ctx.close()
+
+
+def test_a_live_refresh_waits_while_a_form_is_being_filled_in(web: Web, browser: Browser) -> None:
+    ctx = context_for(browser, web)
+    page = ctx.new_page()
+    sign_in(page, web.inspector)
+    alert = web.alerts["d-ls"]
+    page.goto(f"/alerts/{alert}")
+    wait_js(page, "!!window.envmon.stream && window.envmon.stream.readyState === 1")
+    page.fill("form[hx-post$='/comment'] input[name=note]", "正在填写")
+    # someone else acts meanwhile: the stream brings the event, the refresh is held back
+    r = httpx.post(
+        f"{web.base}/v1/alerts/{alert}/comment", json={"note": "by API"}, headers=bearer(web.admin)
+    )
+    assert r.status_code == 200
+    wait_js(page, "window.envmon.held > 0")
+    assert page.input_value("form[hx-post$='/comment'] input[name=note]") == "正在填写"
+    page.click("#do-comment")
+    page.wait_for_selector("#events >> text=正在填写")
+    events = page.inner_text("#events")
+    assert "by API" in events  # the post's answer is the whole, current alert
+    assert web.outside == []
+    ctx.close()
+
+
+def test_alert_list_pages_by_100_newest_first_bulk_acknowledge_takes_every_page(
+    web: Web,
+) -> None:
+    alerts = table(Alert)
+    with web.engine.begin() as conn:
+        template = dict(
+            conn.execute(select(alerts).where(alerts.c.id == web.alerts["d-ls2"])).one()._mapping
+        )
+        del template["id"]
+        # 150 earlier episodes of d-ls2, resolved (one open alert per rule and device)
+        conn.execute(
+            insert(alerts),
+            [{**template, "status": "resolved", "resolved_at": T0} for _ in range(150)],
+        )
+        lanshan = sorted(
+            conn.execute(
+                select(alerts.c.id).where(alerts.c.device_id.in_(["d-ls", "d-ls2"]))
+            ).scalars(),
+            reverse=True,
+        )
+    assert len(lanshan) == 152
+    with httpx.Client(base_url=web.base) as c:
+        assert c.post("/signin", data={"key": web.inspector}).status_code == 303
+        first = c.get("/alerts")
+        ids = [int(x) for x in re.findall(r'data-alert-id="(\d+)"', first.text)]
+        assert ids == lanshan[:100]  # the newest 100 of the district only
+        older = re.search(r'href="([^"]+)" id="older"', first.text)
+        assert older is not None and 'id="newest"' not in first.text
+        second = c.get(older.group(1).replace("&amp;", "&"))
+        ids = [int(x) for x in re.findall(r'data-alert-id="(\d+)"', second.text)]
+        assert ids == lanshan[100:]
+        assert 'id="older"' not in second.text and 'id="newest"' in second.text
+        # the live refresh keeps the page; bulk acknowledge is by the filters, not the page
+        refresh = re.search(r'id="alert-rows" hx-get="([^"]+)"', second.text)
+        assert refresh is not None and "before=" in refresh.group(1)
+        bulk = re.search(r'action="([^"]+)" id="bulk-ack"', second.text)
+        assert bulk is not None and "before" not in bulk.group(1)

@@ -3,16 +3,38 @@
 (function () {
   "use strict";
   var EVENT_KINDS = ["pending", "opened", "escalated", "acknowledged", "resolved", "comment", "assigned"];
-  window.envmon = { charts: {} };
+  window.envmon = { charts: {}, held: 0 };
+
+  var LIVE = "[hx-trigger~='envmon-alert']";
+
+  // Whether the person is filling in a form that a live refresh would replace: a note typed,
+  // a choice changed, or a field of it in focus. The refresh waits until they are done.
+  function editing() {
+    var active = document.activeElement;
+    if (active && active.form && active.closest(LIVE)) return true;
+    return Array.prototype.some.call(document.querySelectorAll(LIVE + " form"), function (f) {
+      return Array.prototype.some.call(f.elements, function (e) {
+        if (e.tagName === "SELECT") {
+          return Array.prototype.some.call(e.options, function (o) { return o.selected !== o.defaultSelected; });
+        }
+        return e.type !== "hidden" && e.value !== undefined && e.defaultValue !== undefined && e.value !== e.defaultValue;
+      });
+    });
+  }
 
   function live() {
-    if (!document.querySelector("[hx-trigger~='envmon-alert']") || !window.EventSource) return;
+    if (!document.querySelector(LIVE) || !window.EventSource) return;
     var source = new EventSource("/v1/alerts/stream");
     var pending = null;
-    var poke = function () {  // one refresh per burst of events
+    var poke = function () {  // one refresh per burst of events, none while a form is being filled
       if (pending) return;
-      pending = setTimeout(function () { pending = null; htmx.trigger(document.body, "envmon-alert"); }, 300);
+      pending = setTimeout(function () {
+        pending = null;
+        if (editing()) { window.envmon.held += 1; poke(); return; }
+        htmx.trigger(document.body, "envmon-alert");
+      }, 300);
     };
+    window.envmon.poke = poke;
     EVENT_KINDS.forEach(function (k) { source.addEventListener(k, poke); });
     source.onopen = function () { var b = document.getElementById("live"); if (b) b.hidden = false; };
     window.envmon.stream = source;
@@ -51,7 +73,7 @@
     // the rule's tiers as flat dashed lines across the readings
     var colours = { warn_above: "#e0a000", warn_below: "#e0a000", alarm_above: "#b00020", alarm_below: "#b00020" };
     var extra = Object.keys(s.tiers || {}).map(function (name) {
-      return { series: { label: name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
+      return { series: { label: (s.tier_labels || {})[name] || name, stroke: colours[name], dash: [6, 4], width: 1, points: { show: false } },
                data: s.x.map(function () { return s.tiers[name]; }) };
     });
     plot(el, s.label, s.x, s.y, extra);
@@ -87,4 +109,29 @@
     if (form) form.addEventListener("change", trend);
   });
   document.addEventListener("htmx:afterSwap", alertChart);
+  // An action the server refused (htmx swaps nothing on an error): say why, from the
+  // problem object's detail, until the next action succeeds.
+  document.addEventListener("htmx:responseError", function (evt) {
+    var flash = document.getElementById("flash");
+    if (!flash) return;
+    var xhr = evt.detail.xhr;
+    var detail = "HTTP " + xhr.status;
+    try { detail = JSON.parse(xhr.responseText).detail || detail; } catch (e) { /* not JSON */ }
+    flash.textContent = detail;
+    flash.hidden = false;
+  });
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var flash = document.getElementById("flash");
+    if (flash && evt.detail.successful && evt.detail.requestConfig.verb !== "get") flash.hidden = true;
+  });
+  // A live refresh already on its way when the person started filling a form: keep their
+  // input, refresh after (the form's own post swaps as usual).
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var verb = evt.detail.requestConfig && evt.detail.requestConfig.verb;
+    if (verb === "get" && editing()) {
+      evt.detail.shouldSwap = false;
+      window.envmon.held += 1;
+      if (window.envmon.poke) window.envmon.poke();
+    }
+  });
 })();
