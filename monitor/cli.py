@@ -444,6 +444,39 @@ def ingest() -> None:
 
 
 @main.command()
+def hj212() -> None:
+    """Run the HJ 212 gateway alone: loggers' frames stored, evaluated and answered (9014)
+    after commit, by a writer and spool of its own."""
+    from prometheus_client import start_http_server
+
+    from ingest.service import Ingestor
+    from monitor.core.db import make_engine
+
+    settings = _settings()
+    _check_production(settings)
+    if not settings.hj212_port:
+        raise click.UsageError("`envmon hj212` needs ENVMON_HJ212_PORT (0 turns the gateway off)")
+    if settings.spool_file is None:
+        # its own spool: an `envmon ingest` beside it (same data dir) replays its own file
+        settings = settings.model_copy(
+            update={"spool_file": settings.data_dir / "spool-hj212.sqlite"}
+        )
+    engine = make_engine(settings.sqlalchemy_url)
+    ingestor = Ingestor(settings, engine, mqtt=False, hj212=True, required=True)
+    start_http_server(settings.metrics_port)
+    log.info("metrics on :%d/metrics", settings.metrics_port)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        ingestor.start()
+        done.wait()
+    finally:
+        ingestor.stop()
+        engine.dispose()
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 def notify(once: bool) -> None:
     """Send pending alert notifications to ENVMON_WEBHOOK_URL (envmon up and envmon ingest

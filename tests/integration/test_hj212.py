@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from ingest.hj212.protocol import Frame, Framer, Packet, crc_text, encode_frame, parse_segment
 from ingest.service import Ingestor
@@ -103,7 +103,8 @@ DEVICES = {
 PASSWORDS = {"010000A8900016F000169DC0": "100000"}
 
 
-def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: object) -> Ingestor:
+def register_loggers(engine: Engine) -> None:
+    """Site cs-1 and the devices of DEVICES with their MN and PW."""
     with engine.begin() as conn:
         upsert_site(
             conn, SiteCreate(id="cs-1", name="cs-1", district="Lanshan", kind="construction_site")
@@ -121,6 +122,10 @@ def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: objec
                     }
                 ),
             )
+
+
+def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: object) -> Ingestor:
+    register_loggers(engine)
     settings = Settings.model_validate(
         {
             "database_url": url,
@@ -145,9 +150,14 @@ def gateway(pg_url: str, pg_engine: Engine, tmp_path: object) -> Iterator[Ingest
 class Logger:
     """A data logger's side of one TCP connection."""
 
-    def __init__(self, ing: Ingestor) -> None:
-        assert ing.gateway is not None and ing.gateway.port
-        self.sock = socket.create_connection(("127.0.0.1", ing.gateway.port), timeout=10)
+    def __init__(self, ing: Ingestor | int) -> None:
+        """On the gateway of an Ingestor of this process, or on a port (another process)."""
+        if isinstance(ing, Ingestor):
+            assert ing.gateway is not None and ing.gateway.port
+            port = ing.gateway.port
+        else:
+            port = ing
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.framer = Framer()
 
     def send(self, data: bytes) -> None:
@@ -563,3 +573,73 @@ def test_fuzz_any_bytes_never_break_the_handler_and_others_are_served(
     assert [a.qn for a in good.answers(1)] == ["7"]
     good.close()
     assert not [r for r in caplog.records if r.name == "ingest.hj212.server"]
+
+
+def test_split_packets_are_each_answered_and_stored_one_by_one(
+    gateway: Ingestor, pg_engine: Engine
+) -> None:
+    at = datetime.now(TZ).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    head = "QN=20261201080000001;ST=39;CN=2011;PW=123456;MN=ZX00001;Flag=7"
+    cp = f"CP=&&DataTime={at:%Y%m%d%H%M%S};"
+    logger = Logger(gateway)
+    # Flag=7: split and ack (the standard's own example); the second packet puts PNO before
+    # PNUM and zero-pads them, as some loggers do (§1.11)
+    logger.send(encode_frame(f"{head};PNUM=2;PNO=1;{cp}a34002-Rtd=31,a34002-Flag=N&&"))
+    logger.send(encode_frame(f"{head};PNO=02;PNUM=02;{cp}a34004-Rtd=21,a34004-Flag=N&&"))
+    answers = logger.answers(2)
+    assert [(a.cn, a.qn) for a in answers] == [("9014", "20261201080000001")] * 2
+    assert readings(pg_engine, "dust-yc") == {"pm10": (31.0, "N"), "pm25": (21.0, "N")}
+    assert dead(pg_engine) == []
+
+
+def test_a_history_upload_after_an_outage_is_answered_in_order_and_stored_whole(
+    gateway: Ingestor, pg_engine: Engine
+) -> None:
+    """What a logger sends when its link comes back: the hours it kept, minute by minute,
+    then the minute and hourly aggregates, written back to back."""
+    start = datetime.now(TZ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    frames = [
+        frame_2011("ZX00001", start + timedelta(minutes=i), f"h{i}", f"a34002-Rtd={30 + i % 7}")
+        for i in range(120)
+    ]
+    for i in range(0, 120, 10):  # 2051 minute data every 10 minutes (§1.7)
+        frames.append(
+            encode_frame(
+                f"QN=m{i};ST=39;CN=2051;PW=123456;MN=ZX00001;Flag=5;CP=&&DataTime="
+                f"{start + timedelta(minutes=i):%Y%m%d%H%M%S};a34002-Avg=33,a34002-Min=30,"
+                "a34002-Max=36,a34002-Flag=N&&"
+            )
+        )
+    for h in range(2):  # 2061 hourly data
+        frames.append(
+            encode_frame(
+                f"QN=H{h};ST=39;CN=2061;PW=123456;MN=ZX00001;Flag=5;CP=&&DataTime="
+                f"{start + timedelta(hours=h):%Y%m%d%H%M%S};a34002-Avg=33.0,a34002-Flag=N&&"
+            )
+        )
+    logger = Logger(gateway)
+    logger.send(b"".join(frames))
+    qns = [a.qn for a in logger.answers(len(frames), 30.0)]
+    assert qns == [
+        *(f"h{i}" for i in range(120)),
+        *(f"m{i}" for i in range(0, 120, 10)),
+        "H0",
+        "H1",
+    ]
+    r = table(Reading)
+    with pg_engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                select(r.c.metric, func.count())
+                .where(r.c.device_id == "dust-yc")
+                .group_by(r.c.metric)
+            ).all()
+        )
+    assert counts == {
+        "pm10": 120,
+        "pm10.avg_minute": 12,
+        "pm10.min_minute": 12,
+        "pm10.max_minute": 12,
+        "pm10.avg_hour": 2,
+    }
+    assert dead(pg_engine) == []
