@@ -68,6 +68,12 @@ class DeviceRead(BaseModel):
     )
     created_at: datetime
     dma_role: str | None = Field(None, description="A leak meter's role in its DMA (null: inlet)")
+    hj212_mn: str | None = Field(
+        None, description="The HJ 212 data logger's MN, if the device speaks HJ 212 over TCP"
+    )
+    hj212_unit: str | None = Field(
+        None, description="Unit of its HJ 212 particulate values (null: ug/m3)"
+    )
 
 
 class DeviceCreated(DeviceRead):

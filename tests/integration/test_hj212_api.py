@@ -1,0 +1,74 @@
+"""The HJ 212 identity through the devices API: an MN names one logger, and reads show it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from monitor.api.app import create_app
+from monitor.core.settings import Settings
+from tests.conftest import bearer, make_key
+
+
+@pytest.fixture
+async def api(pg_url: str, pg_engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(database_url=pg_url))
+    key = make_key(pg_engine)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=bearer(key)
+        ) as client,
+    ):
+        r = await client.post(
+            "/v1/sites",
+            json={"id": "cs-1", "name": "cs", "district": "Lanshan", "kind": "construction_site"},
+        )
+        assert r.status_code == 201, r.text
+        yield client
+
+
+def logger(device_id: str, mn: str, **extra: object) -> dict[str, object]:
+    return {
+        "id": device_id,
+        "site_id": "cs-1",
+        "kind": "dust_monitor",
+        "hj212_mn": mn,
+        "hj212_password": "123456",
+        **extra,
+    }
+
+
+async def test_a_duplicate_mn_is_a_409_naming_the_field(api: httpx.AsyncClient) -> None:
+    first = await api.post("/v1/devices", json=logger("dust-1", "ZX00001", hj212_unit="ng/m3"))
+    assert first.status_code == 201, first.text
+    assert first.json()["hj212_mn"] == "ZX00001" and first.json()["hj212_unit"] == "ng/m3"
+    second = await api.post("/v1/devices", json=logger("dust-2", "ZX00001"))
+    assert second.status_code == 409, second.text
+    assert second.headers["content-type"] == "application/problem+json"
+    body = second.json()
+    assert body["status"] == 409 and "ZX00001" in body["detail"]
+    assert body["errors"] == [{"field": "body.hj212_mn", "message": body["detail"]}]
+    # nothing of the refused registration was kept
+    assert (await api.get("/v1/devices/dust-2")).status_code == 404
+    # the owner re-registering its own MN is no conflict
+    again = await api.post("/v1/devices", json=logger("dust-1", "ZX00001"))
+    assert again.status_code == 201, again.text
+
+
+async def test_device_reads_show_the_mn_and_never_the_password(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/v1/devices", json=logger("dust-1", "MN0001"))).status_code == 201
+    assert (
+        await api.post(
+            "/v1/devices", json={"id": "dust-2", "site_id": "cs-1", "kind": "dust_monitor"}
+        )
+    ).status_code == 201
+    one = (await api.get("/v1/devices/dust-1")).json()
+    assert one["hj212_mn"] == "MN0001" and one["hj212_unit"] is None
+    listed = {d["id"]: d for d in (await api.get("/v1/devices")).json()["items"]}
+    assert listed["dust-1"]["hj212_mn"] == "MN0001" and listed["dust-2"]["hj212_mn"] is None
+    assert not any("password" in k and "mqtt" not in k for k in one)
+    assert "123456" not in str(listed)
