@@ -25,7 +25,16 @@ from sqlalchemy import Engine
 
 from ingest import metrics
 from ingest.contract import telemetry_topic
-from ingest.hj212.convert import DATA_CNS, Device, convert, encode_dead
+from ingest.hj212.convert import (
+    DATA_CNS,
+    Device,
+    Facts,
+    convert,
+    encode_dead,
+    encode_facts,
+    equipment,
+    rtd_interval,
+)
 from ingest.hj212.identity import Identities, Refused
 from ingest.hj212.protocol import (
     RAW_EXCERPT,
@@ -41,7 +50,7 @@ from ingest.hj212.protocol import (
 )
 from ingest.mqtt import Message
 from ingest.validate import DeadLetterRecord, Reason
-from ingest.writer import HJ212_DEAD_TOPIC
+from ingest.writer import HJ212_DEAD_TOPIC, HJ212_FACTS_TOPIC
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 # The writer's queue carries these beside telemetry: a list of dead letters, stored by the
 # same write path (and spooled with everything else while the database is away).
 DEAD_TOPIC = HJ212_DEAD_TOPIC
+FACTS_TOPIC = HJ212_FACTS_TOPIC
+IDLE_INTERVALS = 3  # a logged-in logger may be silent this many of its intervals
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
 CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
@@ -80,6 +91,25 @@ def _answer(packet: Packet, cn: str, cp: str) -> bytes:
         parts.append(f"PW={packet.pw}")
     parts += [f"MN={packet.mn}", f"Flag={VERSION_FLAG[packet.version]}", f"CP=&&{cp}&&"]
     return encode_frame(";".join(parts))
+
+
+def idle_limit_s(idle_s: float, device: Device | None) -> float:
+    """How long a connection may be silent: the setting, and for a logged-in logger at least
+    IDLE_INTERVALS of its interval (the registered one or the RtdInterval it reported,
+    whichever is longer), so a logger reporting every 10 minutes is not cut after 10."""
+    if device is None:
+        return idle_s
+    interval = max(device.interval_s, device.rtd_interval_s or 0)
+    return max(idle_s, IDLE_INTERVALS * float(interval))
+
+
+def ask_rtd_interval_1061(packet: Packet, now: datetime) -> bytes:
+    """The platform's "get the real-time data interval" (1061), asking for an answer."""
+    st = packet.fields.get("ST", "91")
+    return encode_frame(
+        f"QN={now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d};ST={st};CN=1061;"
+        f"PW={packet.pw or ''};MN={packet.mn};Flag={VERSION_FLAG[packet.version] | 1};CP=&&&&"
+    )
 
 
 def qn_skew_s(qn: str | None, now: datetime) -> float | None:
@@ -123,6 +153,8 @@ class Connection:
         self.device: Device | None = None
         self.rejects = 0
         self.closed = False
+        self.idle_s = 0.0  # set by the gateway: its setting, then the device's limit
+        self.asked_interval = False
 
 
 class Gateway:
@@ -132,6 +164,9 @@ class Gateway:
         self._host = settings.hj212_host
         self._port = settings.hj212_port
         self._idle_s = settings.hj212_idle_s
+        self._ask_interval = settings.hj212_ask_rtd_interval
+        # deviations already sent to the writer per device (bounded by the devices known)
+        self._reported: dict[str, set[str]] = {}
         self._per_address = settings.hj212_max_connections_per_address
         self._by_address: dict[str, int] = {}
         self._prefix = settings.mqtt_topic_prefix
@@ -200,6 +235,7 @@ class Gateway:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
+        conn.idle_s = self._idle_s
         held = self._by_address.get(conn.peer, 0)
         if self._per_address and held >= self._per_address:
             log.warning("HJ 212: %s already holds %d connections; refused", conn.peer, held)
@@ -229,9 +265,9 @@ class Gateway:
     async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         while conn.rejects < MAX_REJECTS:
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._idle_s)
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), conn.idle_s)
             except TimeoutError:
-                log.info("HJ 212 connection from %s idle for %ss; closing", conn.peer, self._idle_s)
+                log.info("HJ 212 connection from %s idle for %ss; closing", conn.peer, conn.idle_s)
                 return
             if not data:
                 return
@@ -270,16 +306,16 @@ class Gateway:
         device = await self._identify(conn, packet, frame)
         if device is None:
             return
-        if frame.deviations or packet.deviations:
-            log.info(
-                "HJ 212 %s (%s) deviates from the standard: %s",
-                packet.mn,
-                device.device_id,
-                ", ".join([*frame.deviations, *packet.deviations]),
-            )
+        deviations = [*frame.deviations, *packet.deviations]
         cn = packet.cn or ""
         if cn in DATA_CNS:
-            await self._data(conn, packet, device, frame)
+            await self._data(conn, packet, device, frame, deviations)
+        elif cn == "1061":
+            # the logger's answer to our 1061: its RtdInterval, kept beside interval_s
+            await self._report(conn, packet, device, frame, deviations, self._interval_facts)
+        elif cn == "2021":
+            # equipment status (SBxxx-RS/-RT): the newest kept on the device
+            await self._report(conn, packet, device, frame, deviations, self._equipment_facts)
         elif cn == "1013":
             # a time-calibration request: noticed (9013), then the platform's time (1012)
             # when the logger's clock, as its QN shows it, is off
@@ -294,6 +330,70 @@ class Gateway:
                 self._send(conn, answer_9013(packet))
         else:
             log.info("HJ 212 %s sent CN=%s; recorded, not acted on", packet.mn, cn[:8])
+        if cn not in DATA_CNS and cn not in ("1061", "2021"):
+            await self._put_facts(self._new_facts(device, deviations))
+        if self._ask_interval and not conn.asked_interval:
+            conn.asked_interval = True
+            self._send(conn, ask_rtd_interval_1061(packet, datetime.now(self._tz)))
+
+    def _new_facts(self, device: Device, deviations: list[str]) -> Facts | None:
+        """The deviations not yet reported for this device, as facts for its row; each one is
+        sent to the writer once per process (the writer adds them to those stored)."""
+        seen = self._reported.setdefault(device.device_id, set())
+        new = sorted(set(deviations) - seen)
+        if not new:
+            return None
+        log.info("HJ 212 %s deviates from the standard (tolerated): %s", device.device_id, new)
+        seen.update(new)
+        return Facts(device.device_id, deviations=new)
+
+    async def _put_facts(self, facts: Facts | None) -> None:
+        if facts is not None:
+            await self._put(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, _now(), 0))
+
+    def _interval_facts(self, packet: Packet, device: Device, facts: Facts) -> str | None:
+        value = rtd_interval(packet)
+        if isinstance(value, str):
+            return value
+        facts.rtd_interval_s = value
+        return None
+
+    def _equipment_facts(self, packet: Packet, device: Device, facts: Facts) -> str | None:
+        status = equipment(packet, self._tz)
+        if isinstance(status, str):
+            return status
+        facts.equipment, facts.equipment_at = status
+        return None
+
+    async def _report(
+        self,
+        conn: Connection,
+        packet: Packet,
+        device: Device,
+        frame: Frame,
+        deviations: list[str],
+        read: Callable[[Packet, Device, Facts], str | None],
+    ) -> None:
+        """A frame that tells about the logger itself (1061, 2021): its facts, or a dead
+        letter with the reason, stored before the frame is answered (when it asks)."""
+        facts = self._new_facts(device, deviations) or Facts(device.device_id)
+        problem = read(packet, device, facts)
+        if problem is None:
+            message = Message(FACTS_TOPIC, encode_facts(facts), 0, 0, _now(), 0)
+        else:
+            if facts.deviations:
+                await self._put_facts(Facts(device.device_id, deviations=facts.deviations))
+            record = DeadLetterRecord(
+                telemetry_topic(self._prefix, device.device_id),
+                device.device_id,
+                Reason.hj212_bad_cp,
+                f"CN={packet.cn}: {problem}",
+                _text(frame.raw),
+            )
+            message = Message(DEAD_TOPIC, encode_dead([record]), 0, 0, _now(), 0)
+        if packet.needs_answer:
+            message.reply = self._replier(conn, answer_9014(packet))
+        await self._put(message)
 
     async def _identify(self, conn: Connection, packet: Packet, frame: Frame) -> Device | None:
         mn = packet.mn or ""
@@ -314,13 +414,19 @@ class Gateway:
             await self._reject(conn, result.reason, result.detail, frame.raw)
             return None
         conn.mn, conn.device = mn, result
+        conn.idle_s = idle_limit_s(self._idle_s, result)
         return result
 
-    async def _data(self, conn: Connection, packet: Packet, device: Device, frame: Frame) -> None:
+    async def _data(
+        self, conn: Connection, packet: Packet, device: Device, frame: Frame, deviations: list[str]
+    ) -> None:
         topic = telemetry_topic(self._prefix, device.device_id)
         converted = convert(packet, device, topic, _text(frame.raw), self._tz)
         messages: list[Message] = []
         now = _now()
+        facts = self._new_facts(device, [*deviations, *converted.deviations])
+        if facts is not None:
+            messages.append(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, now, 0))
         if converted.reading_set is not None:
             payload = orjson.dumps(converted.reading_set)
             messages.append(Message(topic, payload, 0, 0, now, 0))

@@ -74,6 +74,24 @@ class DeviceRead(BaseModel):
     hj212_unit: str | None = Field(
         None, description="Unit of its HJ 212 particulate values (null: ug/m3)"
     )
+    hj212_deviations: list[str] | None = Field(
+        None,
+        description="The tolerated HJ 212 field deviations the logger was seen to send "
+        "(docs/hj212.md, Tolerated and rejected)",
+    )
+    hj212_rtd_interval_s: int | None = Field(
+        None,
+        description="The RtdInterval the logger reported (1061); interval_s, the registered "
+        "one, is what no-data, validity and online are measured against",
+    )
+    hj212_equipment: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="The logger's last equipment status (2021): per equipment code, RS "
+        "(0 off, 1 running, 2 calibrating, 3 maintenance, 4 alarm, 5 blowback) and RT (hours)",
+    )
+    hj212_equipment_at: datetime | None = Field(
+        None, description="DataTime of that equipment status"
+    )
 
 
 class DeviceCreated(DeviceRead):
