@@ -153,6 +153,8 @@ def up(
             err=True,
         )
         app = create_app(settings)
+        if ingestor.gateway is not None:
+            app.state.hj212_status = ingestor.gateway.status
         if broker is not None:
             app.state.on_devices_changed = lambda: _sync_broker(settings, engine, broker)
         server = uvicorn.Server(

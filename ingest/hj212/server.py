@@ -223,6 +223,18 @@ class Gateway:
             await asyncio.gather(*handlers, return_exceptions=True)
             await self._server.wait_closed()
 
+    def status(self) -> dict[str, object]:
+        """For the health check, from any thread: listening, port, open connections."""
+        server = self._server
+        return {
+            "listening": server is not None
+            and server.is_serving()
+            and self._thread is not None
+            and self._thread.is_alive(),
+            "port": self.port,
+            "connections": self.counters.connections,
+        }
+
     def stop(self) -> None:
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():

@@ -11,11 +11,22 @@ from monitor.core.catalogue import DmaRole
 from monitor.registry import DmaFields
 
 
+class GatewayHealth(BaseModel):
+    listening: bool = Field(description="The HJ 212 gateway accepts connections")
+    port: int | None
+    connections: int = Field(description="Open logger connections")
+
+
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded when a gateway of this process is down")
     database: str
     version: str
     timescaledb: bool
+    hj212: GatewayHealth | None = Field(
+        None,
+        description="The HJ 212 gateway running in this process (envmon up); null when there "
+        "is none here (envmon api: the gateway is `envmon hj212`, checked at its own port)",
+    )
 
 
 class SiteRead(BaseModel):

@@ -72,3 +72,33 @@ async def test_device_reads_show_the_mn_and_never_the_password(api: httpx.AsyncC
     assert listed["dust-1"]["hj212_mn"] == "MN0001" and listed["dust-2"]["hj212_mn"] is None
     assert not any("password" in k and "mqtt" not in k for k in one)
     assert "123456" not in str(listed)
+
+
+async def test_health_shows_the_gateway_of_this_process_and_degrades_when_it_stops(
+    pg_url: str, pg_engine: Engine, tmp_path: object
+) -> None:
+    from tests.integration.services import wait_for
+    from tests.integration.test_hj212 import Logger, start_gateway
+
+    app = create_app(Settings(database_url=pg_url))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        alone = (await client.get("/v1/health")).json()
+        assert alone["status"] == "ok" and alone["hj212"] is None  # `envmon api`: not here
+        ing = start_gateway(pg_url, pg_engine, tmp_path)
+        assert ing.gateway is not None
+        try:
+            app.state.hj212_status = ing.gateway.status  # as `envmon up` wires it
+            logger = Logger(ing)
+            wait_for(lambda: ing.gateway and ing.gateway.counters.connections == 1, 10, "connected")
+            up = (await client.get("/v1/health")).json()
+            assert up["status"] == "ok"
+            assert up["hj212"] == {"listening": True, "port": ing.gateway.port, "connections": 1}
+            logger.close()
+            ing.gateway.stop()
+            down = (await client.get("/v1/health")).json()
+            assert down["status"] == "degraded" and down["hj212"]["listening"] is False
+        finally:
+            ing.stop()
