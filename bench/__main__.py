@@ -28,7 +28,17 @@ from bench.report import goals, machine, render
 from bench.services import BenchError, Database, free_port
 from monitor.broker import EmbeddedBroker
 
-STAGES = ("raw", "envmon", "naive", "scaling", "profile", "live", "live-sustainable", "api")
+STAGES = (
+    "raw",
+    "envmon",
+    "naive",
+    "hj212",
+    "scaling",
+    "profile",
+    "live",
+    "live-sustainable",
+    "api",
+)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUSTAINABLE_SHARE = 0.5
 DEFAULT_PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -45,7 +55,10 @@ stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); 
 (1, 2, 4 ingestors on a $share subscription); profile (py-spy on one ingestor; full runs,
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
-api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database).
+api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database);
+hj212 (`envmon hj212` under N logger connections from client processes: memory per idle
+connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in a closed loop
+against the envmon stage's readings/s).
 """
 
 EPILOG = """\
@@ -107,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--api-clients", type=int, help="concurrent API clients [20]")
     g.add_argument("--api-workers", type=int, help="`envmon api --workers` [2, one per core]")
     g.add_argument("--api-seconds", type=float, help="measured seconds per API endpoint")
+    g.add_argument(
+        "--hj212-connections", type=int, help="logger connections of the hj212 stage [2000]"
+    )
+    g.add_argument(
+        "--hj212-idle", type=int, help="idle logger connections for the memory figure [10000]"
+    )
+    g.add_argument("--hj212-rate", type=float, help="frames/s of the hj212 latency phase [1000]")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--profile", action="store_true", help="run the py-spy stage (default: full)")
     prof.add_argument("--no-profile", action="store_true", help="skip the py-spy stage")
@@ -137,6 +157,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("api_clients", "api_clients"),
         ("api_workers", "api_workers"),
         ("api_seconds", "api_seconds"),
+        ("hj212_connections", "hj212_connections"),
+        ("hj212_idle", "hj212_idle_connections"),
+        ("hj212_rate", "hj212_rate"),
     ):
         value = getattr(args, arg)
         if value is not None:
@@ -245,6 +268,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
                 ),
             ),
             ("naive", lambda: _store_drain(results, "naive", throughput.naive_baseline(ctx))),
+            ("hj212", lambda: _hj212(ctx, results)),
             ("scaling", lambda: _scaling(ctx, results)),
             ("profile", lambda: _profile(ctx, results)),
             ("live", lambda: _live(ctx, results)),
@@ -285,6 +309,13 @@ def _ratios(results: dict[str, Any]) -> None:
     if "envmon" in t and "naive" in t:
         ratios["envmon_over_naive"] = t["envmon"]["msg_per_s"] / t["naive"]["msg_per_s"]
     results["ratios"] = ratios
+
+
+def _hj212(ctx: Context, results: dict[str, Any]) -> None:
+    from bench import hj212load
+
+    mqtt = results.get("throughput", {}).get("envmon", {}).get("readings_per_s")
+    results["hj212"] = hj212load.run(ctx, mqtt)
 
 
 def _scaling(ctx: Context, results: dict[str, Any]) -> None:
