@@ -6,7 +6,9 @@ these beside the gateway process. Each connects from its own 127.0.0.x source ad
 ephemeral ports of one address pair would run out first). Commands, one per line; each answer
 is one line `RESULT <json>` on stdout (logs go to stderr):
 
-    open                 connect every logger and log it in: one 2011 frame each, answered
+    connect              open every logger's connection, sending nothing
+    login                one 2011 frame per logger (logs it in), all answered
+    open                 connect, then login
     paced RATE SECONDS   send 2011 frames at RATE frames/s (round robin over the loggers),
                          then wait for the outstanding answers; frame -> 9014 latencies
     saturate SECONDS     every logger in a closed loop (send, wait for its 9014, send the
@@ -124,22 +126,35 @@ class Fleet:
             for i in range(args.first, args.first + args.count)
         ]
 
-    async def open(self) -> dict[str, Any]:
+    async def connect(self) -> dict[str, Any]:
+        """Open every connection, sending nothing yet."""
         started = time.perf_counter()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def one(i: int, logger: Logger) -> asyncio.Future[float]:
+        async def one(i: int, logger: Logger) -> None:
             async with gate:
                 await logger.open(self.port, self.sources[i % len(self.sources)])
-                return logger.send()
 
-        futures = await asyncio.gather(*(one(i, lg) for i, lg in enumerate(self.loggers)))
-        latencies, unanswered = await _settle(list(futures))
+        await asyncio.gather(*(one(i, lg) for i, lg in enumerate(self.loggers)))
+        return {"opened": len(self.loggers), "seconds": time.perf_counter() - started}
+
+    async def login(self) -> dict[str, Any]:
+        """One 2011 frame per logger (its first frame logs it in), all answered."""
+        started = time.perf_counter()
+        latencies, unanswered = await _settle([lg.send() for lg in self.loggers])
         return {
-            "opened": len(self.loggers),
             "answered": len(latencies),
             "unanswered": unanswered,
             "seconds": time.perf_counter() - started,
+        }
+
+    async def open(self) -> dict[str, Any]:
+        opened = await self.connect()
+        logged = await self.login()
+        return {
+            **logged,
+            "opened": opened["opened"],
+            "seconds": opened["seconds"] + logged["seconds"],
         }
 
     async def paced(self, rate: float, seconds: float) -> dict[str, Any]:
@@ -224,6 +239,10 @@ async def main(args: argparse.Namespace) -> None:
         command = words[0]
         if command == "open":
             result = await fleet.open()
+        elif command == "connect":
+            result = await fleet.connect()
+        elif command == "login":
+            result = await fleet.login()
         elif command == "paced":
             result = await fleet.paced(float(words[1]), float(words[2]))
         elif command == "saturate":

@@ -266,27 +266,41 @@ def run(ctx: Context, mqtt_readings_per_s: float | None) -> dict[str, Any]:
     }
     cpu0 = cpu_seconds(gateway.proc.pid)
 
-    # 1. idle connections and their memory
+    # 1. idle connections and their memory: TCP only, then logged in
     time.sleep(1.0)
     rss_before = rss_mb(gateway.proc.pid)
     idle = _clients(ctx, gateway.port, plan.hj212_idle_connections, processes, 12)
-    opened = _all(idle, "open", 300)
+    connected = _all(idle, "connect", 300)
+    n_idle = sum(r["opened"] for r in connected)
+    time.sleep(1.0)
+    rss_connected = rss_mb(gateway.proc.pid)
+    logged = _all(idle, "login", 300)
     time.sleep(1.0)
     rss_after = rss_mb(gateway.proc.pid)
-    answered += sum(r["answered"] for r in opened)
-    unanswered = sum(r["unanswered"] for r in opened)
-    n_idle = sum(r["opened"] for r in opened)
+    answered += sum(r["answered"] for r in logged)
+    unanswered = sum(r["unanswered"] for r in logged)
+    per_tcp = (rss_connected - rss_before) * 1024 / n_idle if n_idle else None
+    per_logged = (rss_after - rss_before) * 1024 / n_idle if n_idle else None
     out["idle"] = {
         "connections": n_idle,
-        "login_s": max(r["seconds"] for r in opened),
+        "connect_s": max(r["seconds"] for r in connected),
+        "login_s": max(r["seconds"] for r in logged),
         "rss_before_mb": rss_before,
+        "rss_connected_mb": rss_connected,
         "rss_after_mb": rss_after,
-        "kb_per_connection": (rss_after - rss_before) * 1024 / n_idle if n_idle else None,
+        # a connection alone (TCP, handler, framer) ...
+        "kb_per_connection_before_login": per_tcp,
+        # ... and logged in, which adds what its first frame leaves behind per device: the
+        # identity cache entry, the writer's and the rule evaluator's state for the device
+        "kb_per_connection": per_logged,
         "mb_per_10k": (rss_after - rss_before) / n_idle * 10_000 if n_idle else None,
+        "mb_per_10k_before_login": (rss_connected - rss_before) / n_idle * 10_000
+        if n_idle
+        else None,
     }
     say(
-        f"hj212 idle: {n_idle:,} connections logged in, gateway RSS {rss_before:.0f} -> "
-        f"{rss_after:.0f} MB ({out['idle']['kb_per_connection']:.1f} KiB each)"
+        f"hj212 idle: {n_idle:,} connections, gateway RSS {rss_before:.0f} -> "
+        f"{rss_connected:.0f} MB connected -> {rss_after:.0f} MB logged in"
     )
     _all(idle, "close", 60)
     for c in idle:

@@ -126,7 +126,8 @@ def _hj212_goals(h: dict[str, Any] | None) -> list[dict[str, Any]]:
             _goal(
                 "10,000 idle HJ 212 connections in < 100 MB of gateway memory",
                 mb < GOAL_HJ212_IDLE_MB_PER_10K,
-                f"{mb:,.0f} MB per 10k (measured on {idle['connections']:,})",
+                f"{mb:,.0f} MB per 10k logged in, {idle['mb_per_10k_before_login']:,.0f} MB "
+                f"before login (measured on {idle['connections']:,})",
                 f"{mb - GOAL_HJ212_IDLE_MB_PER_10K:,.0f} MB over"
                 if mb >= GOAL_HJ212_IDLE_MB_PER_10K
                 else "",
@@ -154,9 +155,11 @@ def _hj212(lines: list[str], h: dict[str, Any]) -> None:
     )
     idle = h["idle"]
     add(
-        f"  idle: {idle['connections']:,} connections logged in and held: gateway RSS "
-        f"{idle['rss_before_mb']:,.0f} -> {idle['rss_after_mb']:,.0f} MB = "
-        f"{_n(idle['kb_per_connection'], 1)} KiB per connection"
+        f"  idle: {idle['connections']:,} connections held: gateway RSS "
+        f"{idle['rss_before_mb']:,.0f} -> {idle['rss_connected_mb']:,.0f} MB connected "
+        f"({_n(idle['kb_per_connection_before_login'], 1)} KiB each) -> "
+        f"{idle['rss_after_mb']:,.0f} MB logged in ({_n(idle['kb_per_connection'], 1)} KiB "
+        "each, with the device's identity and rule state)"
     )
     lat = h["latency"]
     a = lat["answer"]

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 DEAD_TOPIC = HJ212_DEAD_TOPIC
 FACTS_TOPIC = HJ212_FACTS_TOPIC
 IDLE_INTERVALS = 3  # a logged-in logger may be silent this many of its intervals
+SWEEP_S = 1.0  # how often silent connections are looked for
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
 CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
@@ -154,6 +155,7 @@ class Connection:
         self.rejects = 0
         self.closed = False
         self.idle_s = 0.0  # set by the gateway: its setting, then the device's limit
+        self.last_read = 0.0  # loop time the last read started (the sweep compares)
         self.asked_interval = False
 
 
@@ -211,8 +213,10 @@ class Gateway:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("HJ 212 gateway listening on %s:%d", self._host, self.port)
         self._ready.set()
+        sweeper = asyncio.create_task(self._sweep(), name="envmon-hj212-idle-sweep")
         async with self._server:
             await self._stopping.wait()
+            sweeper.cancel()
             self._server.close()
             for conn in list(self._conns):
                 conn.writer.close()
@@ -222,6 +226,23 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
             await self._server.wait_closed()
+
+    async def _sweep(self) -> None:
+        """Close connections silent past their idle limit. One task for all of them, rather
+        than a timeout on every read: an idle connection then costs no timer and no task
+        beyond its handler (10,000 idle loggers are the normal state of this server)."""
+        loop = asyncio.get_running_loop()
+        every = min(SWEEP_S, self._idle_s / 2)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for conn in list(self._conns):
+                if not conn.closed and now - conn.last_read > conn.idle_s:
+                    log.info(
+                        "HJ 212 connection from %s idle for %.0fs; closing", conn.peer, conn.idle_s
+                    )
+                    conn.closed = True
+                    conn.writer.close()  # its pending read then ends (EOF)
 
     def status(self) -> dict[str, object]:
         """For the health check, from any thread: listening, port, open connections."""
@@ -275,13 +296,11 @@ class Gateway:
             writer.close()
 
     async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
         while conn.rejects < MAX_REJECTS:
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), conn.idle_s)
-            except TimeoutError:
-                log.info("HJ 212 connection from %s idle for %ss; closing", conn.peer, conn.idle_s)
-                return
-            if not data:
+            conn.last_read = loop.time()
+            data = await reader.read(READ_CHUNK)  # the idle limit: _sweep
+            if not data or conn.closed:
                 return
             for item in conn.framer.feed(data):
                 if isinstance(item, Rejected):
