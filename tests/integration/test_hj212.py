@@ -1,8 +1,10 @@
 """The HJ 212 gateway end to end: real TCP server, real writer, real PostgreSQL.
 
-Field frames come from public code, found with the search tool (find_string); the index
-names each file by an id, given here with what identifies the file. Each frame is used
-exactly as published, CRC included (each CRC was checked: Appendix A gives the printed one).
+Field frames come from public code, found with the search tool. Each is cited by repository
+and path where the index could resolve the file to them; otherwise by what identifies the
+file (package, class, method) and the index's file id (`read_file` with that id shows it).
+Each frame is used exactly as published, CRC included (each CRC was checked: Appendix A gives
+the printed one, except BAD_CRC's).
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ WORKED = encode_frame(
     "QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;"
     "CP=&&RtdInterval=30&&"
 )
-# A Laravel dust platform's HomeController::gateway() (find_string id 6808325978), ST=39,
-# Flag=4 (no answer asked), every dust code of §1.9.
+# Source: github.com/Lancer-Ming/factory, app/Http/Controllers/HomeController.php,
+# HomeController::gateway() in an earlier version of the file (index id 6808325978; the
+# version at 092c5efe no longer holds it). A Laravel dust platform: ST=39, Flag=4 (no answer
+# asked), every dust code of §1.9.
 PHP_DUST = (
     b"##0239QN=20180821142509000;ST=39;CN=2011;PW=123456;MN=690000D5800028F889221AC0;Flag=4;"
     b"CP=&&DataTime=20180821142509;a34004-Rtd=0.0;a34002-Rtd=0.0;a34001-Rtd=0.0;LA-Rtd=0.0;"
     b"a01001-Rtd=0.0;a01002-Rtd=0.0;a01006-Rtd=0.0;a01007-Rtd=0.0;a01008-Rtd=0&&E541\r\n"
 )
-# A Java "212国标解析器" (NationalStandard212.main, find_string id 16097490640): no Flag,
+# Source: a Java "212国标解析器", class iot.plugin.NationalStandard212, main() (author Liu
+# Siyuan; index id 16097490640; its repository is not resolvable from the index). No Flag,
 # i.e. 2005 style, no answer asked.
 JAVA_2005 = (
     b"##0249QN=20180507000558;ST=39;CN=2011;PW=123456;MN=010000A00000000000A00654;"
@@ -51,7 +56,9 @@ JAVA_2005 = (
     b"a01002-Flag=N;a34001-Rtd=0.0,a34001-Flag=N;a34002-Rtd=24.0,a34002-Flag=N;"
     b"a34004-Rtd=23.0,a34004-Flag=N&&D801\r\n"
 )
-# com.ep.yc.yctcpanalysis.test.T1 (find_string id 4827346603): ST=22 dust, Flag=5.
+# Source: a Java dust TCP parser, class com.ep.yc.yctcpanalysis.test.T1, main() (author WQY,
+# 2019-10-18; index id 4827346603; repository not resolvable from the index). ST=22 dust,
+# Flag=5.
 YC_DUST = (
     b"##0317QN=20191018104952418;ST=22;CN=2011;PW=123456;MN=ZX00001;Flag=5;"
     b"CP=&&DataTime=20191018104900;a34002-Rtd=30,a34002-Flag=N;a34004-Rtd=25,a34004-Flag=N;"
@@ -59,8 +66,11 @@ YC_DUST = (
     b"a01008-Flag=N;a01007-Rtd=3.5,a01007-Flag=N;a34001-Rtd=132,a34001-Flag=N;"
     b"LA-Rtd=66.8,LA-Flag=N&&AF01\r\n"
 )
-# A Python water platform's tests (find_string ids 67575497151, 67129704497): 2025 (Flag=9),
-# real-time and hourly; w01017 and w01019 are not mapped codes.
+# Source: a Python water-quality platform (FastAPI, module app.services.hj212), its parser
+# tests: REALTIME_SAMPLE and HOURLY_SAMPLE beside test_parse_realtime_hj212_message (index id
+# 67129704497; the real-time frame again as RAW_PACKET in its API tests, id 67575497151);
+# repository not resolvable from the index. 2025 (Flag=9), real-time and hourly; w01017 and
+# w01019 are not mapped codes.
 WATER_2025_RTD = (
     b"##0247QN=20260706103512345;ST=21;CN=2011;PW=123456;MN=A110000_0001;Flag=9;"
     b"CP=&&DataTime=20260706103000;w01010-Rtd=28.6,w01010-Flag=N;w01014-Rtd=7.8,"
@@ -73,8 +83,9 @@ WATER_2025_HOUR = (
     b"w01014-Flag=N;w01001-Avg=6.6,w01001-Flag=N;w01017-Avg=15.0,w01017-Flag=N;"
     b"w01019-Avg=1.022,w01019-Flag=N&&5280\r\n"
 )
-# parseDataTOMap's main() in a Java dust platform (find_string id 11528012558): ST=43 with
-# a vendor code H01 among standard ones.
+# Source: a Java dust platform, class com.osen.cloud.system.socket.utils.DataSegmentParseUtil,
+# main() beside parseDataTOMap (author PangYi, 2019-09-06; index id 11528012558; repository
+# not resolvable from the index). ST=43 with a vendor code H01 among standard ones.
 H01_DUST = (
     b"##0325QN=20190816173300001;ST=43;CN=2011;PW=123456;MN=2019051703100020;Flag=5;"
     b"CP=&&DataTime=20190816173300;a34004-Rtd=26.0,a34004-Flag=N;a34002-Rtd=27.0,"
@@ -82,8 +93,9 @@ H01_DUST = (
     b"a01008-Flag=N;a01001-Rtd=26.0,a01001-Flag=N;H01-Rtd=52.7,H01-Flag=N;a01006-Rtd=50.0,"
     b"a01006-Flag=N&&4980\r\n"
 )
-# A Java socket test (find_string id 6912331125): `LA-Rtd-Rtd`, and a CRC (48C0) that the
-# Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
+# Source: github.com/sayakawayiyo/kawayi, src/test/java/com/madolche/kawayi/TestSample.java,
+# testSocket() (index id 6912331125, an earlier version of the file). `LA-Rtd-Rtd`, and a CRC
+# (48C0) that the Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
 BAD_CRC = (
     b"##0187QN=20190923154847375;ST=39;CN=2011;PW=123456;MN=190720099;Flag=5;"
     b"CP=&&DataTime=20190923154847;a34004-Rtd=12000,a34004-Flag=D;a34002-Rtd=16000,"
