@@ -42,6 +42,7 @@ SITE = "bench-hj212"
 MN_PREFIX = "BENCHMN"
 PASSWORD = "212212"
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]  # eight source addresses
+SUSTAINABLE_SHARE = 0.5
 
 
 @dataclass
@@ -126,43 +127,56 @@ class Gateway:
     """`envmon hj212` on a free port, with its own data folder and metrics port."""
 
     def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.log = ctx.workdir / "hj212.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        ctx.stack.callback(self.stop)
+
+    def _spawn(self) -> None:
         self.port = free_port()
         env = {
-            "ENVMON_DATABASE_URL": ctx.db.url,
+            "ENVMON_DATABASE_URL": self.ctx.db.url,
             "ENVMON_HJ212_PORT": str(self.port),
             "ENVMON_HJ212_IDLE_S": "3600",
             "ENVMON_METRICS_PORT": str(free_port()),
-            "ENVMON_DATA_DIR": str(ctx.workdir / "hj212"),
+            "ENVMON_DATA_DIR": str(self.ctx.workdir / "hj212"),
             "ENVMON_LOG_LEVEL": "WARNING",
         }
-        self.log = ctx.workdir / "hj212.log"
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [envmon_binary(), "hj212"],
             env=_clean_env(env),
-            cwd=ctx.workdir,
+            cwd=self.ctx.workdir,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         out.close()
-        ctx.stack.callback(self.stop)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> None:
+        """Start and wait until it accepts connections; a port that another process took
+        between our choice and its bind (the machine is shared) gets another try."""
         import socket
 
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"envmon hj212 did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        for _ in range(attempts):
+            self._spawn()
+            assert self.proc is not None
+            deadline = time.monotonic() + timeout_s
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
+                except OSError:
+                    time.sleep(0.1)
+            self.stop()
+        raise BenchError(f"envmon hj212 did not start:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(30)
@@ -254,7 +268,7 @@ def run(ctx: Context, mqtt_readings_per_s: float | None) -> dict[str, Any]:
     devices = max(plan.hj212_connections, plan.hj212_idle_connections)
     register_loggers(ctx.db.dsn, devices)
     gateway = Gateway(ctx)
-    gateway.wait_ready()
+    gateway.start()
     processes = plan.hj212_clients
     answered = 0
     out: dict[str, Any] = {
@@ -264,19 +278,19 @@ def run(ctx: Context, mqtt_readings_per_s: float | None) -> dict[str, Any]:
         "fd_limit": fd_limit,
         "readings_per_frame": READINGS_PER_FRAME,
     }
-    cpu0 = cpu_seconds(gateway.proc.pid)
+    cpu0 = cpu_seconds(gateway.pid)
 
     # 1. idle connections and their memory: TCP only, then logged in
     time.sleep(1.0)
-    rss_before = rss_mb(gateway.proc.pid)
+    rss_before = rss_mb(gateway.pid)
     idle = _clients(ctx, gateway.port, plan.hj212_idle_connections, processes, 12)
     connected = _all(idle, "connect", 300)
     n_idle = sum(r["opened"] for r in connected)
     time.sleep(1.0)
-    rss_connected = rss_mb(gateway.proc.pid)
+    rss_connected = rss_mb(gateway.pid)
     logged = _all(idle, "login", 300)
     time.sleep(1.0)
-    rss_after = rss_mb(gateway.proc.pid)
+    rss_after = rss_mb(gateway.pid)
     answered += sum(r["answered"] for r in logged)
     unanswered = sum(r["unanswered"] for r in logged)
     per_tcp = (rss_connected - rss_before) * 1024 / n_idle if n_idle else None
@@ -355,13 +369,33 @@ def run(ctx: Context, mqtt_readings_per_s: float | None) -> dict[str, Any]:
             else ""
         )
     )
+    # 4. latency again at half the rate the closed loop reached: where the gateway keeps up
+    # (the goal's 1,000 frames/s may be beyond this machine; cf. live-sustainable)
+    rate = min(plan.hj212_rate, max(1.0, frames_per_s * SUSTAINABLE_SHARE))
+    paced = _all(load, f"paced {rate / len(load)} {plan.hj212_paced_s}", plan.hj212_paced_s + 120)
+    sent = sum(r["sent"] for r in paced)
+    answered += sum(r["answered"] for r in paced)
+    unanswered += sum(r["unanswered"] for r in paced)
+    out["latency_sustainable"] = {
+        "target_frames_per_s": rate,
+        "offered_frames_per_s": sent / max(r["send_seconds"] for r in paced),
+        "seconds": plan.hj212_paced_s,
+        "frames": sent,
+        "schedule_lag_max_s": max(r["schedule_lag_max_s"] for r in paced),
+        "answer": summary_ms([x for r in paced for x in r["latencies_s"]]),
+    }
+    a = out["latency_sustainable"]["answer"]
+    say(
+        f"hj212 latency at {rate:,.0f} frames/s (half the closed loop's): "
+        f"p50 {a['p50_ms']:,.0f} ms, p99 {a['p99_ms']:,.0f} ms"
+    )
     _all(load, "close", 60)
     for c in load:
         c.stop()
-    out["gateway_cpu_s"] = cpu_seconds(gateway.proc.pid) - cpu0
+    out["gateway_cpu_s"] = cpu_seconds(gateway.pid) - cpu0
     gateway.stop()
 
-    # 4. nothing lost: every answered frame committed, nothing dead-lettered
+    # 5. nothing lost: every answered frame committed, nothing dead-lettered
     stored = ctx.db.scalar("SELECT count(*) FROM readings WHERE device_id LIKE 'hj-%'")
     dead = ctx.db.scalar("SELECT count(*) FROM dead_letters")
     out.update(

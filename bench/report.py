@@ -169,6 +169,14 @@ def _hj212(lines: list[str], h: dict[str, Any]) -> None:
         f"p50 {_n(a['p50_ms'])} ms, p99 {_n(a['p99_ms'])} ms, max {_n(a['max_ms'])} ms "
         f"({a['n']:,} frames)"
     )
+    sus = h.get("latency_sustainable")
+    if sus:
+        a = sus["answer"]
+        add(
+            f"  latency, sustainable: {sus['offered_frames_per_s']:,.0f} frames/s (half the "
+            f"closed loop's) for {sus['seconds']:.0f} s: p50 {_n(a['p50_ms'])} ms, "
+            f"p99 {_n(a['p99_ms'])} ms, max {_n(a['max_ms'])} ms ({a['n']:,} frames)"
+        )
     t = h["throughput"]
     vs = (
         f"; MQTT path {t['mqtt_readings_per_s']:,.0f} readings/s, ratio "
