@@ -185,7 +185,8 @@ def _hj212(lines: list[str], h: dict[str, Any]) -> None:
         else "; MQTT path not measured in this run (envmon stage skipped)"
     )
     add(
-        f"  closed loop {t['seconds']:.0f} s: {t['frames_per_s']:,.0f} frames/s, "
+        f"  closed loop {t.get('window_s', t['seconds']):.0f} s ({t['frames']:,} frames, the "
+        f"last answered after {t['seconds']:.1f} s): {t['frames_per_s']:,.0f} frames/s, "
         f"{t['readings_per_s']:,.0f} readings/s (answer p50 {_n(t['answer']['p50_ms'])} ms, "
         f"p99 {_n(t['answer']['p99_ms'])} ms){vs}"
     )
