@@ -679,9 +679,13 @@ def devices_import(file: Path) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     engine = make_engine(settings.sqlalchemy_url)
-    with engine.begin() as conn:
-        n_sites, n_devices, issued = import_fleet(conn, doc)
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            n_sites, n_devices, issued = import_fleet(conn, doc)
+    except EnvmonError as exc:  # e.g. an hj212_mn another device has: nothing is imported
+        raise click.ClickException(f"{file}: {exc.message}") from exc
+    finally:
+        engine.dispose()
     click.echo(f"registered {n_sites} sites and {n_devices} devices from {file}")
     if issued:
         path = _write_credentials(settings, issued)

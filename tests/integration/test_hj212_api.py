@@ -102,3 +102,40 @@ async def test_health_shows_the_gateway_of_this_process_and_degrades_when_it_sto
             assert down["status"] == "degraded" and down["hj212"]["listening"] is False
         finally:
             ing.stop()
+
+
+def test_a_fleet_file_with_a_taken_mn_imports_nothing_and_says_which(
+    sqlite_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+    from sqlalchemy import func, select
+
+    from monitor.cli import main
+    from monitor.core.db import make_engine
+    from monitor.core.models import Device, table
+
+    site = (
+        'id = "cs-1"\nname = "cs"\ndistrict = "Lanshan"\nkind = "construction_site"\n'
+        "latitude = 35.1\nlongitude = 118.3\n"
+    )
+    fleet = Path(str(tmp_path)) / "fleet.toml"
+    fleet.write_text(
+        f"[[sites]]\n{site}"
+        + "".join(
+            f'[[devices]]\nid = "dust-{i}"\nsite_id = "cs-1"\nkind = "dust_monitor"\nname = "d"\n'
+            'hj212_mn = "MN0001"\nhj212_password = "123456"\n'
+            for i in (1, 2)
+        )
+    )
+    monkeypatch.setenv("ENVMON_DATABASE_URL", sqlite_url)
+    result = CliRunner().invoke(main, ["devices", "import", str(fleet)])
+    assert result.exit_code == 1, result.output
+    assert "hj212_mn 'MN0001' is already registered by device 'dust-1'" in result.output
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(table(Device))).scalar() == 0
+    finally:
+        engine.dispose()
