@@ -168,7 +168,7 @@ class Gateway:
         self._idle_s = settings.hj212_idle_s
         self._ask_interval = settings.hj212_ask_rtd_interval
         # deviations already sent to the writer per device (bounded by the devices known)
-        self._reported: dict[str, set[str]] = {}
+        self._reported: dict[str, frozenset[str]] = {}
         self._per_address = settings.hj212_max_connections_per_address
         self._by_address: dict[str, int] = {}
         self._prefix = settings.mqtt_topic_prefix
@@ -220,11 +220,16 @@ class Gateway:
             self._server.close()
             for conn in list(self._conns):
                 conn.writer.close()
-            # the connections' handlers end here, not with the loop (no task left pending)
+            # the connections' handlers end here, not with the loop (no task left pending):
+            # on the EOF of their closed connections first; only what is still running then
+            # (a frame waiting for room in the writer's queue) is cancelled, since asyncio
+            # logs a cancelled stream handler as an error
             handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            if handlers:
+                _, running = await asyncio.wait(handlers, timeout=2.0)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _sweep(self) -> None:
@@ -302,13 +307,18 @@ class Gateway:
             data = await reader.read(READ_CHUNK)  # the idle limit: _sweep
             if not data or conn.closed:
                 return
-            for item in conn.framer.feed(data):
-                if isinstance(item, Rejected):
-                    conn.rejects += 1
-                    await self._reject(conn, _REASONS[item.reason], item.detail, item.raw)
-                else:
-                    await self._frame(conn, item)
+            await self._feed(conn, data)
+            # an idle connection waits holding nothing of its last read or frame
+            del data
         log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+
+    async def _feed(self, conn: Connection, data: bytes) -> None:
+        for item in conn.framer.feed(data):
+            if isinstance(item, Rejected):
+                conn.rejects += 1
+                await self._reject(conn, _REASONS[item.reason], item.detail, item.raw)
+            else:
+                await self._frame(conn, item)
 
     async def _reject(
         self,
@@ -370,12 +380,14 @@ class Gateway:
     def _new_facts(self, device: Device, deviations: list[str]) -> Facts | None:
         """The deviations not yet reported for this device, as facts for its row; each one is
         sent to the writer once per process (the writer adds them to those stored)."""
-        seen = self._reported.setdefault(device.device_id, set())
+        if not deviations:
+            return None  # the common case: no set kept for a device that never deviates
+        seen = self._reported.get(device.device_id, frozenset())
         new = sorted(set(deviations) - seen)
         if not new:
             return None
         log.info("HJ 212 %s deviates from the standard (tolerated): %s", device.device_id, new)
-        seen.update(new)
+        self._reported[device.device_id] = seen | set(new)
         return Facts(device.device_id, deviations=new)
 
     async def _put_facts(self, facts: Facts | None) -> None:
