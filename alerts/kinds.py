@@ -9,6 +9,7 @@ the arithmetic. A new kind is one class here, listed in `KINDS`."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from bisect import bisect_left
 from collections import defaultdict
@@ -541,8 +542,10 @@ class NightFlowRise(DmaKind):
 
 
 class Burst(DmaKind):
-    """A 15-minute slot's net inflow against the median of the same slot on the previous
-    days, percent: a tier counts only with an excess of `params.min_m3h` and, where the DMA
+    """A 15-minute slot's net inflow above the median of the same slot on the previous days,
+    in percent of the DMA's mean flow over those days (a burst of 10% of the mean flow is 10
+    whatever the hour: at the morning peak it is a smaller share of that slot's flow, at night
+    a larger one). A tier counts only with an excess of `params.min_m3h` and, where the DMA
     has an AZP meter, its pressure below that slot's median (a burst lowers the pressure)."""
 
     kind = RuleKind.burst
@@ -562,6 +565,11 @@ class Burst(DmaKind):
             # by slot number (epoch / 900): the same slot k days before is k × 96 earlier
             net = {_slot_no(row.slot_at): row.net_m3h for row in slots}
             azp = {_slot_no(row.slot_at): row.azp_mpa for row in slots}
+            # each day's mean net inflow, by day number (slot number // 96)
+            by_day: dict[int, list[float]] = defaultdict(list)
+            for n, v in net.items():
+                by_day[n // SLOTS_PER_DAY].append(v)
+            day_mean = {d: math.fsum(v) / len(v) for d, v in by_day.items()}
             points: list[Point] = []
             confirmed: dict[datetime, bool] = {}
             for row in slots:
@@ -573,7 +581,10 @@ class Burst(DmaKind):
                 if len(same) < least:
                     continue
                 baseline = statistics.median(same)
-                if baseline <= 0:
+                day = n // SLOTS_PER_DAY
+                means = [m for k in range(1, history + 1) if (m := day_mean.get(day - k))]
+                mean_flow = math.fsum(means) / len(means) if means else 0.0
+                if mean_flow <= 0:
                     continue
                 pressures = [p for m in before if (p := azp.get(m)) is not None]
                 dropped = (
@@ -582,7 +593,7 @@ class Burst(DmaKind):
                     or row.azp_mpa < statistics.median(pressures)
                 )
                 ts = row.slot_at + SLOT  # judged when the slot is over
-                points.append(Point(ts, 100 * (row.net_m3h - baseline) / baseline))
+                points.append(Point(ts, 100 * (row.net_m3h - baseline) / mean_flow))
                 confirmed[ts] = dropped and row.net_m3h - baseline >= floor
 
             def level(p: Point, ok: Mapping[datetime, bool] = confirmed) -> Severity | None:
@@ -594,7 +605,8 @@ class Burst(DmaKind):
 
     def describe(self, severity: str, value: float) -> str:
         return (
-            f"net inflow {value:+.0f}% over the same 15 minutes of the previous days "
+            f"net inflow {value:+.0f}% of the mean flow over the same 15 minutes of the "
+            "previous days "
             f"({severity}: {self.limit(severity)}%)"
         )
 

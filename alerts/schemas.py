@@ -65,10 +65,11 @@ class RuleSpec(BaseModel):
       7), a tier counting only with a rise of `params.warn_min_m3h` / `params.alarm_min_m3h`
       m³/h (defaults 1 and 2);
     - net_night_flow: (MNF - legitimate night use) per service connection, L/conn/h;
-    - burst: percent excess of a 15-minute slot's net inflow over the median of the same slot
-      on the previous `params.history_days` days (default 14; at least `params.min_days`,
-      default 7), counting only with an excess of `params.min_m3h` m³/h (default 1) and, where
-      the DMA has an AZP meter, its pressure below that slot's median;
+    - burst: the excess of a 15-minute slot's net inflow over the median of the same slot on
+      the previous `params.history_days` days (default 14; at least `params.min_days`, default
+      7), in percent of the DMA's mean flow over those days, counting only with an excess of
+      `params.min_m3h` m³/h (default 1) and, where the DMA has an AZP meter, its pressure
+      below that slot's median;
     - leakage_rate: the rolling 12-month CJJ 92 leakage rate R_BL, percent.
     """
 

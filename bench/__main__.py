@@ -32,6 +32,7 @@ STAGES = (
     "raw",
     "envmon",
     "naive",
+    "hj212",
     "scaling",
     "profile",
     "live",
@@ -57,7 +58,9 @@ or --profile); live (publish->commit and publish->alert-in-API latency at a fixe
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
 api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database);
 web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in, 4 clients,
-100k alerts).
+100k alerts); hj212 (`envmon hj212` under N logger connections from client processes:
+memory per idle connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in
+a closed loop against the envmon stage's readings/s).
 """
 
 EPILOG = """\
@@ -123,6 +126,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--web-alerts", type=int, help="alerts in the web stage's database")
     g.add_argument("--web-clients", type=int, help="concurrent signed-in page clients [4]")
     g.add_argument("--web-seconds", type=float, help="measured seconds per page")
+    g.add_argument(
+        "--hj212-connections", type=int, help="logger connections of the hj212 stage [2000]"
+    )
+    g.add_argument(
+        "--hj212-idle", type=int, help="idle logger connections for the memory figure [10000]"
+    )
+    g.add_argument("--hj212-rate", type=float, help="frames/s of the hj212 latency phase [1000]")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--profile", action="store_true", help="run the py-spy stage (default: full)")
     prof.add_argument("--no-profile", action="store_true", help="skip the py-spy stage")
@@ -156,6 +166,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("web_alerts", "web_alerts"),
         ("web_clients", "web_clients"),
         ("web_seconds", "web_seconds"),
+        ("hj212_connections", "hj212_connections"),
+        ("hj212_idle", "hj212_idle_connections"),
+        ("hj212_rate", "hj212_rate"),
     ):
         value = getattr(args, arg)
         if value is not None:
@@ -264,6 +277,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
                 ),
             ),
             ("naive", lambda: _store_drain(results, "naive", throughput.naive_baseline(ctx))),
+            ("hj212", lambda: _hj212(ctx, results)),
             ("scaling", lambda: _scaling(ctx, results)),
             ("profile", lambda: _profile(ctx, results)),
             ("live", lambda: _live(ctx, results)),
@@ -305,6 +319,13 @@ def _ratios(results: dict[str, Any]) -> None:
     if "envmon" in t and "naive" in t:
         ratios["envmon_over_naive"] = t["envmon"]["msg_per_s"] / t["naive"]["msg_per_s"]
     results["ratios"] = ratios
+
+
+def _hj212(ctx: Context, results: dict[str, Any]) -> None:
+    from bench import hj212load
+
+    mqtt = results.get("throughput", {}).get("envmon", {}).get("readings_per_s")
+    results["hj212"] = hj212load.run(ctx, mqtt)
 
 
 def _scaling(ctx: Context, results: dict[str, Any]) -> None:

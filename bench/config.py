@@ -40,6 +40,13 @@ class Plan:
     web_seconds: float = 10.0
     profile: bool = False
     profile_messages: int = 60_000
+    # hj212: logger connections (each its own MN) in client processes beside the gateway
+    hj212_connections: int = 2_000
+    hj212_idle_connections: int = 10_000
+    hj212_clients: int = 4
+    hj212_rate: float = 1_000.0  # frames/s of the latency phase
+    hj212_paced_s: float = 20.0
+    hj212_saturate_s: float = 20.0
 
     @property
     def api_reduced(self) -> bool:
@@ -69,6 +76,12 @@ PRESETS: dict[str, Plan] = {
         web_alerts=1_000,
         web_seconds=1.5,
         profile_messages=2_000,
+        hj212_connections=100,
+        hj212_idle_connections=300,
+        hj212_clients=2,
+        hj212_rate=100.0,
+        hj212_paced_s=2.0,
+        hj212_saturate_s=2.0,
     ),
     "quick": Plan(
         mode="quick",
@@ -87,6 +100,8 @@ PRESETS: dict[str, Plan] = {
         web_alerts=20_000,
         web_seconds=3.0,
         profile_messages=15_000,
+        hj212_paced_s=8.0,
+        hj212_saturate_s=8.0,
     ),
     "full": Plan(
         mode="full",

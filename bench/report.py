@@ -14,6 +14,10 @@ GOAL_INGEST_SHARE = 0.70
 GOAL_ALERT_P99_MS = 1000.0
 GOAL_API_P99_MS = 100.0
 GOAL_WEB_P99_MS = 300.0  # issue 13: a page's server time with 100k alerts
+# issue 11, the HJ 212 gateway
+GOAL_HJ212_OVER_MQTT = 0.8
+GOAL_HJ212_IDLE_MB_PER_10K = 100.0
+GOAL_HJ212_P99_MS = 1000.0
 
 
 def machine() -> dict[str, Any]:
@@ -108,7 +112,102 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{p99 / GOAL_WEB_P99_MS:.1f}x the goal" if p99 >= GOAL_WEB_P99_MS else "",
             )
         )
+    out.extend(_hj212_goals(r.get("hj212")))
     return out
+
+
+def _hj212_goals(h: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not h:
+        return []
+    out: list[dict[str, Any]] = []
+    ratio = h["throughput"]["readings_over_mqtt"]
+    if ratio is not None:
+        out.append(
+            _goal(
+                "HJ 212 readings/s >= 0.8 of the MQTT path's (same run)",
+                ratio >= GOAL_HJ212_OVER_MQTT,
+                f"{ratio:.2f} of MQTT",
+                f"{GOAL_HJ212_OVER_MQTT / ratio:.1f}x faster needed"
+                if ratio < GOAL_HJ212_OVER_MQTT
+                else "",
+            )
+        )
+    idle = h["idle"]
+    if idle.get("mb_per_10k") is not None:
+        mb = idle["mb_per_10k"]
+        out.append(
+            _goal(
+                "10,000 idle HJ 212 connections in < 100 MB of gateway memory",
+                mb < GOAL_HJ212_IDLE_MB_PER_10K,
+                f"{mb:,.0f} MB per 10k logged in, {idle['mb_per_10k_before_login']:,.0f} MB "
+                f"before login (measured on {idle['connections']:,})",
+                f"{mb - GOAL_HJ212_IDLE_MB_PER_10K:,.0f} MB over"
+                if mb >= GOAL_HJ212_IDLE_MB_PER_10K
+                else "",
+            )
+        )
+    lat = h["latency"]
+    p99 = lat["answer"]["p99_ms"]
+    out.append(
+        _goal(
+            f"HJ 212 answer p99 < 1 s at {lat['target_frames_per_s']:,.0f} frames/s",
+            p99 < GOAL_HJ212_P99_MS,
+            f"p99 {_n(p99)} ms",
+            f"{p99 - GOAL_HJ212_P99_MS:,.0f} ms over" if p99 >= GOAL_HJ212_P99_MS else "",
+        )
+    )
+    return out
+
+
+def _hj212(lines: list[str], h: dict[str, Any]) -> None:
+    add = lines.append
+    add(
+        f"HJ 212 GATEWAY: envmon hj212, {h['connections']:,} logger connections from "
+        f"{h['client_processes']} client processes, {h['source_addresses']} source addresses, "
+        f"{h['readings_per_frame']} readings/frame"
+    )
+    idle = h["idle"]
+    add(
+        f"  idle: {idle['connections']:,} connections held: gateway RSS "
+        f"{idle['rss_before_mb']:,.0f} -> {idle['rss_connected_mb']:,.0f} MB connected "
+        f"({_n(idle['kb_per_connection_before_login'], 1)} KiB each) -> "
+        f"{idle['rss_after_mb']:,.0f} MB logged in ({_n(idle['kb_per_connection'], 1)} KiB "
+        "each, with the device's identity and rule state)"
+    )
+    lat = h["latency"]
+    a = lat["answer"]
+    add(
+        f"  latency: {lat['offered_frames_per_s']:,.0f} frames/s offered (target "
+        f"{lat['target_frames_per_s']:,.0f}) for {lat['seconds']:.0f} s: frame -> 9014 "
+        f"p50 {_n(a['p50_ms'])} ms, p99 {_n(a['p99_ms'])} ms, max {_n(a['max_ms'])} ms "
+        f"({a['n']:,} frames)"
+    )
+    sus = h.get("latency_sustainable")
+    if sus:
+        a = sus["answer"]
+        add(
+            f"  latency, sustainable: {sus['offered_frames_per_s']:,.0f} frames/s (half the "
+            f"closed loop's) for {sus['seconds']:.0f} s: p50 {_n(a['p50_ms'])} ms, "
+            f"p99 {_n(a['p99_ms'])} ms, max {_n(a['max_ms'])} ms ({a['n']:,} frames)"
+        )
+    t = h["throughput"]
+    vs = (
+        f"; MQTT path {t['mqtt_readings_per_s']:,.0f} readings/s, ratio "
+        f"{t['readings_over_mqtt']:.2f}"
+        if t["readings_over_mqtt"] is not None
+        else "; MQTT path not measured in this run (envmon stage skipped)"
+    )
+    add(
+        f"  closed loop {t.get('window_s', t['seconds']):.0f} s ({t['frames']:,} frames, the "
+        f"last answered after {t['seconds']:.1f} s): {t['frames_per_s']:,.0f} frames/s, "
+        f"{t['readings_per_s']:,.0f} readings/s (answer p50 {_n(t['answer']['p50_ms'])} ms, "
+        f"p99 {_n(t['answer']['p99_ms'])} ms){vs}"
+    )
+    add(
+        f"  {h['frames_answered']:,} frames answered, {h['stored']:,} readings stored "
+        f"(nothing lost: {h['lost'] == 0}), gateway CPU {h['gateway_cpu_s']:.1f} s"
+    )
+    add("")
 
 
 def _goal(name: str, met: bool, value: str, gap: str) -> dict[str, Any]:
@@ -279,9 +378,11 @@ def render(r: dict[str, Any]) -> str:
         _api(lines, r["api"])
     if r.get("web"):
         _web(lines, r["web"])
+    if r.get("hj212"):
+        _hj212(lines, r["hj212"])
     g = r.get("goals", [])
     if g:
-        add("GOALS (issues 6 and 13)")
+        add("GOALS (issues 6, 11 and 13)")
         for goal in g:
             state = "met   " if goal["met"] else "MISSED"
             gap = f"  ({goal['gap']})" if goal["gap"] else ""

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ingest.hj212.convert import Facts
 from ingest.validate import DeadLetterRecord, Row
 from monitor.core.db import one_of, pg_array
 from monitor.core.models import DeadLetter, Device, HourlyRollup, Reading, table
@@ -253,3 +254,36 @@ def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
         .values(watermark_at=bindparam("b_ts")),
         [{"b_id": d, "b_ts": ts} for d, ts in sorted(newest.items())],
     )
+
+
+def record_hj212_facts(conn: Connection, facts: Sequence[Facts]) -> None:
+    """Keep what HJ 212 loggers reported about themselves on their device rows: deviations
+    are added to those seen before (never removed: a deviation seen once is a property of
+    the logger's firmware), the RtdInterval is the newest answer, the equipment status the
+    one with the newest DataTime (a history upload does not replace a newer status)."""
+    for f in facts:
+        row = conn.execute(
+            select(
+                devices.c.hj212_deviations,
+                devices.c.hj212_rtd_interval_s,
+                devices.c.hj212_equipment_at,
+            )
+            .where(devices.c.id == f.device_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            continue  # deleted meanwhile: nothing to keep it on
+        values: dict[str, object] = {}
+        known = list(row.hj212_deviations or [])
+        merged = sorted(set(known) | set(f.deviations))
+        if merged != sorted(known):
+            values["hj212_deviations"] = merged
+        if f.rtd_interval_s is not None and f.rtd_interval_s != row.hj212_rtd_interval_s:
+            values["hj212_rtd_interval_s"] = f.rtd_interval_s
+        if f.equipment is not None and f.equipment_at is not None:
+            at = row.hj212_equipment_at
+            if at is None or f.equipment_at >= at:
+                values["hj212_equipment"] = f.equipment
+                values["hj212_equipment_at"] = f.equipment_at
+        if values:
+            conn.execute(update(devices).where(devices.c.id == f.device_id).values(values))

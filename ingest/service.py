@@ -22,8 +22,16 @@ DEFAULT_HJ212_PORT = 8212
 
 class Ingestor:
     def __init__(
-        self, settings: Settings, engine: Engine, *, mqtt: bool = True, hj212: bool = False
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        mqtt: bool = True,
+        hj212: bool = False,
+        required: bool = False,
     ) -> None:
+        """`required`: the gateway is this process's purpose (`envmon hj212`), so a busy
+        default port is an error rather than a warning."""
         inbox: queue.Queue[Message] = queue.Queue(maxsize=settings.queue_max_messages)
         self.inbox = inbox
         self.intake = MqttIntake(settings, inbox)  # connects only in start()
@@ -40,6 +48,7 @@ class Ingestor:
         )
         self.pruner = Pruner(settings, engine)
         self._hj212_port = settings.hj212_port
+        self._hj212_required = required
 
     def _ack(self, messages: list[Message]) -> None:
         # one writer, two transports: MQTT messages go back to the broker, HJ 212 frames get
@@ -67,7 +76,11 @@ class Ingestor:
         except OSError as exc:
             # Two demos side by side: the second one runs without the gateway rather than not
             # at all. A port chosen explicitly must work, though.
-            if exc.errno == errno.EADDRINUSE and self._hj212_port == DEFAULT_HJ212_PORT:
+            if (
+                exc.errno == errno.EADDRINUSE
+                and self._hj212_port == DEFAULT_HJ212_PORT
+                and not self._hj212_required
+            ):
                 log.warning(
                     "HJ 212 port %d is in use; running without the HJ 212 gateway "
                     "(set ENVMON_HJ212_PORT to another port, or 0)",

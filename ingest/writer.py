@@ -25,12 +25,13 @@ from alerts.evaluator import Outcome, Touched, evaluate_batch, evaluate_sites, e
 from alerts.service import StaleAlert
 from ingest import metrics
 from ingest.contract import marker_topic
-from ingest.hj212.convert import decode_dead
+from ingest.hj212.convert import Facts, decode_dead, decode_facts
 from ingest.mqtt import Message
 from ingest.repository import (
     advance_watermarks,
     insert_dead_letters,
     insert_readings,
+    record_hj212_facts,
     touch_devices,
     watermarks,
 )
@@ -66,6 +67,9 @@ def _retryable(exc: OperationalError) -> bool:
 
 
 HJ212_DEAD_TOPIC = "hj212/dead-letters"  # ingest.hj212.server.DEAD_TOPIC
+# what a logger reports about itself (deviations, RtdInterval, equipment status), for its
+# device row; ingest.hj212.server.FACTS_TOPIC
+HJ212_FACTS_TOPIC = "hj212/device-facts"
 
 
 @dataclass(slots=True)
@@ -411,6 +415,10 @@ class Writer:
         markers = [m for m in messages if m.topic == self._marker]
         if markers:
             messages = [m for m in messages if m.topic != self._marker]
+        facts = [m for m in messages if m.topic == HJ212_FACTS_TOPIC]
+        if facts:
+            messages = [m for m in messages if m.topic != HJ212_FACTS_TOPIC]
+            record_hj212_facts(conn, [f for f in map(_facts, facts) if f is not None])
         parsed = [self._parse(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
@@ -556,6 +564,15 @@ class Writer:
             metrics.DEAD.labels(d.reason.value).inc()
         for device_id, (at, _, _) in summary.seen.items():
             metrics.LAST_SEEN.labels(device_id).set(at.timestamp())
+
+
+def _facts(m: Message) -> Facts | None:
+    try:
+        return decode_facts(m.payload)
+    except (ValueError, KeyError, TypeError):
+        # only the gateway writes these; a bad one (an old spool?) must not stop the batch
+        log.exception("HJ 212 device facts unreadable; skipped: %r", m.payload[:200])
+        return None
 
 
 def _marker_generation(m: Message) -> int:

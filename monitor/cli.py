@@ -155,6 +155,8 @@ def up(
             err=True,
         )
         app = create_app(settings)
+        if ingestor.gateway is not None:
+            app.state.hj212_status = ingestor.gateway.status
         if broker is not None:
             app.state.on_devices_changed = lambda: _sync_broker(settings, engine, broker)
         server = uvicorn.Server(
@@ -463,6 +465,39 @@ def ingest() -> None:
 
 
 @main.command()
+def hj212() -> None:
+    """Run the HJ 212 gateway alone: loggers' frames stored, evaluated and answered (9014)
+    after commit, by a writer and spool of its own."""
+    from prometheus_client import start_http_server
+
+    from ingest.service import Ingestor
+    from monitor.core.db import make_engine
+
+    settings = _settings()
+    _check_production(settings)
+    if not settings.hj212_port:
+        raise click.UsageError("`envmon hj212` needs ENVMON_HJ212_PORT (0 turns the gateway off)")
+    if settings.spool_file is None:
+        # its own spool: an `envmon ingest` beside it (same data dir) replays its own file
+        settings = settings.model_copy(
+            update={"spool_file": settings.data_dir / "spool-hj212.sqlite"}
+        )
+    engine = make_engine(settings.sqlalchemy_url)
+    ingestor = Ingestor(settings, engine, mqtt=False, hj212=True, required=True)
+    start_http_server(settings.metrics_port)
+    log.info("metrics on :%d/metrics", settings.metrics_port)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        ingestor.start()
+        done.wait()
+    finally:
+        ingestor.stop()
+        engine.dispose()
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 def notify(once: bool) -> None:
     """Send pending alert notifications to ENVMON_WEBHOOK_URL (envmon up and envmon ingest
@@ -663,9 +698,13 @@ def devices_import(file: Path) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     engine = make_engine(settings.sqlalchemy_url)
-    with engine.begin() as conn:
-        n_sites, n_devices, issued = import_fleet(conn, doc)
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            n_sites, n_devices, issued = import_fleet(conn, doc)
+    except EnvmonError as exc:  # e.g. an hj212_mn another device has: nothing is imported
+        raise click.ClickException(f"{file}: {exc.message}") from exc
+    finally:
+        engine.dispose()
     click.echo(f"registered {n_sites} sites and {n_devices} devices from {file}")
     if issued:
         path = _write_credentials(settings, issued)

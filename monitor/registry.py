@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from ingest.contract import DEVICE_ID_PATTERN
 from monitor.broker_auth import check_username, hash_password, new_password
 from monitor.core.catalogue import DeviceKind, DmaRole, SiteKind
-from monitor.core.exceptions import InvalidInput, NotFound
+from monitor.core.exceptions import Conflict, InvalidInput, NotFound
 from monitor.core.models import Device, DeviceStatus, Site, table
 
 sites_t = table(Site)
@@ -141,17 +142,40 @@ def upsert_device(conn: Connection, device: DeviceCreate) -> str | None:
         check_username(device.id)
     except ValueError as exc:
         raise InvalidInput(f"id: {exc}", field="id") from exc
+    if device.hj212_mn is not None:
+        _check_mn_free(conn, device.hj212_mn, device.id)
     # the HJ 212 PW is stored hashed, as the MQTT one; a re-import without it keeps the hash
     extra = (
         {"hj212_password_hash": hash_password(device.hj212_password)}
         if device.hj212_password is not None
         else None
     )
-    _upsert(conn, devices_t, device, exclude=frozenset({"hj212_password"}), extra=extra)
+    try:
+        with conn.begin_nested():
+            _upsert(conn, devices_t, device, exclude=frozenset({"hj212_password"}), extra=extra)
+    except IntegrityError as exc:
+        # another registration took the MN between the check and the write
+        if device.hj212_mn is not None and "hj212_mn" in str(exc.orig):
+            raise _mn_taken(device.hj212_mn) from exc
+        raise
     has = conn.execute(
         select(devices_t.c.mqtt_password_hash).where(devices_t.c.id == device.id)
     ).scalar_one()
     return None if has else issue_credentials(conn, device.id)
+
+
+def _mn_taken(mn: str, owner: str | None = None) -> Conflict:
+    whose = f" by device {owner!r}" if owner else ""
+    return Conflict(f"hj212_mn {mn!r} is already registered{whose}", field="body.hj212_mn")
+
+
+def _check_mn_free(conn: Connection, mn: str, device_id: str) -> None:
+    """An MN names one logger: a second device with it would log in as the first."""
+    owner = conn.execute(
+        select(devices_t.c.id).where(devices_t.c.hj212_mn == mn, devices_t.c.id != device_id)
+    ).scalar()
+    if owner is not None:
+        raise _mn_taken(mn, owner)
 
 
 def issue_credentials(conn: Connection, device_id: str) -> str:

@@ -31,6 +31,89 @@ _FLAGS = {f.value for f in QualityFlag}
 class Device(NamedTuple):
     device_id: str
     unit: str | None  # "ng/m3" when particulates arrive in the standard's unit
+    interval_s: int = 60  # its registered reporting interval
+    rtd_interval_s: int | None = None  # the RtdInterval it last reported (1061)
+
+
+@dataclass(slots=True)
+class Facts:
+    """What a logger said about itself, for its device row (written by the writer, in the
+    batch of the frame that said it, so it is durable when that frame is answered)."""
+
+    device_id: str
+    deviations: list[str] = field(default_factory=list)
+    rtd_interval_s: int | None = None
+    equipment: dict[str, dict[str, float]] | None = None
+    equipment_at: datetime | None = None
+
+
+def encode_facts(facts: Facts) -> bytes:
+    return orjson.dumps(
+        {
+            "device_id": facts.device_id,
+            "deviations": facts.deviations,
+            "rtd_interval_s": facts.rtd_interval_s,
+            "equipment": facts.equipment,
+            "equipment_at": facts.equipment_at.isoformat() if facts.equipment_at else None,
+        }
+    )
+
+
+def decode_facts(payload: bytes) -> Facts:
+    d = orjson.loads(payload)
+    at = d.get("equipment_at")
+    return Facts(
+        d["device_id"],
+        list(d.get("deviations") or []),
+        d.get("rtd_interval_s"),
+        d.get("equipment"),
+        datetime.fromisoformat(at) if at else None,
+    )
+
+
+# §1.5: RtdInterval (s) is 30-3600 in the standard; loggers in the field are set wider, so
+# anything from 1 s to a day (the registration's own bounds) is recorded as reported
+RTD_INTERVAL_RANGE = (1, 86_400)
+
+
+def rtd_interval(packet: Packet) -> int | str:
+    """The RtdInterval of a logger's 1061 upload, or why it cannot be read."""
+    text = packet.cp.get("RtdInterval")
+    if text is None:
+        return "no RtdInterval in the 1061 upload"
+    lo, hi = RTD_INTERVAL_RANGE
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        return f"RtdInterval={text[:20]!r} is not a number of seconds from {lo} to {hi}"
+    return int(text)
+
+
+# §1.5: SBxxx-RS is the state (0 off, 1 running, 2 calibrating, 3 maintenance, 4 alarm,
+# 5 blowback), SBxxx-RT the hours it ran that day
+EQUIPMENT_STATES = range(6)
+EQUIPMENT_SUFFIXES = ("RS", "RT")
+
+
+def equipment(packet: Packet, tz: ZoneInfo) -> tuple[dict[str, dict[str, float]], datetime] | str:
+    """The equipment status of a 2021 upload, per equipment code, at its DataTime; or why
+    it cannot be read."""
+    ts = data_time(packet.cp.get("DataTime"), tz)
+    if ts is None:
+        return f"DataTime={packet.cp.get('DataTime')!r} is not YYYYMMDDhhmmss"
+    out: dict[str, dict[str, float]] = {}
+    for key, text in packet.cp.items():
+        parts = split_key(key)
+        if parts is None or parts[1] not in EQUIPMENT_SUFFIXES:
+            continue
+        code, suffix = parts
+        value = _num(text)
+        if value is None or (suffix == "RS" and value not in EQUIPMENT_STATES):
+            return f"{key}={text[:20]!r} is not a valid {suffix}"
+        if suffix == "RT" and not 0 <= value <= 24:
+            return f"{key}={text[:20]!r} is not 0-24 hours"
+        out.setdefault(code[:32], {})[suffix] = int(value) if suffix == "RS" else value
+    if not out:
+        return "no -RS or -RT item in the 2021 upload"
+    return out, ts
 
 
 @dataclass(slots=True)

@@ -38,6 +38,8 @@ class Registered(NamedTuple):
     password_hash: str | None
     unit: str | None
     active: bool
+    interval_s: int
+    rtd_interval_s: int | None
 
 
 class Refused(NamedTuple):
@@ -103,6 +105,8 @@ class Identities:
                         cols.hj212_password_hash,
                         cols.hj212_unit,
                         cols.status,
+                        cols.interval_s,
+                        cols.hj212_rtd_interval_s,
                     ).where(cols.hj212_mn.is_not(None))
                 ).all()
         except OperationalError:
@@ -115,7 +119,12 @@ class Identities:
             return
         self._known = {
             r.hj212_mn: Registered(
-                r.id, r.hj212_password_hash, r.hj212_unit, r.status == DeviceStatus.active
+                r.id,
+                r.hj212_password_hash,
+                r.hj212_unit,
+                r.status == DeviceStatus.active,
+                r.interval_s,
+                r.hj212_rtd_interval_s,
             )
             for r in rows
         }
@@ -147,7 +156,7 @@ class Identities:
                 self.address_throttle.fail(address, now)
                 self.throttle.fail(mn, now)
                 return Refused(Reason.hj212_wrong_password, f"wrong PW for MN {mn[:64]!r}")
-            return Device(found.device_id, found.unit)
+            return Device(found.device_id, found.unit, found.interval_s, found.rtd_interval_s)
 
     def _password_ok(self, mn: str, pw: str | None, found: Registered) -> bool:
         if pw is None or found.password_hash is None:

@@ -290,7 +290,9 @@ def parse_segment(segment: bytes) -> Packet | Malformed:
             text = segment.decode("gbk")
         except UnicodeDecodeError:
             return Malformed("data segment is neither UTF-8 nor GBK")
-    deviations: list[str] = []
+        deviations: list[str] = ["gbk_text"]
+    else:
+        deviations = []
     at = text.find(_CP_START)
     if at < 0:
         return Malformed("no CP=&& in the data segment")
@@ -300,7 +302,10 @@ def parse_segment(segment: bytes) -> Packet | Malformed:
     cp_text = cp_text[:-2]
     fields: dict[str, str] = {}
     for part in head.split(";"):
-        part = part.strip().strip(",")  # §1.11: a stray ',' before MN
+        stripped = part.strip().strip(",")  # §1.11: a stray ',' before MN
+        if stripped != part.strip() and "stray_comma" not in deviations:
+            deviations.append("stray_comma")
+        part = stripped
         if not part:
             continue
         key, sep, value = part.partition("=")

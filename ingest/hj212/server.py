@@ -25,7 +25,16 @@ from sqlalchemy import Engine
 
 from ingest import metrics
 from ingest.contract import telemetry_topic
-from ingest.hj212.convert import DATA_CNS, Device, convert, encode_dead
+from ingest.hj212.convert import (
+    DATA_CNS,
+    Device,
+    Facts,
+    convert,
+    encode_dead,
+    encode_facts,
+    equipment,
+    rtd_interval,
+)
 from ingest.hj212.identity import Identities, Refused
 from ingest.hj212.protocol import (
     RAW_EXCERPT,
@@ -41,7 +50,7 @@ from ingest.hj212.protocol import (
 )
 from ingest.mqtt import Message
 from ingest.validate import DeadLetterRecord, Reason
-from ingest.writer import HJ212_DEAD_TOPIC
+from ingest.writer import HJ212_DEAD_TOPIC, HJ212_FACTS_TOPIC
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,9 @@ log = logging.getLogger(__name__)
 # The writer's queue carries these beside telemetry: a list of dead letters, stored by the
 # same write path (and spooled with everything else while the database is away).
 DEAD_TOPIC = HJ212_DEAD_TOPIC
+FACTS_TOPIC = HJ212_FACTS_TOPIC
+IDLE_INTERVALS = 3  # a logged-in logger may be silent this many of its intervals
+SWEEP_S = 1.0  # how often silent connections are looked for
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
 CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
@@ -80,6 +92,25 @@ def _answer(packet: Packet, cn: str, cp: str) -> bytes:
         parts.append(f"PW={packet.pw}")
     parts += [f"MN={packet.mn}", f"Flag={VERSION_FLAG[packet.version]}", f"CP=&&{cp}&&"]
     return encode_frame(";".join(parts))
+
+
+def idle_limit_s(idle_s: float, device: Device | None) -> float:
+    """How long a connection may be silent: the setting, and for a logged-in logger at least
+    IDLE_INTERVALS of its interval (the registered one or the RtdInterval it reported,
+    whichever is longer), so a logger reporting every 10 minutes is not cut after 10."""
+    if device is None:
+        return idle_s
+    interval = max(device.interval_s, device.rtd_interval_s or 0)
+    return max(idle_s, IDLE_INTERVALS * float(interval))
+
+
+def ask_rtd_interval_1061(packet: Packet, now: datetime) -> bytes:
+    """The platform's "get the real-time data interval" (1061), asking for an answer."""
+    st = packet.fields.get("ST", "91")
+    return encode_frame(
+        f"QN={now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d};ST={st};CN=1061;"
+        f"PW={packet.pw or ''};MN={packet.mn};Flag={VERSION_FLAG[packet.version] | 1};CP=&&&&"
+    )
 
 
 def qn_skew_s(qn: str | None, now: datetime) -> float | None:
@@ -123,6 +154,9 @@ class Connection:
         self.device: Device | None = None
         self.rejects = 0
         self.closed = False
+        self.idle_s = 0.0  # set by the gateway: its setting, then the device's limit
+        self.last_read = 0.0  # loop time the last read started (the sweep compares)
+        self.asked_interval = False
 
 
 class Gateway:
@@ -132,6 +166,9 @@ class Gateway:
         self._host = settings.hj212_host
         self._port = settings.hj212_port
         self._idle_s = settings.hj212_idle_s
+        self._ask_interval = settings.hj212_ask_rtd_interval
+        # deviations already sent to the writer per device (bounded by the devices known)
+        self._reported: dict[str, frozenset[str]] = {}
         self._per_address = settings.hj212_max_connections_per_address
         self._by_address: dict[str, int] = {}
         self._prefix = settings.mqtt_topic_prefix
@@ -176,17 +213,53 @@ class Gateway:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("HJ 212 gateway listening on %s:%d", self._host, self.port)
         self._ready.set()
+        sweeper = asyncio.create_task(self._sweep(), name="envmon-hj212-idle-sweep")
         async with self._server:
             await self._stopping.wait()
+            sweeper.cancel()
             self._server.close()
             for conn in list(self._conns):
                 conn.writer.close()
-            # the connections' handlers end here, not with the loop (no task left pending)
+            # the connections' handlers end here, not with the loop (no task left pending):
+            # on the EOF of their closed connections first; only what is still running then
+            # (a frame waiting for room in the writer's queue) is cancelled, since asyncio
+            # logs a cancelled stream handler as an error
             handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            if handlers:
+                _, running = await asyncio.wait(handlers, timeout=2.0)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
             await self._server.wait_closed()
+
+    async def _sweep(self) -> None:
+        """Close connections silent past their idle limit. One task for all of them, rather
+        than a timeout on every read: an idle connection then costs no timer and no task
+        beyond its handler (10,000 idle loggers are the normal state of this server)."""
+        loop = asyncio.get_running_loop()
+        every = min(SWEEP_S, self._idle_s / 2)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for conn in list(self._conns):
+                if not conn.closed and now - conn.last_read > conn.idle_s:
+                    log.info(
+                        "HJ 212 connection from %s idle for %.0fs; closing", conn.peer, conn.idle_s
+                    )
+                    conn.closed = True
+                    conn.writer.close()  # its pending read then ends (EOF)
+
+    def status(self) -> dict[str, object]:
+        """For the health check, from any thread: listening, port, open connections."""
+        server = self._server
+        return {
+            "listening": server is not None
+            and server.is_serving()
+            and self._thread is not None
+            and self._thread.is_alive(),
+            "port": self.port,
+            "connections": self.counters.connections,
+        }
 
     def stop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -200,6 +273,7 @@ class Gateway:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
+        conn.idle_s = self._idle_s
         held = self._by_address.get(conn.peer, 0)
         if self._per_address and held >= self._per_address:
             log.warning("HJ 212: %s already holds %d connections; refused", conn.peer, held)
@@ -227,21 +301,24 @@ class Gateway:
             writer.close()
 
     async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
         while conn.rejects < MAX_REJECTS:
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._idle_s)
-            except TimeoutError:
-                log.info("HJ 212 connection from %s idle for %ss; closing", conn.peer, self._idle_s)
+            conn.last_read = loop.time()
+            data = await reader.read(READ_CHUNK)  # the idle limit: _sweep
+            if not data or conn.closed:
                 return
-            if not data:
-                return
-            for item in conn.framer.feed(data):
-                if isinstance(item, Rejected):
-                    conn.rejects += 1
-                    await self._reject(conn, _REASONS[item.reason], item.detail, item.raw)
-                else:
-                    await self._frame(conn, item)
+            await self._feed(conn, data)
+            # an idle connection waits holding nothing of its last read or frame
+            del data
         log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+
+    async def _feed(self, conn: Connection, data: bytes) -> None:
+        for item in conn.framer.feed(data):
+            if isinstance(item, Rejected):
+                conn.rejects += 1
+                await self._reject(conn, _REASONS[item.reason], item.detail, item.raw)
+            else:
+                await self._frame(conn, item)
 
     async def _reject(
         self,
@@ -270,16 +347,16 @@ class Gateway:
         device = await self._identify(conn, packet, frame)
         if device is None:
             return
-        if frame.deviations or packet.deviations:
-            log.info(
-                "HJ 212 %s (%s) deviates from the standard: %s",
-                packet.mn,
-                device.device_id,
-                ", ".join([*frame.deviations, *packet.deviations]),
-            )
+        deviations = [*frame.deviations, *packet.deviations]
         cn = packet.cn or ""
         if cn in DATA_CNS:
-            await self._data(conn, packet, device, frame)
+            await self._data(conn, packet, device, frame, deviations)
+        elif cn == "1061":
+            # the logger's answer to our 1061: its RtdInterval, kept beside interval_s
+            await self._report(conn, packet, device, frame, deviations, self._interval_facts)
+        elif cn == "2021":
+            # equipment status (SBxxx-RS/-RT): the newest kept on the device
+            await self._report(conn, packet, device, frame, deviations, self._equipment_facts)
         elif cn == "1013":
             # a time-calibration request: noticed (9013), then the platform's time (1012)
             # when the logger's clock, as its QN shows it, is off
@@ -294,6 +371,72 @@ class Gateway:
                 self._send(conn, answer_9013(packet))
         else:
             log.info("HJ 212 %s sent CN=%s; recorded, not acted on", packet.mn, cn[:8])
+        if cn not in DATA_CNS and cn not in ("1061", "2021"):
+            await self._put_facts(self._new_facts(device, deviations))
+        if self._ask_interval and not conn.asked_interval:
+            conn.asked_interval = True
+            self._send(conn, ask_rtd_interval_1061(packet, datetime.now(self._tz)))
+
+    def _new_facts(self, device: Device, deviations: list[str]) -> Facts | None:
+        """The deviations not yet reported for this device, as facts for its row; each one is
+        sent to the writer once per process (the writer adds them to those stored)."""
+        if not deviations:
+            return None  # the common case: no set kept for a device that never deviates
+        seen = self._reported.get(device.device_id, frozenset())
+        new = sorted(set(deviations) - seen)
+        if not new:
+            return None
+        log.info("HJ 212 %s deviates from the standard (tolerated): %s", device.device_id, new)
+        self._reported[device.device_id] = seen | set(new)
+        return Facts(device.device_id, deviations=new)
+
+    async def _put_facts(self, facts: Facts | None) -> None:
+        if facts is not None:
+            await self._put(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, _now(), 0))
+
+    def _interval_facts(self, packet: Packet, device: Device, facts: Facts) -> str | None:
+        value = rtd_interval(packet)
+        if isinstance(value, str):
+            return value
+        facts.rtd_interval_s = value
+        return None
+
+    def _equipment_facts(self, packet: Packet, device: Device, facts: Facts) -> str | None:
+        status = equipment(packet, self._tz)
+        if isinstance(status, str):
+            return status
+        facts.equipment, facts.equipment_at = status
+        return None
+
+    async def _report(
+        self,
+        conn: Connection,
+        packet: Packet,
+        device: Device,
+        frame: Frame,
+        deviations: list[str],
+        read: Callable[[Packet, Device, Facts], str | None],
+    ) -> None:
+        """A frame that tells about the logger itself (1061, 2021): its facts, or a dead
+        letter with the reason, stored before the frame is answered (when it asks)."""
+        facts = self._new_facts(device, deviations) or Facts(device.device_id)
+        problem = read(packet, device, facts)
+        if problem is None:
+            message = Message(FACTS_TOPIC, encode_facts(facts), 0, 0, _now(), 0)
+        else:
+            if facts.deviations:
+                await self._put_facts(Facts(device.device_id, deviations=facts.deviations))
+            record = DeadLetterRecord(
+                telemetry_topic(self._prefix, device.device_id),
+                device.device_id,
+                Reason.hj212_bad_cp,
+                f"CN={packet.cn}: {problem}",
+                _text(frame.raw),
+            )
+            message = Message(DEAD_TOPIC, encode_dead([record]), 0, 0, _now(), 0)
+        if packet.needs_answer:
+            message.reply = self._replier(conn, answer_9014(packet))
+        await self._put(message)
 
     async def _identify(self, conn: Connection, packet: Packet, frame: Frame) -> Device | None:
         mn = packet.mn or ""
@@ -314,13 +457,19 @@ class Gateway:
             await self._reject(conn, result.reason, result.detail, frame.raw)
             return None
         conn.mn, conn.device = mn, result
+        conn.idle_s = idle_limit_s(self._idle_s, result)
         return result
 
-    async def _data(self, conn: Connection, packet: Packet, device: Device, frame: Frame) -> None:
+    async def _data(
+        self, conn: Connection, packet: Packet, device: Device, frame: Frame, deviations: list[str]
+    ) -> None:
         topic = telemetry_topic(self._prefix, device.device_id)
         converted = convert(packet, device, topic, _text(frame.raw), self._tz)
         messages: list[Message] = []
         now = _now()
+        facts = self._new_facts(device, [*deviations, *converted.deviations])
+        if facts is not None:
+            messages.append(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, now, 0))
         if converted.reading_set is not None:
             payload = orjson.dumps(converted.reading_set)
             messages.append(Message(topic, payload, 0, 0, now, 0))

@@ -11,11 +11,22 @@ from monitor.core.catalogue import DmaRole
 from monitor.registry import DmaFields
 
 
+class GatewayHealth(BaseModel):
+    listening: bool = Field(description="The HJ 212 gateway accepts connections")
+    port: int | None
+    connections: int = Field(description="Open logger connections")
+
+
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded when a gateway of this process is down")
     database: str
     version: str
     timescaledb: bool
+    hj212: GatewayHealth | None = Field(
+        None,
+        description="The HJ 212 gateway running in this process (envmon up); null when there "
+        "is none here (envmon api: the gateway is `envmon hj212`, checked at its own port)",
+    )
 
 
 class SiteRead(BaseModel):
@@ -68,6 +79,30 @@ class DeviceRead(BaseModel):
     )
     created_at: datetime
     dma_role: str | None = Field(None, description="A leak meter's role in its DMA (null: inlet)")
+    hj212_mn: str | None = Field(
+        None, description="The HJ 212 data logger's MN, if the device speaks HJ 212 over TCP"
+    )
+    hj212_unit: str | None = Field(
+        None, description="Unit of its HJ 212 particulate values (null: ug/m3)"
+    )
+    hj212_deviations: list[str] | None = Field(
+        None,
+        description="The tolerated HJ 212 field deviations the logger was seen to send "
+        "(docs/hj212.md, Tolerated and rejected)",
+    )
+    hj212_rtd_interval_s: int | None = Field(
+        None,
+        description="The RtdInterval the logger reported (1061); interval_s, the registered "
+        "one, is what no-data, validity and online are measured against",
+    )
+    hj212_equipment: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="The logger's last equipment status (2021): per equipment code, RS "
+        "(0 off, 1 running, 2 calibrating, 3 maintenance, 4 alarm, 5 blowback) and RT (hours)",
+    )
+    hj212_equipment_at: datetime | None = Field(
+        None, description="DataTime of that equipment status"
+    )
 
 
 class DeviceCreated(DeviceRead):

@@ -133,3 +133,19 @@ SERIES: dict[str, Metric] = {
     **METRICS,
     **{p.name: p for m in METRICS.values() if m.hj212 for p in _period_series(m)},
 }
+
+
+class HJ212Deviation(StrEnum):
+    """The field deviations from HJ 212 (standards.md §1.11) that the gateway tolerates, as
+    recorded on a device (`devices.hj212_deviations`) once it has been seen to send them."""
+
+    lowercase_crc = "lowercase_crc"  # `...&&7d00`
+    no_crlf = "no_crlf"  # a frame without its CRLF tail
+    length_mismatch = "length_mismatch"  # a declared length that is off, the CRC right
+    missing_flag = "missing_flag"  # no Flag (2005 style): version 2005, no answer asked
+    flag_key_case = "flag_key_case"  # `FLAG=`
+    stray_comma = "stray_comma"  # a `,` around a header field, e.g. before MN
+    cp_spaces = "cp_spaces"  # spaces after `&&` or before the closing one
+    trailing_separator = "trailing_separator"  # a `;` before the closing `&&`
+    doubled_suffix = "doubled_suffix"  # `LA-Rtd-Rtd=71.0`
+    gbk_text = "gbk_text"  # a data segment in GBK rather than UTF-8

@@ -193,6 +193,14 @@ class Device(Base):
     hj212_password_hash: Mapped[str | None] = mapped_column(String(255))
     # unit its particulate codes arrive in: "ug/m3" (default when None) or "ng/m3" (§1.11)
     hj212_unit: Mapped[str | None] = mapped_column(String(16))
+    # What the logger reports about itself (ingest/hj212, written by the writer): the field
+    # deviations of standards.md §1.11 it was seen to send (catalogue.HJ212_DEVIATIONS), the
+    # RtdInterval it answered to a 1061 request (beside interval_s, which wins), and its
+    # last 2021 equipment status {"SB1": {"RS": 1, "RT": 12.5}} at that status's DataTime
+    hj212_deviations: Mapped[list[str] | None] = mapped_column()
+    hj212_rtd_interval_s: Mapped[int | None] = mapped_column(Integer)
+    hj212_equipment: Mapped[dict[str, Any] | None] = mapped_column()
+    hj212_equipment_at: Mapped[datetime | None] = mapped_column()
 
 
 class Role(StrEnum):

@@ -147,7 +147,15 @@ class Settings(BaseSettings):
         8212, ge=0, le=65535, description="TCP port of the HJ 212 gateway; 0 = no gateway"
     )
     hj212_idle_s: float = Field(
-        600.0, gt=0, description="An HJ 212 connection silent this long is closed"
+        600.0,
+        gt=0,
+        description="An HJ 212 connection silent this long is closed; a logged-in logger's "
+        "limit is at least 3 of its intervals (interval_s, or the RtdInterval it reported)",
+    )
+    hj212_ask_rtd_interval: bool = Field(
+        False,
+        description="Ask each logger for its RtdInterval (1061) once per connection; the "
+        "answer is recorded beside the device's interval_s",
     )
     hj212_max_connections_per_address: int = Field(
         0,

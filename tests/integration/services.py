@@ -90,13 +90,15 @@ class OwnPostgres:
 
 
 class IngestProcess:
-    """`envmon ingest` in its own process, with the given settings as environment."""
+    """`envmon ingest` (or another verb that logs "ingestor running", e.g. `envmon hj212`)
+    in its own process, with the given settings as environment."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, command: str = "ingest") -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ENVMON_")}
         self.env.update(env)
         self.env.setdefault("ENVMON_METRICS_PORT", str(free_port()))
         self.log = log
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -104,12 +106,14 @@ class IngestProcess:
         envmon = str(Path(sys.executable).with_name("envmon"))
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [envmon, "ingest"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            [envmon, self.command], env=self.env, stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 20
         while b"ingestor running" not in self.log.read_bytes().split(b"=== start")[-1]:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"envmon ingest did not start:\n{self.log.read_text()}")
+                raise AssertionError(
+                    f"envmon {self.command} did not start:\n{self.log.read_text()}"
+                )
             time.sleep(0.1)
 
     def mark(self) -> None:

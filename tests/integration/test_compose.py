@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-ENVMON_SERVICES = ("migrate", "ingest", "api")
+ENVMON_SERVICES = ("migrate", "ingest", "hj212", "api")
 PREFIX = Settings.model_config["env_prefix"]
 SETTING_VARIABLES = {PREFIX + name.upper() for name in Settings.model_fields}
 
@@ -96,9 +96,9 @@ def volume_mounts(service: str) -> list[tuple[str, str, str]]:
 # --- the compose file against the code ---------------------------------------------------------
 
 
-def test_compose_file_has_the_five_services_and_no_version_key() -> None:
+def test_compose_file_has_the_six_services_and_no_version_key() -> None:
     assert "version" not in COMPOSE
-    assert set(SERVICES) == {"timescaledb", "mosquitto", "migrate", "ingest", "api"}
+    assert set(SERVICES) == {"timescaledb", "mosquitto", "migrate", "ingest", "hj212", "api"}
     top = {k for k in COMPOSE if not k.startswith("x-")}
     assert top <= {"name", "services", "volumes", "networks", "configs", "secrets"}
 
@@ -164,10 +164,11 @@ def test_services_start_in_order_behind_health_checks() -> None:
         "mosquitto": "service_healthy",
     }
     assert conditions("api") == {"migrate": "service_completed_successfully"}
-    for name in ("timescaledb", "mosquitto", "api"):
+    assert conditions("hj212") == {"migrate": "service_completed_successfully"}
+    for name in ("timescaledb", "mosquitto", "hj212", "api"):
         assert SERVICES[name]["healthcheck"]["test"][0] == "CMD", name
     assert SERVICES["migrate"]["restart"] == "no"
-    for name in ("timescaledb", "mosquitto", "ingest", "api"):
+    for name in ("timescaledb", "mosquitto", "ingest", "hj212", "api"):
         assert SERVICES[name]["restart"] == "unless-stopped", name
     pg = SERVICES["timescaledb"]["environment"]
     check = SERVICES["timescaledb"]["healthcheck"]["test"]
@@ -570,3 +571,16 @@ def test_the_ingestor_reads_over_tls_with_the_ca_and_plain_mqtt_is_refused_there
         plain.loop_start()
         assert not connected.wait(2)
         plain.loop_stop()
+
+
+def test_hj212_port_is_published_on_a_chosen_address_with_the_security_caveat() -> None:
+    (published,) = SERVICES["hj212"]["ports"]
+    env = {"HJ212_BIND": "10.8.0.1", "HJ212_PORT": "8212"}
+    assert interpolate(published, env) == "10.8.0.1:8212:8212"
+    assert interpolate(published, {}) == "127.0.0.1:8212:8212"  # loopback unless chosen
+    environment = SERVICES["hj212"]["environment"]
+    assert environment["ENVMON_HJ212_PORT"] == "8212"
+    assert Settings(hj212_host=environment["ENVMON_HJ212_HOST"]).hj212_port == 8212
+    text = (ROOT / "docker-compose.yml").read_text()
+    caveat = text.split("  hj212:", 1)[0].rsplit("\n\n", 1)[1]
+    assert "plain TCP" in caveat and "in clear" in caveat and "VPN" in caveat

@@ -1,8 +1,10 @@
 """The HJ 212 gateway end to end: real TCP server, real writer, real PostgreSQL.
 
-Field frames come from public code, found with the search tool (find_string); the index
-names each file by an id, given here with what identifies the file. Each frame is used
-exactly as published, CRC included (each CRC was checked: Appendix A gives the printed one).
+Field frames come from public code, found with the search tool. Each is cited by repository
+and path where the index could resolve the file to them; otherwise by what identifies the
+file (package, class, method) and the index's file id (`read_file` with that id shows it).
+Each frame is used exactly as published, CRC included (each CRC was checked: Appendix A gives
+the printed one, except BAD_CRC's).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from ingest.hj212.protocol import Frame, Framer, Packet, crc_text, encode_frame, parse_segment
 from ingest.service import Ingestor
@@ -36,14 +38,17 @@ WORKED = encode_frame(
     "QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;"
     "CP=&&RtdInterval=30&&"
 )
-# A Laravel dust platform's HomeController::gateway() (find_string id 6808325978), ST=39,
-# Flag=4 (no answer asked), every dust code of §1.9.
+# Source: github.com/Lancer-Ming/factory, app/Http/Controllers/HomeController.php,
+# HomeController::gateway() in an earlier version of the file (index id 6808325978; the
+# version at 092c5efe no longer holds it). A Laravel dust platform: ST=39, Flag=4 (no answer
+# asked), every dust code of §1.9.
 PHP_DUST = (
     b"##0239QN=20180821142509000;ST=39;CN=2011;PW=123456;MN=690000D5800028F889221AC0;Flag=4;"
     b"CP=&&DataTime=20180821142509;a34004-Rtd=0.0;a34002-Rtd=0.0;a34001-Rtd=0.0;LA-Rtd=0.0;"
     b"a01001-Rtd=0.0;a01002-Rtd=0.0;a01006-Rtd=0.0;a01007-Rtd=0.0;a01008-Rtd=0&&E541\r\n"
 )
-# A Java "212国标解析器" (NationalStandard212.main, find_string id 16097490640): no Flag,
+# Source: a Java "212国标解析器", class iot.plugin.NationalStandard212, main() (author Liu
+# Siyuan; index id 16097490640; its repository is not resolvable from the index). No Flag,
 # i.e. 2005 style, no answer asked.
 JAVA_2005 = (
     b"##0249QN=20180507000558;ST=39;CN=2011;PW=123456;MN=010000A00000000000A00654;"
@@ -51,7 +56,9 @@ JAVA_2005 = (
     b"a01002-Flag=N;a34001-Rtd=0.0,a34001-Flag=N;a34002-Rtd=24.0,a34002-Flag=N;"
     b"a34004-Rtd=23.0,a34004-Flag=N&&D801\r\n"
 )
-# com.ep.yc.yctcpanalysis.test.T1 (find_string id 4827346603): ST=22 dust, Flag=5.
+# Source: a Java dust TCP parser, class com.ep.yc.yctcpanalysis.test.T1, main() (author WQY,
+# 2019-10-18; index id 4827346603; repository not resolvable from the index). ST=22 dust,
+# Flag=5.
 YC_DUST = (
     b"##0317QN=20191018104952418;ST=22;CN=2011;PW=123456;MN=ZX00001;Flag=5;"
     b"CP=&&DataTime=20191018104900;a34002-Rtd=30,a34002-Flag=N;a34004-Rtd=25,a34004-Flag=N;"
@@ -59,8 +66,11 @@ YC_DUST = (
     b"a01008-Flag=N;a01007-Rtd=3.5,a01007-Flag=N;a34001-Rtd=132,a34001-Flag=N;"
     b"LA-Rtd=66.8,LA-Flag=N&&AF01\r\n"
 )
-# A Python water platform's tests (find_string ids 67575497151, 67129704497): 2025 (Flag=9),
-# real-time and hourly; w01017 and w01019 are not mapped codes.
+# Source: a Python water-quality platform (FastAPI, module app.services.hj212), its parser
+# tests: REALTIME_SAMPLE and HOURLY_SAMPLE beside test_parse_realtime_hj212_message (index id
+# 67129704497; the real-time frame again as RAW_PACKET in its API tests, id 67575497151);
+# repository not resolvable from the index. 2025 (Flag=9), real-time and hourly; w01017 and
+# w01019 are not mapped codes.
 WATER_2025_RTD = (
     b"##0247QN=20260706103512345;ST=21;CN=2011;PW=123456;MN=A110000_0001;Flag=9;"
     b"CP=&&DataTime=20260706103000;w01010-Rtd=28.6,w01010-Flag=N;w01014-Rtd=7.8,"
@@ -73,8 +83,9 @@ WATER_2025_HOUR = (
     b"w01014-Flag=N;w01001-Avg=6.6,w01001-Flag=N;w01017-Avg=15.0,w01017-Flag=N;"
     b"w01019-Avg=1.022,w01019-Flag=N&&5280\r\n"
 )
-# parseDataTOMap's main() in a Java dust platform (find_string id 11528012558): ST=43 with
-# a vendor code H01 among standard ones.
+# Source: a Java dust platform, class com.osen.cloud.system.socket.utils.DataSegmentParseUtil,
+# main() beside parseDataTOMap (author PangYi, 2019-09-06; index id 11528012558; repository
+# not resolvable from the index). ST=43 with a vendor code H01 among standard ones.
 H01_DUST = (
     b"##0325QN=20190816173300001;ST=43;CN=2011;PW=123456;MN=2019051703100020;Flag=5;"
     b"CP=&&DataTime=20190816173300;a34004-Rtd=26.0,a34004-Flag=N;a34002-Rtd=27.0,"
@@ -82,8 +93,9 @@ H01_DUST = (
     b"a01008-Flag=N;a01001-Rtd=26.0,a01001-Flag=N;H01-Rtd=52.7,H01-Flag=N;a01006-Rtd=50.0,"
     b"a01006-Flag=N&&4980\r\n"
 )
-# A Java socket test (find_string id 6912331125): `LA-Rtd-Rtd`, and a CRC (48C0) that the
-# Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
+# Source: github.com/sayakawayiyo/kawayi, src/test/java/com/madolche/kawayi/TestSample.java,
+# testSocket() (index id 6912331125, an earlier version of the file). `LA-Rtd-Rtd`, and a CRC
+# (48C0) that the Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
 BAD_CRC = (
     b"##0187QN=20190923154847375;ST=39;CN=2011;PW=123456;MN=190720099;Flag=5;"
     b"CP=&&DataTime=20190923154847;a34004-Rtd=12000,a34004-Flag=D;a34002-Rtd=16000,"
@@ -103,7 +115,8 @@ DEVICES = {
 PASSWORDS = {"010000A8900016F000169DC0": "100000"}
 
 
-def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: object) -> Ingestor:
+def register_loggers(engine: Engine) -> None:
+    """Site cs-1 and the devices of DEVICES with their MN and PW."""
     with engine.begin() as conn:
         upsert_site(
             conn, SiteCreate(id="cs-1", name="cs-1", district="Lanshan", kind="construction_site")
@@ -121,6 +134,10 @@ def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: objec
                     }
                 ),
             )
+
+
+def start_gateway(url: str, engine: Engine, tmp_path: object, **overrides: object) -> Ingestor:
+    register_loggers(engine)
     settings = Settings.model_validate(
         {
             "database_url": url,
@@ -145,9 +162,14 @@ def gateway(pg_url: str, pg_engine: Engine, tmp_path: object) -> Iterator[Ingest
 class Logger:
     """A data logger's side of one TCP connection."""
 
-    def __init__(self, ing: Ingestor) -> None:
-        assert ing.gateway is not None and ing.gateway.port
-        self.sock = socket.create_connection(("127.0.0.1", ing.gateway.port), timeout=10)
+    def __init__(self, ing: Ingestor | int) -> None:
+        """On the gateway of an Ingestor of this process, or on a port (another process)."""
+        if isinstance(ing, Ingestor):
+            assert ing.gateway is not None and ing.gateway.port
+            port = ing.gateway.port
+        else:
+            port = ing
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.framer = Framer()
 
     def send(self, data: bytes) -> None:
@@ -563,3 +585,73 @@ def test_fuzz_any_bytes_never_break_the_handler_and_others_are_served(
     assert [a.qn for a in good.answers(1)] == ["7"]
     good.close()
     assert not [r for r in caplog.records if r.name == "ingest.hj212.server"]
+
+
+def test_split_packets_are_each_answered_and_stored_one_by_one(
+    gateway: Ingestor, pg_engine: Engine
+) -> None:
+    at = datetime.now(TZ).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    head = "QN=20261201080000001;ST=39;CN=2011;PW=123456;MN=ZX00001;Flag=7"
+    cp = f"CP=&&DataTime={at:%Y%m%d%H%M%S};"
+    logger = Logger(gateway)
+    # Flag=7: split and ack (the standard's own example); the second packet puts PNO before
+    # PNUM and zero-pads them, as some loggers do (§1.11)
+    logger.send(encode_frame(f"{head};PNUM=2;PNO=1;{cp}a34002-Rtd=31,a34002-Flag=N&&"))
+    logger.send(encode_frame(f"{head};PNO=02;PNUM=02;{cp}a34004-Rtd=21,a34004-Flag=N&&"))
+    answers = logger.answers(2)
+    assert [(a.cn, a.qn) for a in answers] == [("9014", "20261201080000001")] * 2
+    assert readings(pg_engine, "dust-yc") == {"pm10": (31.0, "N"), "pm25": (21.0, "N")}
+    assert dead(pg_engine) == []
+
+
+def test_a_history_upload_after_an_outage_is_answered_in_order_and_stored_whole(
+    gateway: Ingestor, pg_engine: Engine
+) -> None:
+    """What a logger sends when its link comes back: the hours it kept, minute by minute,
+    then the minute and hourly aggregates, written back to back."""
+    start = datetime.now(TZ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    frames = [
+        frame_2011("ZX00001", start + timedelta(minutes=i), f"h{i}", f"a34002-Rtd={30 + i % 7}")
+        for i in range(120)
+    ]
+    for i in range(0, 120, 10):  # 2051 minute data every 10 minutes (§1.7)
+        frames.append(
+            encode_frame(
+                f"QN=m{i};ST=39;CN=2051;PW=123456;MN=ZX00001;Flag=5;CP=&&DataTime="
+                f"{start + timedelta(minutes=i):%Y%m%d%H%M%S};a34002-Avg=33,a34002-Min=30,"
+                "a34002-Max=36,a34002-Flag=N&&"
+            )
+        )
+    for h in range(2):  # 2061 hourly data
+        frames.append(
+            encode_frame(
+                f"QN=H{h};ST=39;CN=2061;PW=123456;MN=ZX00001;Flag=5;CP=&&DataTime="
+                f"{start + timedelta(hours=h):%Y%m%d%H%M%S};a34002-Avg=33.0,a34002-Flag=N&&"
+            )
+        )
+    logger = Logger(gateway)
+    logger.send(b"".join(frames))
+    qns = [a.qn for a in logger.answers(len(frames), 30.0)]
+    assert qns == [
+        *(f"h{i}" for i in range(120)),
+        *(f"m{i}" for i in range(0, 120, 10)),
+        "H0",
+        "H1",
+    ]
+    r = table(Reading)
+    with pg_engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                select(r.c.metric, func.count())
+                .where(r.c.device_id == "dust-yc")
+                .group_by(r.c.metric)
+            ).all()
+        )
+    assert counts == {
+        "pm10": 120,
+        "pm10.avg_minute": 12,
+        "pm10.min_minute": 12,
+        "pm10.max_minute": 12,
+        "pm10.avg_hour": 2,
+    }
+    assert dead(pg_engine) == []
