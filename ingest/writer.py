@@ -140,6 +140,7 @@ class Writer:
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
+        self._copy = settings.ingest_copy
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
         # a failed step, so that it is retried, never dropped un-acknowledged
         self._pending: Batch | None = None
@@ -415,7 +416,7 @@ class Writer:
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
         known = watermarks(conn, batch_devices)
-        inserted = insert_readings(conn, rows)
+        inserted = insert_readings(conn, rows, copy=self._copy)
         insert_dead_letters(conn, dead, now)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
         for p, m in zip(parsed, messages, strict=True):
