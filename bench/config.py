@@ -35,6 +35,13 @@ class Plan:
     api_seconds: float = 5.0
     profile: bool = False
     profile_messages: int = 60_000
+    # production: the envmon drain again, into a database with history: this many readings at
+    # most (7 days at 10-minute readings for as many fleet devices as fit), their hourly
+    # rollups, and open alerts on this share of (rule, device) pairs, 1-10 days old
+    production_readings: int = 3_000_000
+    production_days: int = 7
+    production_step_s: int = 600
+    production_open_share: float = 0.01
 
     @property
     def api_reduced(self) -> bool:
@@ -56,6 +63,7 @@ PRESETS: dict[str, Plan] = {
         api_alerts=1_000,
         api_seconds=1.5,
         profile_messages=2_000,
+        production_readings=50_000,
     ),
     "quick": Plan(
         mode="quick",
@@ -71,6 +79,7 @@ PRESETS: dict[str, Plan] = {
         api_alerts=20_000,
         api_seconds=3.0,
         profile_messages=15_000,
+        production_readings=3_000_000,
     ),
     "full": Plan(
         mode="full",
@@ -87,5 +96,6 @@ PRESETS: dict[str, Plan] = {
         api_seconds=20.0,
         profile=True,
         profile_messages=40_000,
+        production_readings=20_000_000,
     ),
 }
