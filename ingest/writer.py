@@ -141,7 +141,6 @@ class Writer:
         )
         # at most one collected, validated batch waits for the committer
         self._ready: queue.Queue[Batch] = queue.Queue(maxsize=1)
-        self._handed = 0  # messages in `_ready` (the timers' "behind?" check counts them)
         self._collected = threading.Event()  # the collector has stopped: nothing more comes
         # validation done ahead by the collector, by message (the message is kept with its
         # result, so its id cannot be reused while the entry lives)
@@ -150,7 +149,9 @@ class Writer:
         # fleet-wide "no data" wave does not stop batches from being stored meanwhile.
         self._timer = threading.Thread(target=self._timers, name="envmon-timers", daemon=True)
         self.stats = Stats()
+        # set while nothing is queued, collected or being committed
         self.idle = threading.Event()
+        self._collector_idle = threading.Event()
         self._retry_delay = 0.5
         self._tz = ZoneInfo(settings.timezone)
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
@@ -190,8 +191,9 @@ class Writer:
             except queue.Empty:
                 if deadline is not None or self._stopping.is_set() or self._spool.depth:
                     break
-                self.idle.set()
+                self._collector_idle.set()
                 continue
+            self._collector_idle.clear()
             self.idle.clear()
             if deadline is None:
                 deadline = time.monotonic() + self._max_age
@@ -207,7 +209,6 @@ class Writer:
             if batch.messages:
                 self._validate_ahead(batch.messages)
                 self._ready.put(batch)  # blocks while the committer has one waiting
-                self._handed = len(batch.messages)
             elif self._stopping.is_set():
                 break
         self._collected.set()
@@ -230,8 +231,10 @@ class Writer:
         try:
             batch = self._ready.get(timeout=0.2)
         except queue.Empty:
+            if self._collector_idle.is_set():
+                self.idle.set()  # nothing queued, collected, or being committed
             return Batch()
-        self._handed = 0
+        self.idle.clear()
         return batch
 
     def _done(self, batch: Batch) -> None:
@@ -299,7 +302,7 @@ class Writer:
                 log.info("not judging silence (no-data rules) until intake has caught up")
             self._last_tick = time.monotonic() - TIMER_S + 1.0  # look again in a second
             return
-        waiting = self._inbox.qsize() + self._handed
+        waiting = self._inbox.qsize() + sum(len(b.messages) for b in list(self._ready.queue))
         if self._spool.depth or waiting >= self._max_messages:
             log.info(
                 "not judging silence (no-data rules) while behind: %d messages queued, %d spooled",
