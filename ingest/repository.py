@@ -281,9 +281,27 @@ def watermarks(conn: Connection, device_ids: Iterable[str]) -> dict[str, datetim
     return {d: at for d, at in rows}
 
 
+# One statement for the batch's devices (executemany cost ~8% of the writer thread with a
+# few thousand devices a batch); their rows are locked already, by touch_devices, in id order.
+_PG_ADVANCE = text(
+    """
+    UPDATE devices AS d SET watermark_at = u.ts
+    FROM unnest(CAST(:ids AS text[]), CAST(:ts AS timestamptz[])) AS u(id, ts)
+    WHERE d.id = u.id AND (d.watermark_at IS NULL OR d.watermark_at < u.ts)
+    """
+)
+
+
 def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
     """Move each device's watermark forward to the newest event time of a stored batch."""
     if not newest:
+        return
+    if conn.dialect.name == "postgresql":
+        ordered = sorted(newest.items())
+        conn.execute(
+            _PG_ADVANCE,
+            {"ids": pg_array([d for d, _ in ordered]), "ts": pg_array([t for _, t in ordered])},
+        )
         return
     conn.execute(
         update(devices)

@@ -7,13 +7,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 
 from ingest.contract import telemetry_topic
 from ingest.mqtt import Message
@@ -29,8 +29,11 @@ WAIT_S = 20.0
 
 
 def _message(mid: int) -> Message:
-    payload = orjson.dumps({"ts": datetime.now(UTC).isoformat(), "values": {"pm10": 50.0 + mid}})
-    return Message(telemetry_topic("envmon", "dust-1"), payload, mid, 1, datetime.now(UTC), 1)
+    """Message `mid`: a reading `mid` seconds before now (each its own key)."""
+    now = datetime.now(UTC)
+    ts = (now - timedelta(seconds=mid)).isoformat()
+    payload = orjson.dumps({"ts": ts, "values": {"pm10": 50.0 + mid}})
+    return Message(telemetry_topic("envmon", "dust-1"), payload, mid, 1, now, 1)
 
 
 def _until(condition: Any, what: str) -> None:
@@ -156,3 +159,48 @@ def test_a_batch_that_failed_is_retried_with_its_validation_and_acknowledged_onc
         assert len(h.lookups) == 5
     finally:
         w.stop(5)
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "unnest"])
+def test_the_writer_stores_through_either_postgresql_statement(
+    pg_url: str, tmp_path: Path, copy: bool
+) -> None:
+    """ENVMON_INGEST_COPY picks the statement; both store, roll up and acknowledge alike."""
+    engine = make_engine(pg_url)
+    register(engine, devices={"dust-1": "dust_monitor"}, rules=False)
+    inbox: queue.Queue[Message] = queue.Queue()
+    acked: list[int] = []
+    settings = Settings(
+        database_url=pg_url,
+        spool_file=tmp_path / "spool.sqlite",
+        batch_max_age_ms=20,
+        batch_max_messages=4,
+        ingest_copy=copy,
+    )
+    writer = Writer(
+        settings,
+        engine,
+        inbox,
+        lambda _: DeviceInfo(DeviceKind.dust_monitor, True),
+        lambda ms: acked.extend(m.mid for m in ms),
+    )
+    messages = [_message(mid) for mid in range(1, 11)]
+    for m in [*messages, *messages[:3]]:  # three delivered twice
+        inbox.put(m)
+    writer.start()
+    try:
+        _until(lambda: len(acked) == 13, "every delivery acknowledged")
+    finally:
+        writer.stop(5)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(table(Reading))).scalar_one()
+        rolled = conn.execute(text("SELECT sum(count) FROM hourly_rollups")).scalar_one()
+        watermark = conn.execute(
+            text("SELECT watermark_at FROM devices WHERE id = 'dust-1'")
+        ).scalar_one()
+    engine.dispose()
+    newest = max(datetime.fromisoformat(orjson.loads(m.payload)["ts"]) for m in messages)
+    assert watermark == newest  # moved to the newest event time, not back by the repeats
+    assert acked == [*range(1, 11), 1, 2, 3]
+    assert stored == 10 and rolled == 10
+    assert writer.stats.stored == 10 and writer.stats.duplicates == 3
