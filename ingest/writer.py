@@ -209,7 +209,11 @@ class Writer:
         while True:
             batch = self._collect()
             if batch.messages:
-                self._validate_ahead(batch.messages)
+                try:
+                    self._validate_ahead(batch.messages)
+                except Exception:
+                    # never lose the batch: the committer validates what was not done here
+                    log.exception("validating a batch ahead failed; the committer will")
                 self._ready.put(batch)  # blocks while the committer has one waiting
             elif self._stopping.is_set():
                 break
