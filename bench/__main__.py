@@ -19,10 +19,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import orjson
+
 from bench import apiload, dataset, live, throughput, webload
 from bench.config import PRESETS, Plan
 from bench.context import Context
-from bench.fleet import build_fleet, make_backlog, parse_mix, probe_devices, register
+from bench.fleet import Backlog, build_fleet, make_backlog, parse_mix, probe_devices, register
 from bench.progress import say, stage
 from bench.report import goals, machine, render
 from bench.services import BenchError, Database, free_port
@@ -33,6 +35,7 @@ STAGES = (
     "envmon",
     "naive",
     "hj212",
+    "production",
     "scaling",
     "profile",
     "live",
@@ -52,7 +55,8 @@ It starts its own Mosquitto on a free port and a throwaway PostgreSQL database
 (bench_<random>, dropped at the end), runs the stages, stops everything (also on Ctrl-C),
 prints a table on stdout and writes every figure as JSON. Progress goes to stderr.
 
-stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); scaling
+stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); production
+(the envmon drain again, into 7 days of history with rollups and open alerts); scaling
 (1, 2, 4 ingestors on a $share subscription); profile (py-spy on one ingestor; full runs,
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
@@ -278,6 +282,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ),
             ("naive", lambda: _store_drain(results, "naive", throughput.naive_baseline(ctx))),
             ("hj212", lambda: _hj212(ctx, results)),
+            ("production", lambda: _production(ctx, results)),
             ("scaling", lambda: _scaling(ctx, results)),
             ("profile", lambda: _profile(ctx, results)),
             ("live", lambda: _live(ctx, results)),
@@ -318,6 +323,8 @@ def _ratios(results: dict[str, Any]) -> None:
         ratios["envmon_over_raw"] = t["envmon"]["msg_per_s"] / t["raw"]["msg_per_s"]
     if "envmon" in t and "naive" in t:
         ratios["envmon_over_naive"] = t["envmon"]["msg_per_s"] / t["naive"]["msg_per_s"]
+    if "production" in t and "raw" in t:
+        ratios["envmon_over_raw_production"] = t["production"]["msg_per_s"] / t["raw"]["msg_per_s"]
     results["ratios"] = ratios
 
 
@@ -326,6 +333,54 @@ def _hj212(ctx: Context, results: dict[str, Any]) -> None:
 
     mqtt = results.get("throughput", {}).get("envmon", {}).get("readings_per_s")
     results["hj212"] = hj212load.run(ctx, mqtt)
+
+
+def _backlog_start(backlog: Backlog) -> datetime:
+    """The earliest event time in the backlog (its first round)."""
+    doc = orjson.loads(backlog.messages[0][1])
+    first = doc["batch"][0] if "batch" in doc else doc
+    return datetime.fromisoformat(str(first["ts"]))
+
+
+def _production(ctx: Context, results: dict[str, Any]) -> None:
+    """The envmon drain of the same backlog, into a database in production state: 7 days of
+    history up to the backlog's first event time, hourly rollups, event-time watermarks and
+    open alerts 1-10 days old on 1% of the (rule, device) pairs."""
+    plan = ctx.plan
+    ctx.db.reset_data()
+    start = _backlog_start(ctx.backlog)
+    ds = dataset.build(
+        ctx.db,
+        ctx.fleet,
+        readings=plan.production_readings,
+        alerts=0,
+        days=plan.production_days,
+        step_s=plan.production_step_s,
+        end=start,
+    )
+    opened = dataset.production_state(
+        ctx.db, ctx.fleet, ds, open_share=plan.production_open_share, at=start
+    )
+    say(
+        f"production state: {ds.readings:,} readings of {len(ds.devices):,} devices over "
+        f"{plan.production_days} days, {ds.rollups:,} rollups, {opened:,} open alerts, "
+        f"in {ds.seconds:.0f} s"
+    )
+    results["production"] = {
+        "readings": ds.readings,
+        "devices_with_history": len(ds.devices),
+        "rollups": ds.rollups,
+        "open_alerts": opened,
+        "days": plan.production_days,
+        "step_s": plan.production_step_s,
+        "history_end": ds.end.isoformat(),
+        "build_s": ds.seconds,
+    }
+    try:
+        drain = throughput.envmon(ctx, 1, ctx.backlog, label="production", fresh=False)
+        _store_drain(results, "production", drain)
+    finally:
+        ctx.db.reset_data()
 
 
 def _scaling(ctx: Context, results: dict[str, Any]) -> None:

@@ -47,6 +47,13 @@ class Plan:
     hj212_rate: float = 1_000.0  # frames/s of the latency phase
     hj212_paced_s: float = 20.0
     hj212_saturate_s: float = 20.0
+    # production: the envmon drain again, into a database with history: this many readings at
+    # most (7 days at 10-minute readings for as many fleet devices as fit), their hourly
+    # rollups, and open alerts on this share of (rule, device) pairs, 1-10 days old
+    production_readings: int = 3_000_000
+    production_days: int = 7
+    production_step_s: int = 600
+    production_open_share: float = 0.01
 
     @property
     def api_reduced(self) -> bool:
@@ -82,6 +89,7 @@ PRESETS: dict[str, Plan] = {
         hj212_rate=100.0,
         hj212_paced_s=2.0,
         hj212_saturate_s=2.0,
+        production_readings=50_000,
     ),
     "quick": Plan(
         mode="quick",
@@ -102,6 +110,7 @@ PRESETS: dict[str, Plan] = {
         profile_messages=15_000,
         hj212_paced_s=8.0,
         hj212_saturate_s=8.0,
+        production_readings=3_000_000,
     ),
     "full": Plan(
         mode="full",
@@ -118,5 +127,6 @@ PRESETS: dict[str, Plan] = {
         api_seconds=20.0,
         profile=True,
         profile_messages=40_000,
+        production_readings=20_000_000,
     ),
 }

@@ -56,11 +56,13 @@ def build(
     alerts: int,
     days: int,
     step_s: int,
+    end: datetime | None = None,
 ) -> Dataset:
+    """Readings up to `end` (now by default), never at or after it."""
     import time
 
     started = time.monotonic()
-    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    end = (end or datetime.now(UTC)).replace(second=0, microsecond=0)
     end -= timedelta(minutes=end.minute % (step_s // 60 or 1))
     steps = days * 86400 // step_s
     start = end - timedelta(seconds=step_s * steps)
@@ -115,6 +117,73 @@ def build(
         _alerts(conn, fleet, alerts, start, end)
         conn.execute("VACUUM ANALYZE")
     return Dataset(metrics_of, start, end, total, rollups, alerts, time.monotonic() - started)
+
+
+def production_state(
+    db: Database, fleet: Sequence[Device], ds: Dataset, *, open_share: float, at: datetime
+) -> int:
+    """What a running system also holds besides its history: each device's event-time
+    watermark at its newest reading, and open alerts on `open_share` of the (rule, device)
+    pairs, opened 1-10 days before `at` (each with its `opened` event). Returns the alerts."""
+    from bench.fleet import KINDS
+
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE devices d SET watermark_at = m.ts FROM "
+            "(SELECT device_id, max(ts) AS ts FROM readings GROUP BY 1) m WHERE d.id = m.device_id"
+        )
+        rules: dict[str, list[int]] = {}
+        for rule_id, kind, _metric in conn.execute(RULES_BY_KIND.encode()).fetchall():
+            rules.setdefault(str(kind), []).append(int(str(rule_id)))
+        pairs = [
+            (rule_id, d.id, d.site_id)
+            for d in fleet
+            for rule_id in rules.get(KINDS[d.mix_kind][0].value, [])
+        ]
+        rng = random.Random(13)
+        chosen = rng.sample(pairs, max(1, round(len(pairs) * open_share))) if pairs else []
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY alerts (rule_id, device_id, site_id, status, severity, started_at, "
+                "fired_at, last_violation_at, evaluated_until, clear_since, last_value, "
+                "peak_value, violations, message, acknowledged_at, resolved_at, created_at, "
+                "updated_at) FROM STDIN"
+            ) as copy,
+        ):
+            for i, (rule_id, device_id, site_id) in enumerate(chosen):
+                fired = at - timedelta(seconds=rng.uniform(1, 10) * 86400)
+                last = min(at, fired + timedelta(minutes=rng.randint(1, 600)))
+                value = round(rng.uniform(0.5, 500), 2)
+                copy.write_row(
+                    (
+                        rule_id,
+                        device_id,
+                        site_id,
+                        "firing",
+                        rng.choice(("warning", "alarm")),
+                        fired - timedelta(minutes=5),
+                        fired,
+                        last,
+                        last,
+                        None,
+                        value,
+                        value * 1.2,
+                        rng.randint(1, 40),
+                        f"bench open alert {i}",
+                        None,
+                        None,
+                        fired,
+                        last,
+                    )
+                )
+        conn.execute(
+            "INSERT INTO alert_events (alert_id, at, kind, actor, severity, value) "
+            "SELECT id, fired_at, 'opened', 'system', severity, last_value FROM alerts"
+        )
+        conn.execute("VACUUM ANALYZE alerts")
+        conn.execute("VACUUM ANALYZE devices")
+    return len(chosen)
 
 
 def _drop_indexes(conn: psycopg.Connection[Any]) -> list[str]:

@@ -237,6 +237,7 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
         label = {
             "raw": "raw limit: bare paho subscriber, counts only",
             "envmon": "envmon ingest, 1 process",
+            "production": "envmon, 1 process, production state",
             "naive": f"naive: 1 INSERT/reading ({d['messages']:,} msgs)",
         }.get(d["consumer"], d["consumer"])
         add(
@@ -250,6 +251,8 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
         parts.append(f"envmon/raw = {ratios['envmon_over_raw']:.2f}")
     if "envmon_over_naive" in ratios:
         parts.append(f"envmon/naive = {ratios['envmon_over_naive']:.2f}")
+    if "envmon_over_raw_production" in ratios:
+        parts.append(f"production/raw = {ratios['envmon_over_raw_production']:.2f}")
     if parts:
         add("  ratios (messages/s, same run): " + ", ".join(parts))
     env = r["throughput"].get("envmon")
@@ -261,6 +264,15 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
             f"({x['commit_share_of_wall']:.0%} of the wall time); CPU s: ingestor "
             f"{env['consumer_cpu_s']:.1f}, PostgreSQL {env['postgres_cpu_s']:.1f}, "
             f"broker {env['broker_cpu_s']:.1f}"
+        )
+    prod, state = r["throughput"].get("production"), r.get("production")
+    if prod and state:
+        x = prod["extra"]
+        add(
+            f"  production state: {state['readings']:,} readings of "
+            f"{state['devices_with_history']:,} devices over {state['days']} days, "
+            f"{state['rollups']:,} rollups, {state['open_alerts']:,} open alerts; "
+            f"{x['batches']} batches, {x['mean_batch_commit_ms']:,.0f} ms each"
         )
     add("")
 

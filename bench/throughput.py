@@ -216,10 +216,13 @@ def envmon(
     *,
     label: str,
     profile_to: Path | None = None,
+    fresh: bool = True,
 ) -> Drain:
     """`processes` envmon ingestors (sharing one subscription when more than one) draining
-    `backlog` into an empty readings table."""
-    ctx.db.reset_data()
+    `backlog` into an empty readings table (`fresh`), or into what the database holds."""
+    if fresh:
+        ctx.db.reset_data()
+    before = 0 if fresh else ctx.db.scalar("SELECT count(*) FROM readings")
     group = f"bench-{ctx.next_id('share')}" if processes > 1 or label.startswith("scale") else None
     ingestors = [ctx.ingestor("ingest", shared_group=group) for _ in range(processes)]
     for ing in ingestors:
@@ -261,7 +264,7 @@ def envmon(
     finally:
         for ing in ingestors:
             ing.stop()
-    stored = ctx.db.scalar("SELECT count(*) FROM readings")
+    stored = ctx.db.scalar("SELECT count(*) FROM readings") - before
     dead = ctx.db.scalar("SELECT count(*) FROM dead_letters")
     batches = sum(c.get("envmon_batch_messages_count", 0) for c in counters)
     commit_s = sum(c.get("envmon_batch_commit_seconds_sum", 0) for c in counters)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import queue
 
@@ -18,6 +19,19 @@ from monitor.retention import Pruner
 
 log = logging.getLogger(__name__)
 DEFAULT_HJ212_PORT = 8212
+GC_YOUNG_THRESHOLD = 100_000  # CPython's default is 700
+
+
+def tune_gc() -> None:
+    """For a process whose work is the write path. Each batch allocates some 100k objects
+    that live until its commit, seconds later: with CPython's default thresholds they are
+    promoted to the oldest generation and set off full collections over the whole heap (in a
+    quick bench drain: 20 of 0.3-0.5 s each, 3,000 collections in all, about 5 of the
+    ingestor's 11.6 CPU seconds). What start-up made is frozen out of the collector's view, and
+    the young generation is collected every 100k allocations (then: 13 collections, 1.6 s)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 class Ingestor:

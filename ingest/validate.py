@@ -16,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from ingest.contract import STATUS, TELEMETRY, ReadingSet, parse_topic, same_unit
-from monitor.core.catalogue import SERIES, DeviceKind
+from monitor.core.catalogue import SERIES, DeviceKind, QualityFlag
 
 PAYLOAD_EXCERPT = 4096
 # No field sensor of ours reports from before this; earlier stamps are unit mistakes
@@ -86,6 +86,17 @@ class Parsed:
 _KEY = re.compile(rb'"(?:[^"\\]|\\.)*"\s*:')
 
 
+# A payload with no backslash and no whitespace has every key's closing quote right before its
+# colon, and no other `":` than those and strings that start with a colon (counted too, never
+# missed). So when the count of `":` equals the keys of the parsed document, no key was
+# repeated: the exact (slower) scan is needed only for payloads that fail this test.
+_UNPLAIN = re.compile(rb"[\\\s]")
+
+
+def _no_repeated_key(payload: bytes, keys: int) -> bool:
+    return _UNPLAIN.search(payload) is None and payload.count(b'":') == keys
+
+
 def _count_keys(doc: Any) -> int:
     if isinstance(doc, dict):
         return len(doc) + sum(_count_keys(v) for v in doc.values())
@@ -126,8 +137,12 @@ def parse_message(
     lookup: Any,
     limits: Limits,
     received_at: datetime,
+    fast: bool = True,
 ) -> Parsed:
-    """Validate a telemetry message. `lookup(device_id) -> DeviceInfo | None` is the registry."""
+    """Validate a telemetry message. `lookup(device_id) -> DeviceInfo | None` is the registry.
+
+    `fast`: the common shape is checked by hand first (`_fast_rows`); anything else, and
+    anything wrong, goes through the pydantic contract. False: pydantic for everything."""
     out = Parsed()
 
     def dead(reason: Reason, detail: str, part: str) -> Parsed:
@@ -165,7 +180,8 @@ def parse_message(
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return dead(Reason.bad_json, f"payload is not JSON: {exc}", _excerpt(payload))
-    if len(_KEY.findall(payload)) != _count_keys(doc):
+    keys = _count_keys(doc)
+    if not (fast and _no_repeated_key(payload, keys)) and len(_KEY.findall(payload)) != keys:
         return dead(
             Reason.duplicate_key,
             "payload repeats a key inside one object; which value is meant is ambiguous",
@@ -194,6 +210,10 @@ def parse_message(
     latest = received_at + limits.future_tolerance
     for index, item in enumerate(items):
         label = f"batch[{index}]" if is_batch else "message"
+        rows = _fast_rows(item, device_id, device.kind, received_at, latest) if fast else None
+        if rows is not None:
+            out.rows.extend(rows)
+            continue
         _reading_set(item, label, device_id, device.kind, received_at, latest, out, topic)
     return out
 
@@ -273,6 +293,72 @@ def _reading_set(
         out.rows.append(
             Row(device_id, metric, rs.ts, value, flag.value if flag else "N", received_at)
         )
+
+
+_FLAGS = frozenset(f.value for f in QualityFlag)
+_NO_FLAGS: dict[str, str] = {}
+_EXACT = 2**53  # ints up to this are floats without rounding
+# ISO 8601 as devices write it (what `encode` writes: `2026-11-25T08:00:00.123456Z`); any other
+# spelling pydantic may accept is left to pydantic
+_ISO = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _fast_ts(raw: Any) -> datetime | None:
+    kind = type(raw)
+    if kind is str:
+        if _ISO.fullmatch(raw) is None:
+            return None
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+    if kind is int or kind is float:  # not bool: its type is bool
+        try:
+            return datetime.fromtimestamp(raw / 1000, UTC)  # as the contract's _epoch_ms
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _fast_rows(
+    item: Any, device_id: str, kind: DeviceKind, received_at: datetime, latest: datetime
+) -> list[Row] | None:
+    """The rows of a reading set of the common shape (ts, values of known metrics in range,
+    optional flags), checked without pydantic; None when anything is unusual or wrong, and
+    the contract's path then judges the set and words its dead letters. Property-tested
+    against that path (tests/unit/test_validate_fast.py)."""
+    if type(item) is not dict:
+        return None
+    flags = item.get("flags", _NO_FLAGS)
+    values = item.get("values")
+    if (
+        len(item) != (3 if "flags" in item else 2)
+        or type(values) is not dict
+        or not values
+        or type(flags) is not dict
+    ):
+        return None
+    ts = _fast_ts(item.get("ts"))
+    if ts is None or ts < EARLIEST or ts > latest:
+        return None
+    for flag in flags.values():
+        if type(flag) is not str or flag not in _FLAGS:
+            return None
+    rows: list[Row] = []
+    for metric, value in values.items():
+        # StrictFloat takes ints as floats; orjson never yields NaN or Infinity, but a dict
+        # built in Python might (x - x is NaN for both)
+        if type(value) is int and -_EXACT <= value <= _EXACT:
+            value = float(value)
+        elif type(value) is not float or value - value != 0.0:
+            return None
+        spec = SERIES.get(metric)
+        if spec is None or kind not in spec.kinds or not spec.low <= value <= spec.high:
+            return None
+        rows.append(Row(device_id, metric, ts, value, flags.get(metric, "N"), received_at))
+    return rows
 
 
 def _salvage(item: dict[str, Any], exc: ValidationError, dead: Any) -> ReadingSet | None:

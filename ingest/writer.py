@@ -1,6 +1,11 @@
 """The writer: drains the intake queue into batches, stores each batch in one transaction,
 evaluates the alert rules on it in the same transaction, then acknowledges its messages.
 
+Two threads, one committer: the collector takes batch N+1 from the queue and validates it
+while the committer stores, evaluates and commits batch N (Python parses while PostgreSQL
+works). Batches are handed over one at a time, in the order they were received, so the
+acknowledgements still go out after commit and in receive order.
+
 When the database is unreachable, batches go to the durable local spool instead (and are
 acknowledged once fsync'd); while the spool holds anything, new batches queue behind it so
 that the database receives everything in arrival order when it returns.
@@ -8,6 +13,7 @@ that the database receives everything in arrival order when it returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from prometheus_client import Gauge
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -134,11 +141,22 @@ class Writer:
         metrics.SPOOL_DEPTH.set(self._spool.depth)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envmon-writer", daemon=True)
+        self._collector = threading.Thread(
+            target=self._collect_ahead, name="envmon-collector", daemon=True
+        )
+        # at most one collected, validated batch waits for the committer
+        self._ready: queue.Queue[Batch] = queue.Queue(maxsize=1)
+        self._collected = threading.Event()  # the collector has stopped: nothing more comes
+        # validation done ahead by the collector, by message (the message is kept with its
+        # result, so its id cannot be reused while the entry lives)
+        self._validated: dict[int, tuple[Message, Parsed]] = {}
         # Timer rules judge the whole fleet: on their own thread and transaction, so a
         # fleet-wide "no data" wave does not stop batches from being stored meanwhile.
         self._timer = threading.Thread(target=self._timers, name="envmon-timers", daemon=True)
         self.stats = Stats()
+        # set while nothing is queued, collected or being committed
         self.idle = threading.Event()
+        self._collector_idle = threading.Event()
         self._retry_delay = 0.5
         self._tz = ZoneInfo(settings.timezone)
         self._horizon = timedelta(seconds=settings.lateness_horizon_s)
@@ -147,6 +165,8 @@ class Writer:
         self._frost_depth = settings.leakage_frost_depth_m
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
+        self._copy = settings.ingest_copy
+        self._last_seen: dict[str, Gauge] = {}
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
         # a failed step, so that it is retried, never dropped un-acknowledged
         self._pending: Batch | None = None
@@ -156,12 +176,14 @@ class Writer:
         return self._spool.depth
 
     def start(self) -> None:
+        self._collector.start()
         self._thread.start()
         self._timer.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Write what is queued (to the database or the spool), acknowledge it, and stop."""
         self._stopping.set()
+        self._collector.join(timeout_s)
         self._thread.join(timeout_s)
         self._timer.join(timeout_s)
         self._spool.close()
@@ -178,8 +200,9 @@ class Writer:
             except queue.Empty:
                 if deadline is not None or self._stopping.is_set() or self._spool.depth:
                     break
-                self.idle.set()
+                self._collector_idle.set()
                 continue
+            self._collector_idle.clear()
             self.idle.clear()
             if deadline is None:
                 deadline = time.monotonic() + self._max_age
@@ -187,6 +210,50 @@ class Writer:
             batch.size_bytes += len(msg.payload)
         metrics.QUEUE_DEPTH.set(self._inbox.qsize())
         return batch
+
+    def _collect_ahead(self) -> None:
+        """The collector thread: batches from the queue, validated, handed to the committer."""
+        while True:
+            batch = self._collect()
+            if batch.messages:
+                try:
+                    self._validate_ahead(batch.messages)
+                except Exception:
+                    # never lose the batch: the committer validates what was not done here
+                    log.exception("validating a batch ahead failed; the committer will")
+                self._ready.put(batch)  # blocks while the committer has one waiting
+            elif self._stopping.is_set():
+                break
+        self._collected.set()
+
+    def _validate_ahead(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.topic == self._marker:
+                continue
+            # the registry's database away: the committer validates it again, and spools
+            with contextlib.suppress(OperationalError):
+                self._validated[id(m)] = (m, self._parse(m))
+
+    def _validation(self, m: Message) -> Parsed:
+        done = self._validated.get(id(m))
+        if done is not None and done[0] is m:
+            return done[1]
+        return self._parse(m)
+
+    def _next_batch(self) -> Batch:
+        try:
+            batch = self._ready.get(timeout=0.2)
+        except queue.Empty:
+            if self._collector_idle.is_set():
+                self.idle.set()  # nothing queued, collected, or being committed
+            return Batch()
+        self.idle.clear()
+        return batch
+
+    def _done(self, batch: Batch) -> None:
+        """The batch is acknowledged (stored or spooled): forget its validation."""
+        for m in batch.messages:
+            self._validated.pop(id(m), None)
 
     def _run(self) -> None:
         while True:
@@ -204,11 +271,12 @@ class Writer:
 
     def _step(self) -> bool:
         """One batch; True once stopping and everything is written."""
-        batch = self._pending or self._collect()
+        batch = self._pending or self._next_batch()
         self._pending = batch
         if self._spool.depth:
             if batch.messages:
                 self._spool_or_hold(batch)
+            self._done(batch)
             self._pending = None
             if self._drain_spool():
                 self._retry_delay = 0.5
@@ -217,8 +285,9 @@ class Writer:
                 self._retry_delay = min(self._retry_delay * 2, 5.0)
         elif batch.messages:
             self._store_or_spool(batch)
-        elif self._stopping.is_set():
+        elif self._collected.is_set() and self._ready.empty():
             return True
+        self._done(batch)
         self._pending = None
         return False
 
@@ -246,7 +315,7 @@ class Writer:
                 log.info("not judging silence (no-data rules) until intake has caught up")
             self._last_tick = time.monotonic() - TIMER_S + 1.0  # look again in a second
             return
-        waiting = self._inbox.qsize()
+        waiting = self._inbox.qsize() + sum(len(b.messages) for b in list(self._ready.queue))
         if self._spool.depth or waiting >= self._max_messages:
             log.info(
                 "not judging silence (no-data rules) while behind: %d messages queued, %d spooled",
@@ -419,14 +488,14 @@ class Writer:
         if facts:
             messages = [m for m in messages if m.topic != HJ212_FACTS_TOPIC]
             record_hj212_facts(conn, [f for f in map(_facts, facts) if f is not None])
-        parsed = [self._parse(m) for m in messages]
+        parsed = [self._validation(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
         now = datetime.now(UTC)
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
         known = watermarks(conn, batch_devices)
-        inserted = insert_readings(conn, rows)
+        inserted = insert_readings(conn, rows, copy=self._copy)
         insert_dead_letters(conn, dead, now)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
         for p, m in zip(parsed, messages, strict=True):
@@ -562,8 +631,14 @@ class Writer:
         for d in summary.dead:
             s.by_reason[d.reason] = s.by_reason.get(d.reason, 0) + 1
             metrics.DEAD.labels(d.reason.value).inc()
+        gauges = self._last_seen
         for device_id, (at, _, _) in summary.seen.items():
-            metrics.LAST_SEEN.labels(device_id).set(at.timestamp())
+            gauge = gauges.get(device_id)
+            if gauge is None:
+                # labels() takes a lock and builds a key per call: ~5% of the writer thread
+                # with thousands of devices a batch, so each device's child is kept
+                gauge = gauges[device_id] = metrics.LAST_SEEN.labels(device_id)
+            gauge.set(at.timestamp())
 
 
 def _facts(m: Message) -> Facts | None:

@@ -431,7 +431,7 @@ def api(port: int | None, host: str | None, workers: int | None) -> None:
 @main.command()
 def ingest() -> None:
     """Run the ingestor alone: subscribe, validate, store, evaluate rules, acknowledge."""
-    from ingest.service import Ingestor
+    from ingest.service import Ingestor, tune_gc
     from monitor.core.db import make_engine
 
     settings = _settings()
@@ -447,6 +447,7 @@ def ingest() -> None:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    tune_gc()
     ingestor.start()
     from alerts.notify import Dispatcher
 

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="Payload bytes per write batch, at most"
     )
     batch_max_age_ms: int = Field(200, ge=1, description="Longest a reading waits for its batch")
+    ingest_copy: bool = Field(
+        True,
+        description="PostgreSQL: COPY (binary) each batch into a staging table; false: one "
+        "INSERT ... SELECT unnest(...), for servers that cannot COPY (PGlite/TimescaleDB WASM)",
+    )
     queue_max_messages: int = Field(
         10000, ge=1, description="Bound of the queue between the MQTT thread and the writer"
     )
