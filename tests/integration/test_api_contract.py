@@ -123,3 +123,22 @@ async def test_the_documented_error_answers_are_the_ones_sent(api: httpx.AsyncCl
         assert r.status_code == code
         assert r.headers["content-type"] == "application/problem+json"
         assert {"type", "title", "status", "detail"} <= set(r.json())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/alerts/{2**31}",
+        f"/v1/rules/{2**31}",
+        f"/v1/alerts?rule={2**31}",
+        f"/v1/alerts/stream?follow=false&after={2**31}",
+    ],
+)
+async def test_ids_past_postgresqls_32_bit_integer_are_a_422_not_a_500(
+    api: httpx.AsyncClient, path: str
+) -> None:
+    """Found by schemathesis: ids are INTEGER columns, 32 bits on PostgreSQL."""
+    r = await api.get(path)
+    assert r.status_code == 422, r.text
+    r = await api.get("/v1/alerts/stream?follow=false", headers={"Last-Event-ID": str(2**31)})
+    assert r.status_code == 422, r.text
