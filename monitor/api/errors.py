@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
 from monitor.core.exceptions import EnvmonError
@@ -58,7 +59,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+        # keep the exception's headers: a 405 must say Allow (RFC 9110), a 401 WWW-Authenticate
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # SQLSTATE class 22 (a number out of range, a text too long for its column): a value
+        # the request sent that a bound in the API missed; the caller's error, not a 500
+        log.warning(
+            "database refused a value on %s %s: %s",
+            request.method,
+            request.url.path,
+            str(exc.orig)[:200],
+        )
+        return problem(422, "Invalid value", "a value is out of the range the database stores")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -101,6 +116,10 @@ ANSWERS = {
 }
 
 
+# query parameters that name one object: an unknown one is a 404 (the reports), not an empty list
+NAMING_QUERIES = frozenset({"site", "site_id", "device_id", "dma"})
+
+
 def _answers(route: APIRoute) -> set[int]:
     """The error statuses a route can send, read from what it depends on."""
     from monitor.api.deps import get_principal
@@ -117,7 +136,8 @@ def _answers(route: APIRoute) -> set[int]:
     # the role check of deps._role
     if any(getattr(c, "__qualname__", "").startswith("_role.") for c in calls):
         codes.add(403)
-    if route.dependant.path_params:
+    names = {p.alias for d in dependants for p in d.query_params}
+    if route.dependant.path_params or names & NAMING_QUERIES:
         codes.add(404)
     if methods & {"POST", "PUT", "PATCH"}:
         codes |= {400, 411, 413}
