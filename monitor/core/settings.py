@@ -120,6 +120,18 @@ class Settings(BaseSettings):
         description="Sent or failed notifications older than this are deleted (pending ones "
         "never); 0 keeps them forever",
     )
+    retention_readings_days: int = Field(
+        0,
+        ge=0,
+        description="Readings older than this are deleted on plain PostgreSQL and SQLite "
+        "(TimescaleDB: timescale_retention); hourly rollups are kept; 0 keeps them forever",
+    )
+    retention_alert_events_days: int = Field(
+        0,
+        ge=0,
+        description="Events of alerts closed (resolved or retracted) longer ago than this are "
+        "deleted, the alert row kept; open alerts keep all theirs; 0 keeps them forever",
+    )
     retention_interval_s: float = Field(
         3600, gt=0, description="How often the ingestor applies the retention settings"
     )
