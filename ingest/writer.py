@@ -529,7 +529,7 @@ class Writer:
             s.by_reason[d.reason] = s.by_reason.get(d.reason, 0) + 1
             metrics.DEAD.labels(d.reason.value).inc()
         for device_id, (at, _, _) in summary.seen.items():
-            metrics.LAST_SEEN.labels(device_id).set(at.timestamp())
+            metrics.device_seen(device_id, at.timestamp())
 
 
 def _marker_generation(m: Message) -> int:
