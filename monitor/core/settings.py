@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     mqtt_shared_group: str | None = Field(
         None, description="Subscribe through $share/<group>/... so several ingestors split the load"
     )
+    mqtt_session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        le=2**32 - 2,
+        description="How long the broker keeps an ingestor's session and queue while it is "
+        "away; with a shared group, a member gone for good leaves its share queued this "
+        "long (`envmon ingest --retire CLIENT_ID` ends it at once)",
+    )
     mqtt_ca_file: Path | None = Field(
         None,
         description="CA certificate that signed the broker's, for mqtts:// (unset = the "
