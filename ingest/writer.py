@@ -411,12 +411,14 @@ class Writer:
         parsed = [self._parse(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
-        now = datetime.now(UTC)
+        # a dead letter is stamped with its message's receipt, not this commit: a batch
+        # replayed from the spool or retried after a fault keeps the time it arrived
+        dead_at = [m.received_at for p, m in zip(parsed, messages, strict=True) for _ in p.dead]
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
         known = watermarks(conn, batch_devices)
         inserted = insert_readings(conn, rows)
-        insert_dead_letters(conn, dead, now)
+        insert_dead_letters(conn, dead, dead_at)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
         for p, m in zip(parsed, messages, strict=True):
             if p.device_id is None or not (p.rows or p.status):

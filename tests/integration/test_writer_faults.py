@@ -157,3 +157,31 @@ def test_an_outage_is_still_spooled(harness: Harness, monkeypatch: pytest.Monkey
     while harness.stored() < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert harness.stored() == 1
+
+
+def test_a_dead_letter_is_stamped_with_its_messages_receipt_not_the_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad message in a batch that failed once and was retried (or replayed from the
+    spool) keeps the time it arrived, not the time its batch finally committed."""
+    from ingest.contract import telemetry_topic as topic
+    from monitor.core.models import DeadLetter
+
+    w = harness.writer
+    real = w._store_batch
+    failures = iter([sqlite3.OperationalError("database or disk is full")])
+
+    def flaky(messages: list[Message]) -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        real(messages)
+
+    monkeypatch.setattr(w, "_store_batch", flaky)
+    arrived = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    harness.inbox.put(Message(topic("envmon", "dust-1"), b"{not json", 1, 1, arrived, 1))
+    w.start()
+    harness.wait_acked(1)
+    with harness.engine.connect() as conn:
+        stamps = conn.execute(select(table(DeadLetter).c.received_at)).scalars().all()
+    assert stamps == [arrived]
