@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,9 +59,15 @@ def install(app: FastAPI) -> None:
         return problem(422, "Invalid request", f"invalid value for {fields}", errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         # keep the exception's headers: a 405 must say Allow (RFC 9110), a 401 WWW-Authenticate
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only (GET
+            # and POST /v1/devices are two routes): name every method the OpenAPI documents
+            allowed = _allowed(app, request.url.path)
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
 
     @app.exception_handler(DataError)
@@ -79,6 +86,29 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def _allowed(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI documents for the path template(s) `path` matches."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow", None)
+    if table is None:
+        table = [
+            (
+                re.compile(
+                    "^" + "([^/]+)".join(map(re.escape, re.split(r"\{[^/}]+\}", template))) + "$"
+                ),
+                [m.upper() for m in ops if m in HTTP_METHODS],
+            )
+            for template, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow = table
+    matches = [(p.groups, methods) for p, methods in table if p.match(path)]
+    # a literal path beats a template it also fits (/v1/alerts/acknowledge, not {alert_id})
+    fewest = min((n for n, _ in matches), default=0)
+    return sorted({m for n, methods in matches if n == fewest for m in methods})
+
+
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -196,3 +196,20 @@ async def test_a_device_patched_with_status_null_is_a_422_not_a_500(
     assert (await api.post("/v1/devices", json=device)).status_code == 201
     r = await api.patch("/v1/devices/n", json={"status": None})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "status"
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/v1/devices", "GET, POST"),
+        ("/v1/devices/dust-1", "GET, PATCH"),
+        ("/v1/alerts/acknowledge", "POST"),
+        ("/v1/rules/7", "DELETE, GET, PATCH"),
+    ],
+)
+async def test_a_405_allows_every_documented_method_of_its_path(
+    api: httpx.AsyncClient, path: str, allow: str
+) -> None:
+    """Found by schemathesis: Starlette named only the first route's methods."""
+    r = await api.request("TRACE", path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
