@@ -46,6 +46,8 @@ stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); 
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
 api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database).
+soak (only with --soak MINUTES, and then alone): the fleet at a steady rate with the API
+polled, each process's memory and the database size over time.
 """
 
 EPILOG = """\
