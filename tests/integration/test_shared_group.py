@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from click.testing import CliRunner
@@ -41,6 +42,18 @@ def _session_present(broker: MqttEndpoint, client_id: str) -> bool:
     return present[0]
 
 
+def _member(pg_url: str, mqtt_url: str, prefix: str, client_id: str, **more: Any) -> Settings:
+    """The settings of one member of the test's own shared group."""
+    return Settings(
+        database_url=pg_url,
+        mqtt_url=mqtt_url,
+        mqtt_topic_prefix=prefix,
+        mqtt_client_id=client_id,
+        mqtt_shared_group=prefix,
+        **more,
+    )
+
+
 def _publish(broker: MqttEndpoint, prefix: str, n: int) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect(broker.host, broker.port)
@@ -59,14 +72,7 @@ def test_a_retired_member_leaves_nothing_queued_and_loses_nothing(
     register(pg_engine, devices={"dust-1": "dust_monitor"})
     broker = MqttEndpoint(mqtt_url)
     member = f"{prefix}-a"
-    settings = Settings(
-        database_url=pg_url,
-        mqtt_url=mqtt_url,
-        mqtt_topic_prefix=prefix,
-        mqtt_client_id=member,
-        mqtt_shared_group=prefix,
-    )
-    gone = Ingestor(settings, pg_engine)
+    gone = Ingestor(_member(pg_url, mqtt_url, prefix, member), pg_engine)
     gone.start()
     gone.stop()  # a member that never comes back: its session, and its share, stay queued
     _publish(broker, prefix, 20)
@@ -94,14 +100,7 @@ def test_the_session_expiry_setting_reaches_the_broker(
     """A member keeps its session for `mqtt_session_expiry_s` (checked at once, not by waiting
     for it to run out)."""
     member = f"{prefix}-b"
-    settings = Settings(
-        database_url=pg_url,
-        mqtt_url=mqtt_url,
-        mqtt_topic_prefix=prefix,
-        mqtt_client_id=member,
-        mqtt_shared_group=prefix,
-        mqtt_session_expiry_s=3600,
-    )
+    settings = _member(pg_url, mqtt_url, prefix, member, mqtt_session_expiry_s=3600)
     ingestor = Ingestor(settings, pg_engine)
     ingestor.start()
     ingestor.stop()
