@@ -156,7 +156,7 @@ def authenticate(
         # the epoch is read before the key row: a principal cached under an epoch was read
         # no earlier than that epoch, so a revocation committed since has moved it
         epoch = cache.check(conn)
-        hit = cache.get(digest)
+        hit = cache.get(epoch, digest)
         if hit is not None:
             return hit[1]
     row = conn.execute(_key_query().where(keys_t.c.prefix == parts[1])).first()
@@ -189,16 +189,20 @@ class PrincipalCache:
         self._lock = threading.Lock()
 
     def check(self, conn: Connection) -> int:
-        """Read the epoch in this transaction; empty the cache when it moved."""
+        """Read the epoch in this transaction; empty the cache when it moved forward (a
+        request reading an older epoch, from an older snapshot, never moves it back)."""
         epoch = read_epoch(conn)
         with self._lock:
-            if epoch != self._epoch:
+            if self._epoch is None or epoch > self._epoch:
                 self._entries.clear()
                 self._epoch = epoch
         return epoch
 
-    def get(self, key: object) -> tuple[str, Principal] | None:
+    def get(self, epoch: int, key: object) -> tuple[str, Principal] | None:
+        """The cached principal, only for a request that read the current epoch."""
         with self._lock:
+            if epoch != self._epoch:
+                return None
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
@@ -261,7 +265,7 @@ def authenticate_session(
     epoch, hit = 0, None
     if cache is not None:
         epoch = cache.check(conn)
-        hit = cache.get(("session", key_id))
+        hit = cache.get(epoch, ("session", key_id))
     if hit is None:
         row = conn.execute(_key_query().where(keys_t.c.id == key_id)).first()
         if row is None or not _signed(row.hash, key_id, nonce, sig):

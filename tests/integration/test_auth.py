@@ -285,7 +285,28 @@ def test_a_principal_read_under_an_epoch_since_moved_is_not_cached() -> None:
     p = auth.Principal(1, "x", Role.viewer, None, 1)
     cache._epoch = 2
     cache.put(1, "k", "h", p)
-    assert cache.get("k") is None
+    assert cache.get(2, "k") is None
     for k in ("k1", "k2", "k3"):
         cache.put(2, k, "h", p)
-    assert len(cache) == 2 and cache.get("k1") is None and cache.get("k3") == ("h", p)
+    assert len(cache) == 2 and cache.get(2, "k1") is None and cache.get(2, "k3") == ("h", p)
+    assert cache.get(1, "k3") is None  # a request that read an older epoch is not served
+
+
+def test_an_older_epoch_read_never_moves_the_cache_back(sqlite_url: str) -> None:
+    """A request from an older snapshot must not reset the epoch and refill the cache with
+    what was true before a revocation."""
+    from monitor.core.db import make_engine
+
+    engine = make_engine(sqlite_url)
+    cache = auth.PrincipalCache()
+    p = auth.Principal(1, "x", Role.viewer, None, 1)
+    with engine.connect() as conn:
+        assert cache.check(conn) == 0
+    cache._epoch = 5  # another request has seen the revocation's epoch
+    cache.put(5, "k", "h", p)
+    with engine.connect() as conn:
+        assert cache.check(conn) == 0  # this one reads an older snapshot
+    assert cache._epoch == 5 and cache.get(5, "k") == ("h", p)
+    cache.put(0, "stale", "h", p)
+    assert cache.get(5, "stale") is None
+    engine.dispose()
