@@ -213,3 +213,16 @@ async def test_a_405_allows_every_documented_method_of_its_path(
     """Found by schemathesis: Starlette named only the first route's methods."""
     r = await api.request("TRACE", path)
     assert r.status_code == 405 and r.headers["allow"] == allow
+
+
+async def test_a_volume_of_true_or_false_is_a_422_not_zero_or_one(api: httpx.AsyncClient) -> None:
+    """Found by schemathesis: pydantic's lax mode read false as 0.0 m³."""
+    site = {"id": "dma-v", "name": "v", "district": "Lanshan", "kind": "dma"}
+    assert (await api.post("/v1/sites", json=site)).status_code == 201
+    period = {"period_start": "2026-11-01", "period_end": "2026-11-30", "billed_m3": 10.0}
+    r = await api.post("/v1/sites/dma-v/consumption", json={**period, "unbilled_m3": False})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.unbilled_m3"
+    r = await api.post("/v1/sites/dma-v/consumption", json={**period, "unbilled_m3": 0})
+    assert r.status_code == 201
+    r = await api.patch(f"/v1/sites/dma-v/consumption/{r.json()['id']}", json={"billed_m3": True})
+    assert r.status_code == 422
