@@ -7,7 +7,8 @@ destructive endpoints delete what they like, as an admin so that every route is 
 The coverage phase (boundary values of every parameter) is left out of CI: on this
 machine's 2 shared cores it took 206 s at 3 examples. It was run by hand, and what it found is
 fixed, each with its test in test_api_contract.py (a 405 without Allow, or naming one route's
-methods only; ids past 32 bits; a DMA's connections past the column; a device's status null).
+methods only; ids past 32 bits; a DMA's connections past the column; a device's status null;
+true/false read as a volume of 0 or 1 m³).
 To run it again, add coverage to PHASES.
 """
 
