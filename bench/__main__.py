@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bench import apiload, dataset, live, throughput, webload
+from bench import apiload, dataset, live, soak, throughput, webload
 from bench.config import PRESETS, Plan
 from bench.context import Context
 from bench.fleet import Backlog, build_fleet, make_backlog, parse_mix, probe_devices, register
@@ -64,7 +64,9 @@ api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big databa
 web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in, 4 clients,
 100k alerts); hj212 (`envmon hj212` under N logger connections from client processes:
 memory per idle connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in
-a closed loop against the envmon stage's readings/s).
+a closed loop against the envmon stage's readings/s);
+soak (only with --soak MINUTES, and then alone): the fleet at a steady rate with the API
+polled, each process's memory and the database size over time.
 """
 
 EPILOG = """\
@@ -144,7 +146,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip", default="", help=f"stages to leave out, comma-separated: {', '.join(STAGES)}"
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
+    s = p.add_argument_group("soak (opt-in, never part of the full run)")
+    s.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="run only the soak stage for MINUTES: the fleet at a steady rate, the API polled, "
+        "each process's memory and the database size sampled over time",
+    )
+    s.add_argument("--soak-rate", type=float, default=500.0, help="messages/s [%(default)s]")
+    s.add_argument(
+        "--soak-sample", type=float, default=30.0, metavar="S", help="seconds between samples"
+    )
     args = p.parse_args(argv)
+    if args.soak is not None and args.soak <= 0:
+        p.error("--soak needs a positive number of minutes")
     unknown = {s for s in args.skip.split(",") if s} - set(STAGES)
     if unknown:
         p.error(f"unknown stage(s) in --skip: {', '.join(sorted(unknown))}")
@@ -203,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     json_path: Path = args.json or RESULTS_DIR / f"{started:%Y%m%d-%H%M%S}-{plan.mode}.json"
     skip = {s for s in args.skip.split(",") if s}
+    if args.soak:
+        skip |= set(STAGES)  # the soak runs alone
     if not plan.profile:
         skip.add("profile")
     results: dict[str, Any] = {
@@ -290,6 +308,8 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ("api", lambda: _api(ctx, results)),
             ("web", lambda: _web(ctx, results)),
         ]
+        if args.soak:
+            steps.append(("soak", lambda: _soak(ctx, args, results)))
         for name, step in steps:
             if name in skip:
                 continue
@@ -440,6 +460,10 @@ def _live_sustainable(ctx: Context, results: dict[str, Any]) -> None:
     rate = min(ctx.plan.live_rate, round(drained * SUSTAINABLE_SHARE))
     half = len(ctx.probes) // 2
     results["live_sustainable"] = live.run(ctx, rate, ctx.probes[half:])
+
+
+def _soak(ctx: Context, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    results["soak"] = soak.run(ctx, args.soak, args.soak_rate, args.soak_sample)
 
 
 def _api(ctx: Context, results: dict[str, Any]) -> None:

@@ -359,6 +359,34 @@ def _web(lines: list[str], web: dict[str, Any]) -> None:
             f"  {name:<40}{_n(e['p50_ms'], 1):>9}{_n(e['p99_ms'], 1):>9}"
             f"{_n(e['max_ms'], 1):>9}{_n(e['requests_per_s']):>9}{e['response_bytes']:>9,}"
         )
+
+
+def _soak(lines: list[str], s: dict[str, Any]) -> None:
+    add = lines.append
+    add(
+        f"SOAK: {s['minutes']:g} min at {s['offered_msg_per_s']:.0f} msg/s, "
+        f"{s['api_requests']:,} API requests ({s['api_errors']} errors)"
+    )
+    add("  t s     readings     db MiB  ingestor MiB  api MiB  broker MiB  pg MiB")
+    for x in s["samples"]:
+        m = {k: v / 2**20 for k, v in x["rss"].items()}
+        add(
+            f"  {x['t_s']:<6.0f}{x['readings']:>11,}  {x['db_bytes'] / 2**20:>9.1f}"
+            f"  {m['ingestor']:>12.0f}  {m['api']:>7.0f}  {m['broker']:>10.0f}"
+            f"  {m['postgres_backends']:>6.0f}"
+        )
+    growth = ", ".join(f"{k} {v:+.1%}" for k, v in s.get("memory_growth", {}).items())
+    if growth:
+        add(f"  memory after warm-up: {growth}")
+    per = s.get("bytes_per_reading_after_warmup")
+    if per is not None:
+        add(
+            f"  database: {per:.0f} bytes per reading added after warm-up, "
+            f"{s['bytes_per_reading_overall']:.0f} overall"
+        )
+    if s.get("flat") is not None:
+        state = "met" if s["flat"] else "MISSED"
+        add(f"  goal (envmon memory flat within 10% after warm-up): {state}")
     add("")
 
 
@@ -392,6 +420,8 @@ def render(r: dict[str, Any]) -> str:
         _web(lines, r["web"])
     if r.get("hj212"):
         _hj212(lines, r["hj212"])
+    if r.get("soak"):
+        _soak(lines, r["soak"])
     g = r.get("goals", [])
     if g:
         add("GOALS (issues 6, 11 and 13)")

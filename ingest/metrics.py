@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Collection
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter("envmon_messages_received", "MQTT messages taken from the broker")
@@ -40,9 +44,35 @@ DB_UP = Gauge("envmon_database_up", "1 while the writer can reach the database")
 ALERTS_OPENED = Counter("envmon_alerts_opened", "Alerts opened by the evaluator")
 LAST_SEEN = Gauge(
     "envmon_device_last_seen_timestamp_seconds",
-    "When a device's last message arrived",
+    "When a device's last message arrived (active registered devices only)",
     ["device_id"],
 )
+_seen_series: dict[str, Any] = {}  # device id -> its LAST_SEEN child
+_seen_lock = threading.Lock()
+
+
+def device_seen(device_id: str, at: float) -> None:
+    """Set a device's LAST_SEEN series (the writer calls this for stored devices only). Each
+    device's child is kept: labels() takes a lock and builds a key per call, ~5% of the writer
+    thread with thousands of devices a batch."""
+    with _seen_lock:
+        child = _seen_series.get(device_id)
+        if child is None:
+            child = _seen_series[device_id] = LAST_SEEN.labels(device_id)
+        child.set(at)
+
+
+def keep_devices(active: Collection[str]) -> int:
+    """Drop the LAST_SEEN series of every device not in `active` (retired or deleted): the
+    series stay as many as the active fleet, not as every id ever seen. Returns how many."""
+    with _seen_lock:
+        gone = [d for d in _seen_series if d not in active]
+        for device_id in gone:
+            LAST_SEEN.remove(device_id)
+            del _seen_series[device_id]
+    return len(gone)
+
+
 # The HJ 212 gateway; its dead letters are counted by reason in envmon_dead_letters
 HJ212_CONNECTIONS = Gauge("envmon_hj212_connections", "Open HJ 212 logger connections")
 HJ212_FRAMES = Counter("envmon_hj212_frames", "HJ 212 frames that passed framing and CRC")

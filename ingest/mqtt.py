@@ -27,7 +27,7 @@ from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the benchmark's own sessions; ingestors: the setting
 MARKER_WAIT_S = 1.0  # with nothing held for us, the catch-up marker goes after this
 
 
@@ -94,7 +94,7 @@ class MqttIntake:
         """Connect (retrying until `timeout_s`) and start the network thread."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # Keep our session (subscription and queued messages) while we are away.
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
         # Without this the broker caps un-acknowledged deliveries at its default (20 on
         # Mosquitto), and since we acknowledge after commit, batches could never grow past it.
         props.ReceiveMaximum = self._settings.mqtt_receive_maximum
@@ -235,9 +235,24 @@ class MqttIntake:
     def stop_intake(self) -> None:
         self._accepting.clear()
 
-    def close(self) -> None:
+    def unsubscribe(self, timeout_s: float = 15.0) -> None:
+        """Leave the telemetry and status subscriptions (a retiring member: the broker routes
+        new messages to the other members of its shared group from the UNSUBACK on)."""
+        done = threading.Event()
+        self._client.on_unsubscribe = lambda *_: done.set()
+        self._client.unsubscribe(self.topics)
+        if not done.wait(timeout_s):
+            raise ConnectionError("the MQTT broker did not confirm the unsubscribe")
+
+    def close(self, *, end_session: bool = False) -> None:
+        """Disconnect; `end_session` asks the broker to drop our session and queue now (MQTT 5
+        allows a DISCONNECT to lower the session expiry to 0)."""
         self._accepting.clear()
         if self._marker_timer is not None:
             self._marker_timer.cancel()
-        self._client.disconnect()
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()

@@ -7,6 +7,7 @@ import time
 
 from sqlalchemy import Engine, select
 
+from ingest import metrics
 from ingest.validate import DeviceInfo
 from monitor.core.catalogue import DeviceKind
 from monitor.core.models import Device, DeviceStatus, table
@@ -39,6 +40,7 @@ class DeviceRegistry:
             r.id: DeviceInfo(DeviceKind(r.kind), r.status == DeviceStatus.active) for r in rows
         }
         self._loaded_at = time.monotonic()
+        metrics.keep_devices({d for d, info in self._known.items() if info.active})
         # forget only the misses that expired: clearing them all would make every unknown
         # id cost a query again right after each refresh
         expired = self._loaded_at - self._miss_ttl

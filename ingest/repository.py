@@ -176,24 +176,30 @@ def fold_rollups(
 
 
 def insert_dead_letters(
-    conn: Connection, records: Sequence[DeadLetterRecord], received_at: datetime
+    conn: Connection,
+    records: Sequence[DeadLetterRecord],
+    received_at: datetime | Sequence[datetime],
 ) -> None:
-    """Keep dead letters; one already kept (the same message delivered again) is skipped."""
+    """Keep dead letters, each stamped with when its message was received (one time for all,
+    or one per record); one already kept (the same message delivered again) is skipped, so
+    it keeps the time of the receipt first stored."""
     if not records:
         return
-    rows = {
-        digest: {
-            "received_at": received_at,
-            "topic": r.topic,
-            "device_id": r.device_id,
-            "reason": r.reason.value,
-            "detail": r.detail,
-            "payload": r.payload,
-            "digest": digest,
-        }
-        for r in records
-        for digest in [dead_letter_digest(r)]
-    }
+    times = [received_at] * len(records) if isinstance(received_at, datetime) else received_at
+    rows: dict[str, dict[str, object]] = {}
+    for r, at in zip(records, times, strict=True):
+        rows.setdefault(
+            dead_letter_digest(r),
+            {
+                "received_at": at,
+                "topic": r.topic,
+                "device_id": r.device_id,
+                "reason": r.reason.value,
+                "detail": r.detail,
+                "payload": r.payload,
+                "digest": dead_letter_digest(r),
+            },
+        )
     stmt = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(dead_letters)
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]), list(rows.values()))
 

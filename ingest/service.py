@@ -104,13 +104,46 @@ class Ingestor:
                 return
             raise
 
-    def stop(self) -> None:
-        """Stop intake, flush the last batch, acknowledge it, disconnect."""
+    def stop(self, *, end_session: bool = False) -> None:
+        """Stop intake, flush the last batch, acknowledge it, disconnect (and with
+        `end_session`, have the broker drop this client's session)."""
         self.pruner.stop()
         self.intake.stop_intake()
         if self.gateway is not None:
             self.gateway.stop()
         self.writer.stop()
         if self._mqtt:
-            self.intake.close()
+            self.intake.close(end_session=end_session)
         log.info("ingestor stopped: %s", self.stats)
+
+
+def retire(settings: Settings, engine: Engine, client_id: str, timeout_s: float = 600.0) -> Stats:
+    """End the broker session of an ingestor gone for good, without losing its share.
+
+    Connects as `client_id` resuming its session, stores what the broker queued for it
+    (until the catch-up marker, which queues behind it, is committed), leaves the shared
+    subscription so that new traffic goes to the other members, stores what was already in
+    flight, and disconnects with session expiry 0: the broker drops the session at once
+    instead of holding a queue for nobody for `mqtt_session_expiry_s`.
+    """
+    import time
+
+    ingestor = Ingestor(settings.model_copy(update={"mqtt_client_id": client_id}), engine)
+    ingestor.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ingestor.writer.caught_up():
+            if ingestor.intake.fatal is not None:
+                raise ingestor.intake.fatal
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{client_id}: the queued messages were not all stored")
+            time.sleep(0.2)
+        ingestor.intake.unsubscribe()
+        # what the broker had put in flight before the UNSUBACK reaches the inbox within
+        # the marker's wait; the writer stores and acknowledges it while stopping
+        time.sleep(1.0)
+    except BaseException:
+        ingestor.stop()  # keep the session: nothing is lost, retire again later
+        raise
+    ingestor.stop(end_session=True)
+    return ingestor.stats

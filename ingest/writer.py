@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from prometheus_client import Gauge
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -166,7 +165,6 @@ class Writer:
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
         self._copy = settings.ingest_copy
-        self._last_seen: dict[str, Gauge] = {}
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
         # a failed step, so that it is retried, never dropped un-acknowledged
         self._pending: Batch | None = None
@@ -491,12 +489,14 @@ class Writer:
         parsed = [self._validation(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
-        now = datetime.now(UTC)
+        # a dead letter is stamped with its message's receipt, not this commit: a batch
+        # replayed from the spool or retried after a fault keeps the time it arrived
+        dead_at = [m.received_at for p, m in zip(parsed, messages, strict=True) for _ in p.dead]
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
         known = watermarks(conn, batch_devices)
         inserted = insert_readings(conn, rows, copy=self._copy)
-        insert_dead_letters(conn, dead, now)
+        insert_dead_letters(conn, dead, dead_at)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
         for p, m in zip(parsed, messages, strict=True):
             if p.device_id is None or not (p.rows or p.status):
@@ -631,14 +631,8 @@ class Writer:
         for d in summary.dead:
             s.by_reason[d.reason] = s.by_reason.get(d.reason, 0) + 1
             metrics.DEAD.labels(d.reason.value).inc()
-        gauges = self._last_seen
         for device_id, (at, _, _) in summary.seen.items():
-            gauge = gauges.get(device_id)
-            if gauge is None:
-                # labels() takes a lock and builds a key per call: ~5% of the writer thread
-                # with thousands of devices a batch, so each device's child is kept
-                gauge = gauges[device_id] = metrics.LAST_SEEN.labels(device_id)
-            gauge.set(at.timestamp())
+            metrics.device_seen(device_id, at.timestamp())
 
 
 def _facts(m: Message) -> Facts | None:

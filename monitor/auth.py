@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, insert, select, update
 
 from monitor.core.exceptions import Conflict, EnvmonError, NotFound
-from monitor.core.models import ApiKey, Role, User, table, utcnow
+from monitor.core.models import ApiKey, AuthEpoch, Role, User, table, utcnow
 
 users_t = table(User)
 keys_t = table(ApiKey)
+epoch_t = table(AuthEpoch)
 
 KEY_PREFIX = "envmon_"
 
@@ -133,9 +136,16 @@ def set_disabled(conn: Connection, name: str, disabled: bool) -> None:
     conn.execute(update(users_t).where(users_t.c.name == name).values(disabled=disabled))
 
 
-def authenticate(conn: Connection, token: str | None, *, production: bool) -> Principal:
-    """The principal behind a bearer token, checked against the database on every call, so a
-    revoked key or a disabled user stops working at once."""
+def authenticate(
+    conn: Connection,
+    token: str | None,
+    *,
+    production: bool,
+    cache: PrincipalCache | None = None,
+) -> Principal:
+    """The principal behind a bearer token, checked against the database on every call (or
+    against a cache that the auth epoch empties), so a revoked key or a disabled user stops
+    working at once."""
     if not token:
         raise Unauthenticated("send an API key: Authorization: Bearer envmon_...")
     parts = token.split("_")
@@ -143,10 +153,74 @@ def authenticate(conn: Connection, token: str | None, *, production: bool) -> Pr
         raise Unauthenticated("malformed API key")
     if parts[1].startswith(SESSION_PREFIX):  # a browser session's row, never a bearer key
         raise Unauthenticated("unknown API key")
+    digest = _digest(token)
+    epoch = 0
+    if cache is not None:
+        # the epoch is read before the key row: a principal cached under an epoch was read
+        # no earlier than that epoch, so a revocation committed since has moved it
+        epoch = cache.check(conn)
+        hit = cache.get(epoch, digest)
+        if hit is not None:
+            return hit[1]
     row = conn.execute(_key_query().where(keys_t.c.prefix == parts[1])).first()
-    if row is None or not hmac.compare_digest(row.hash, _digest(token)):
+    if row is None or not hmac.compare_digest(row.hash, digest):
         raise Unauthenticated("unknown API key")
-    return _principal(row, production)
+    principal = _principal(row, production)
+    if cache is not None:
+        cache.put(epoch, digest, row.hash, principal)
+    return principal
+
+
+def read_epoch(conn: Connection) -> int:
+    """The auth epoch: moved by a trigger on every update or delete of users and api_keys."""
+    return int(conn.execute(select(epoch_t.c.epoch).where(epoch_t.c.id == 1)).scalar_one())
+
+
+class PrincipalCache:
+    """Principals of one API worker, valid while the auth epoch stands still.
+
+    Each request reads the epoch (one row by primary key) instead of the key joined to its
+    user; a revocation, a disabled user or any hand-made change to those tables moves the
+    epoch, and every worker empties its cache at its next request. Bounded (least recently
+    used out); thread-safe, as FastAPI runs sync dependencies in a thread pool.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._epoch: int | None = None
+        self._entries: OrderedDict[object, tuple[str, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, conn: Connection) -> int:
+        """Read the epoch in this transaction; empty the cache when it moved forward (a
+        request reading an older epoch, from an older snapshot, never moves it back)."""
+        epoch = read_epoch(conn)
+        with self._lock:
+            if self._epoch is None or epoch > self._epoch:
+                self._entries.clear()
+                self._epoch = epoch
+        return epoch
+
+    def get(self, epoch: int, key: object) -> tuple[str, Principal] | None:
+        """The cached principal, only for a request that read the current epoch."""
+        with self._lock:
+            if epoch != self._epoch:
+                return None
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+            return hit
+
+    def put(self, epoch: int, key: object, key_hash: str, principal: Principal) -> None:
+        with self._lock:
+            if epoch != self._epoch:
+                return  # read under an epoch that has moved on since
+            self._entries[key] = (key_hash, principal)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _key_query() -> Any:
@@ -236,7 +310,8 @@ def _session_row(conn: Connection, cookie: str | None) -> tuple[Any, int, str]:
 def authenticate_session(
     conn: Connection, cookie: str | None, *, production: bool, max_age: timedelta
 ) -> tuple[Principal, str]:
-    """The principal behind a session cookie, and the session's CSRF token."""
+    """The principal behind a session cookie, and the session's CSRF token. Not cached: the
+    session's own row (ended at sign-out, expired by age) is read at every request."""
     row, session_id, secret = _session_row(conn, cookie)
     if row.session_revoked_at is not None:
         raise Unauthenticated("sign in again: this session was ended")

@@ -429,15 +429,30 @@ def api(port: int | None, host: str | None, workers: int | None) -> None:
 
 
 @main.command()
-def ingest() -> None:
+@click.option(
+    "--retire",
+    "retire_id",
+    metavar="CLIENT_ID",
+    help="Retire a member of the shared group: store what the broker queued for CLIENT_ID, "
+    "then end its session (a member removed for good), and exit.",
+)
+def ingest(retire_id: str | None) -> None:
     """Run the ingestor alone: subscribe, validate, store, evaluate rules, acknowledge."""
-    from ingest.service import Ingestor, tune_gc
+    from ingest.service import Ingestor, retire, tune_gc
     from monitor.core.db import make_engine
 
     settings = _settings()
     if settings.embedded_broker:
         raise click.UsageError("`envmon ingest` needs ENVMON_MQTT_URL (a running broker)")
     _check_production(settings)
+    if retire_id is not None:
+        engine = make_engine(settings.sqlalchemy_url)
+        try:
+            stats = retire(settings, engine, retire_id)
+        finally:
+            engine.dispose()
+        click.echo(f"retired {retire_id}: its session is ended; {stats}")
+        return
     from prometheus_client import start_http_server
 
     engine = make_engine(settings.sqlalchemy_url)

@@ -7,9 +7,16 @@ import csv
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from sqlalchemy import Connection, delete, insert, select, update
 
 from monitor import audit
@@ -20,14 +27,24 @@ consumption = table(Consumption)
 sites = table(Site)
 
 
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true/false as 1.0/0.0; the OpenAPI says number (schemathesis)
+    if isinstance(value, bool):
+        raise ValueError("a number of m³, not true/false")
+    return value
+
+
+Volume = Annotated[float, BeforeValidator(_not_bool)]
+
+
 class ConsumptionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     period_start: date = Field(description="First local day of the billing period, inclusive")
     period_end: date = Field(description="Last local day of the billing period, inclusive")
-    billed_m3: float = Field(ge=0, description="Billed authorised consumption, m³")
-    unbilled_m3: float = Field(0.0, ge=0, description="Unbilled authorised consumption, m³")
-    residential_metered_m3: float | None = Field(
+    billed_m3: Volume = Field(ge=0, description="Billed authorised consumption, m³")
+    unbilled_m3: Volume = Field(0.0, ge=0, description="Unbilled authorised consumption, m³")
+    residential_metered_m3: Volume | None = Field(
         None, ge=0, description="Residential metered-to-household (抄表到户) volume, m³ (CJJ 92 R1)"
     )
 
@@ -43,9 +60,9 @@ class ConsumptionUpdate(BaseModel):
 
     period_start: date | None = None
     period_end: date | None = None
-    billed_m3: float | None = Field(None, ge=0)
-    unbilled_m3: float | None = Field(None, ge=0)
-    residential_metered_m3: float | None = Field(None, ge=0)
+    billed_m3: Volume | None = Field(None, ge=0)
+    unbilled_m3: Volume | None = Field(None, ge=0)
+    residential_metered_m3: Volume | None = Field(None, ge=0)
 
 
 class ConsumptionRead(ConsumptionCreate):

@@ -32,7 +32,8 @@ HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 class DmaFields(BaseModel):
     """A DMA's parameters (sites of kind dma; standards.md §5.3). Null: the method's default."""
 
-    connections: int | None = Field(None, ge=0, description="Service connections")
+    # le: the INTEGER column's range on PostgreSQL (a larger count was a 500)
+    connections: int | None = Field(None, ge=0, le=2**31 - 1, description="Service connections")
     mains_km: float | None = Field(None, ge=0, description="Length of mains DN75 and above, km")
     night_from: str | None = Field(
         None, pattern=HHMM, description="Night window start, local HH:MM (default 02:00)"

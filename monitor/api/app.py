@@ -29,6 +29,7 @@ from monitor.api.routes import (
     sites,
     users,
 )
+from monitor.auth import PrincipalCache
 from monitor.core.db import make_engine, make_sessionmaker
 from monitor.core.settings import Settings, get_settings
 from monitor.web import routes as web
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.sqlalchemy_url)
         app.state.settings = settings
         app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.principals = PrincipalCache()
         try:
             yield
         finally:

@@ -10,7 +10,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from monitor.auth import Forbidden, Principal, authenticate, authenticate_session
+from monitor.auth import (
+    Forbidden,
+    Principal,
+    PrincipalCache,
+    authenticate,
+    authenticate_session,
+)
 from monitor.core.models import Role
 from monitor.core.settings import Environment, Settings
 
@@ -51,6 +57,7 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     production = settings.env == Environment.production
+    cache: PrincipalCache = request.app.state.principals
     cookie = request.cookies.get(SESSION_COOKIE)
     if credentials is None and cookie:
         # the web page's fetches and its EventSource, which cannot send a bearer header
@@ -66,7 +73,7 @@ def get_principal(
             raise Forbidden(f"a cookie-authenticated {request.method} needs the {CSRF_HEADER}")
         return principal
     token = credentials.credentials if credentials else None
-    return authenticate(session.connection(), token, production=production)
+    return authenticate(session.connection(), token, production=production, cache=cache)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
 from monitor.core.exceptions import EnvmonError
@@ -57,13 +59,56 @@ def install(app: FastAPI) -> None:
         return problem(422, "Invalid request", f"invalid value for {fields}", errors)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # keep the exception's headers: a 405 must say Allow (RFC 9110), a 401 WWW-Authenticate
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only (GET
+            # and POST /v1/devices are two routes): name every method the OpenAPI documents
+            allowed = _allowed(app, request.url.path)
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # SQLSTATE class 22 (a number out of range, a text too long for its column): a value
+        # the request sent that a bound in the API missed; the caller's error, not a 500
+        log.warning(
+            "database refused a value on %s %s: %s",
+            request.method,
+            request.url.path,
+            str(exc.orig)[:200],
+        )
+        return problem(422, "Invalid value", "a value is out of the range the database stores")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def _allowed(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI documents for the path template(s) `path` matches."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow", None)
+    if table is None:
+        table = [
+            (
+                re.compile(
+                    "^" + "([^/]+)".join(map(re.escape, re.split(r"\{[^/}]+\}", template))) + "$"
+                ),
+                [m.upper() for m in ops if m in HTTP_METHODS],
+            )
+            for template, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow = table
+    matches = [(p.groups, methods) for p, methods in table if p.match(path)]
+    # a literal path beats a template it also fits (/v1/alerts/acknowledge, not {alert_id})
+    fewest = min((n for n, _ in matches), default=0)
+    return sorted({m for n, methods in matches if n == fewest for m in methods})
+
+
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -101,6 +146,10 @@ ANSWERS = {
 }
 
 
+# query parameters that name one object: an unknown one is a 404 (the reports), not an empty list
+NAMING_QUERIES = frozenset({"site", "site_id", "device_id", "dma"})
+
+
 def _answers(route: APIRoute) -> set[int]:
     """The error statuses a route can send, read from what it depends on."""
     from monitor.api.deps import get_principal
@@ -117,7 +166,8 @@ def _answers(route: APIRoute) -> set[int]:
     # the role check of deps._role
     if any(getattr(c, "__qualname__", "").startswith("_role.") for c in calls):
         codes.add(403)
-    if route.dependant.path_params:
+    names = {p.alias for d in dependants for p in d.query_params}
+    if route.dependant.path_params or names & NAMING_QUERIES:
         codes.add(404)
     if methods & {"POST", "PUT", "PATCH"}:
         codes |= {400, 411, 413}

@@ -12,9 +12,9 @@ from pydantic import AwareDatetime, BeforeValidator, Field
 from monitor.core.catalogue import DeviceKind
 from monitor.core.exceptions import InvalidInput
 
-# Ids are BIGINT (or SQLite's 64-bit INTEGER): a larger value would overflow in the driver
-# (a 500) instead of being refused here with the field's name.
-MAX_ID = 2**63 - 1
+# Ids are INTEGER: 32 bits on PostgreSQL (SQLite's are 64), so a larger value would be out of
+# range in the database (a 500) instead of being refused here with the field's name.
+MAX_ID = 2**31 - 1
 BoundedId = Annotated[int, Field(ge=1, le=MAX_ID)]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 

@@ -42,12 +42,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling emits BEGIN only before INSERT/UPDATE/
+            # DELETE: a SAVEPOINT with no write before it opened the transaction itself, and
+            # its RELEASE committed everything so far, half an evaluation included. Off: we
+            # emit BEGIN ourselves (the "begin" event below), SQLAlchemy's pysqlite recipe.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: WAL is synced at every commit, so a message acknowledged after its commit
+            # survives a power loss, as on PostgreSQL (NORMAL could lose the last commits)
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

@@ -238,6 +238,16 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+class AuthEpoch(Base):
+    """One row whose `epoch` moves on every change to users or keys (database triggers, so a
+    hand-written UPDATE counts too): API workers cache principals while it stands still."""
+
+    __tablename__ = "auth_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Reading(Base):
     """One value of one metric from one device at one event time; arrival time beside it."""
 

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     mqtt_shared_group: str | None = Field(
         None, description="Subscribe through $share/<group>/... so several ingestors split the load"
     )
+    mqtt_session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        le=2**32 - 2,
+        description="How long the broker keeps an ingestor's session and queue while it is "
+        "away; with a shared group, a member gone for good leaves its share queued this "
+        "long (`envmon ingest --retire CLIENT_ID` ends it at once)",
+    )
     mqtt_ca_file: Path | None = Field(
         None,
         description="CA certificate that signed the broker's, for mqtts:// (unset = the "
@@ -136,6 +144,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Sent or failed notifications older than this are deleted (pending ones "
         "never); 0 keeps them forever",
+    )
+    retention_readings_days: int = Field(
+        0,
+        ge=0,
+        description="Readings older than this are deleted on plain PostgreSQL and SQLite "
+        "(TimescaleDB: timescale_retention); hourly rollups are kept; 0 keeps them forever",
+    )
+    retention_alert_events_days: int = Field(
+        0,
+        ge=0,
+        description="Events of alerts closed (resolved or retracted) longer ago than this are "
+        "deleted, the alert row kept; open alerts keep all theirs; 0 keeps them forever",
     )
     retention_interval_s: float = Field(
         3600, gt=0, description="How often the ingestor applies the retention settings"

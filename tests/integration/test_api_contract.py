@@ -123,3 +123,106 @@ async def test_the_documented_error_answers_are_the_ones_sent(api: httpx.AsyncCl
         assert r.status_code == code
         assert r.headers["content-type"] == "application/problem+json"
         assert {"type", "title", "status", "detail"} <= set(r.json())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/alerts/{2**31}",
+        f"/v1/rules/{2**31}",
+        f"/v1/alerts?rule={2**31}",
+        f"/v1/alerts/stream?follow=false&after={2**31}",
+    ],
+)
+async def test_ids_past_postgresqls_32_bit_integer_are_a_422_not_a_500(
+    api: httpx.AsyncClient, path: str
+) -> None:
+    """Found by schemathesis: ids are INTEGER columns, 32 bits on PostgreSQL."""
+    r = await api.get(path)
+    assert r.status_code == 422, r.text
+    r = await api.get("/v1/alerts/stream?follow=false", headers={"Last-Event-ID": str(2**31)})
+    assert r.status_code == 422, r.text
+
+
+async def test_a_405_says_which_methods_are_allowed(api: httpx.AsyncClient) -> None:
+    """Found by schemathesis (RFC 9110: a 405 carries Allow)."""
+    r = await api.request("TRACE", "/v1/me")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_report_documents_the_404_of_an_unknown_site(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/v1/openapi.json")).json()
+    assert "404" in spec["paths"]["/v1/reports/dust-compliance"]["get"]["responses"]
+    r = await api.get("/v1/reports/dust-compliance?start=2026-01-01&end=2026-01-01&site=nope")
+    assert r.status_code == 404
+
+
+async def test_a_count_past_the_columns_range_is_a_422_naming_it(api: httpx.AsyncClient) -> None:
+    """Found by schemathesis: a DMA's connections of 6.7e9 was a 500 on PostgreSQL."""
+    body = {"id": "dma-x", "name": "x", "district": "Lanshan", "kind": "dma"}
+    r = await api.post("/v1/sites", json={**body, "connections": 2**31})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.connections"
+
+
+async def test_a_value_the_database_refuses_as_data_is_a_422_not_a_500() -> None:
+    """The net under the bounds: SQLSTATE class 22 (out of range, too long) from any route."""
+    from fastapi import FastAPI
+    from sqlalchemy.exc import DataError
+
+    from monitor.api import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise DataError("INSERT ...", {}, Exception("integer out of range"))
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as c:
+        r = await c.get("/boom")
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_device_patched_with_status_null_is_a_422_not_a_500(
+    api: httpx.AsyncClient,
+) -> None:
+    """Found by schemathesis: the column is NOT NULL."""
+    site = {"id": "s1", "name": "s", "district": "Lanshan", "kind": "construction_site"}
+    assert (await api.post("/v1/sites", json=site)).status_code == 201
+    device = {"id": "n", "site_id": "s1", "kind": "dust_monitor"}
+    assert (await api.post("/v1/devices", json=device)).status_code == 201
+    r = await api.patch("/v1/devices/n", json={"status": None})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "status"
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/v1/devices", "GET, POST"),
+        ("/v1/devices/dust-1", "GET, PATCH"),
+        ("/v1/alerts/acknowledge", "POST"),
+        ("/v1/rules/7", "DELETE, GET, PATCH"),
+    ],
+)
+async def test_a_405_allows_every_documented_method_of_its_path(
+    api: httpx.AsyncClient, path: str, allow: str
+) -> None:
+    """Found by schemathesis: Starlette named only the first route's methods."""
+    r = await api.request("TRACE", path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
+
+
+async def test_a_volume_of_true_or_false_is_a_422_not_zero_or_one(api: httpx.AsyncClient) -> None:
+    """Found by schemathesis: pydantic's lax mode read false as 0.0 m³."""
+    site = {"id": "dma-v", "name": "v", "district": "Lanshan", "kind": "dma"}
+    assert (await api.post("/v1/sites", json=site)).status_code == 201
+    period = {"period_start": "2026-11-01", "period_end": "2026-11-30", "billed_m3": 10.0}
+    r = await api.post("/v1/sites/dma-v/consumption", json={**period, "unbilled_m3": False})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.unbilled_m3"
+    r = await api.post("/v1/sites/dma-v/consumption", json={**period, "unbilled_m3": 0})
+    assert r.status_code == 201
+    r = await api.patch(f"/v1/sites/dma-v/consumption/{r.json()['id']}", json={"billed_m3": True})
+    assert r.status_code == 422

@@ -218,3 +218,95 @@ def test_cli_users_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     listed = runner.invoke(main, ["keys", "list", "wang"]).output
     assert "revoked" in listed and "active" in listed and "tablet" in listed
     assert "Lanshan" in runner.invoke(main, ["users", "list"]).output
+
+
+@pytest.mark.parametrize("db", ["pg_url", "sqlite_url"])
+async def test_a_revocation_in_one_worker_is_refused_by_another_at_its_next_request(
+    db: str, request: pytest.FixtureRequest
+) -> None:
+    """Two app instances (two `envmon api` workers) on one database, each with its principal
+    cache warm: whatever one changes, or an operator changes by hand in SQL, the other
+    refuses at its very next request."""
+    from sqlalchemy import event, text
+
+    from monitor.core.db import make_engine
+
+    url: str = request.getfixturevalue(db)
+    engine = make_engine(url)
+    admin = bearer(make_key(engine))
+    keys = {name: make_key(engine, name, "viewer", "Lanshan") for name in ("a", "b", "c", "d")}
+    with engine.begin() as conn:
+        cookie = auth.open_session(conn, keys["d"], production=False, max_age=timedelta(hours=1))
+    apps = [create_app(Settings(database_url=url)) for _ in range(2)]
+    async with (
+        apps[0].router.lifespan_context(apps[0]),
+        apps[1].router.lifespan_context(apps[1]),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[0]), base_url="http://a") as one,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[1]), base_url="http://b") as two,
+    ):
+
+        async def me(client: httpx.AsyncClient, name: str) -> int:
+            if name == "d":
+                client.cookies.set("envmon_session", cookie)
+                r = await client.get("/v1/me")
+                client.cookies.clear()
+            else:
+                r = await client.get("/v1/me", headers=bearer(keys[name]))
+            return r.status_code
+
+        for name in keys:  # warm both caches
+            assert [await me(one, name), await me(two, name)] == [200, 200]
+
+        # a cached principal costs one statement: the epoch, not the key joined to its user
+        statements: list[str] = []
+        cached_engine = apps[1].state.sessionmaker.kw["bind"]
+        listen = event.listen
+        listen(cached_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        assert await me(two, "a") == 200
+        assert len([s for s in statements if "api_keys" in s]) == 0, statements
+
+        key_a = (await one.get("/v1/users/a/keys", headers=admin)).json()[0]["id"]
+        assert (await one.delete(f"/v1/keys/{key_a}", headers=admin)).status_code == 204
+        assert await me(two, "a") == 401
+        assert (await one.patch("/v1/users/b", json={"disabled": True}, headers=admin)).is_success
+        assert await me(two, "b") == 401
+        with engine.begin() as conn:  # an operator's hand-made change counts too
+            conn.execute(text("UPDATE users SET disabled = true WHERE name IN ('c', 'd')"))
+        assert [await me(one, "c"), await me(two, "c")] == [401, 401]
+        assert [await me(one, "d"), await me(two, "d")] == [401, 401]
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE users SET disabled = false WHERE name = 'c'"))
+        assert [await me(one, "c"), await me(two, "c")] == [200, 200]
+    engine.dispose()
+
+
+def test_a_principal_read_under_an_epoch_since_moved_is_not_cached() -> None:
+    cache = auth.PrincipalCache(max_entries=2)
+    p = auth.Principal(1, "x", Role.viewer, None, 1)
+    cache._epoch = 2
+    cache.put(1, "k", "h", p)
+    assert cache.get(2, "k") is None
+    for k in ("k1", "k2", "k3"):
+        cache.put(2, k, "h", p)
+    assert len(cache) == 2 and cache.get(2, "k1") is None and cache.get(2, "k3") == ("h", p)
+    assert cache.get(1, "k3") is None  # a request that read an older epoch is not served
+
+
+def test_an_older_epoch_read_never_moves_the_cache_back(sqlite_url: str) -> None:
+    """A request from an older snapshot must not reset the epoch and refill the cache with
+    what was true before a revocation."""
+    from monitor.core.db import make_engine
+
+    engine = make_engine(sqlite_url)
+    cache = auth.PrincipalCache()
+    p = auth.Principal(1, "x", Role.viewer, None, 1)
+    with engine.connect() as conn:
+        assert cache.check(conn) == 0
+    cache._epoch = 5  # another request has seen the revocation's epoch
+    cache.put(5, "k", "h", p)
+    with engine.connect() as conn:
+        assert cache.check(conn) == 0  # this one reads an older snapshot
+    assert cache._epoch == 5 and cache.get(5, "k") == ("h", p)
+    cache.put(0, "stale", "h", p)
+    assert cache.get(5, "stale") is None
+    engine.dispose()

@@ -42,3 +42,33 @@ def test_unknown_ids_cost_no_scan_and_one_lookup_per_miss_ttl(sqlite_url: str) -
         assert (len(scans), len(lookups)) == (1, 202)
     finally:
         engine.dispose()
+
+
+def test_a_retired_devices_last_seen_series_is_dropped_at_the_next_refresh(
+    sqlite_url: str,
+) -> None:
+    """The per-device Prometheus series are as many as the active fleet, not every id ever."""
+    from prometheus_client import REGISTRY
+    from sqlalchemy import update
+
+    from ingest import metrics
+    from monitor.core.models import Device, table
+
+    def series(device_id: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "envmon_device_last_seen_timestamp_seconds", {"device_id": device_id}
+        )
+
+    engine = make_engine(sqlite_url)
+    register(engine, devices={"keep-1": "dust_monitor", "retire-1": "dust_monitor"})
+    registry = DeviceRegistry(engine, ttl_s=0.0)
+    for d in ("keep-1", "retire-1", "deleted-1"):
+        metrics.device_seen(d, 1.0)
+    with engine.begin() as conn:
+        conn.execute(
+            update(table(Device)).where(table(Device).c.id == "retire-1").values(status="retired")
+        )
+    registry("keep-1")  # ttl 0: refreshes
+    assert series("keep-1") == 1.0
+    assert series("retire-1") is None and series("deleted-1") is None
+    engine.dispose()

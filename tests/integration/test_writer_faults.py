@@ -70,6 +70,20 @@ class Harness:
             return int(conn.execute(select(func.count()).select_from(table(Reading))).scalar_one())
 
 
+def _disk_full_once(w: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's first batch fails as a full spool disk does (sqlite3's own error)."""
+    real = w._store_batch
+    failures = iter([sqlite3.OperationalError("database or disk is full")])
+
+    def flaky(messages: list[Message]) -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        real(messages)
+
+    monkeypatch.setattr(w, "_store_batch", flaky)
+
+
 @pytest.fixture
 def harness(sqlite_url: str, tmp_path: Path) -> Any:
     h = Harness(sqlite_url, tmp_path)
@@ -84,16 +98,7 @@ def test_a_non_sqlalchemy_error_keeps_the_batch_and_retries_it(
     """A full spool disk raises sqlite3.OperationalError, not SQLAlchemy's: the batch must
     not be dropped from memory un-acknowledged (the broker would hold it forever)."""
     w = harness.writer
-    real = w._store_batch
-    failures = iter([sqlite3.OperationalError("database or disk is full")])
-
-    def flaky(messages: list[Message]) -> None:
-        exc = next(failures, None)
-        if exc is not None:
-            raise exc
-        real(messages)
-
-    monkeypatch.setattr(w, "_store_batch", flaky)
+    _disk_full_once(w, monkeypatch)
     for mid in (1, 2, 3):
         harness.inbox.put(_message(mid))
     w.start()
@@ -157,3 +162,22 @@ def test_an_outage_is_still_spooled(harness: Harness, monkeypatch: pytest.Monkey
     while harness.stored() < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert harness.stored() == 1
+
+
+def test_a_dead_letter_is_stamped_with_its_messages_receipt_not_the_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad message in a batch that failed once and was retried (or replayed from the
+    spool) keeps the time it arrived, not the time its batch finally committed."""
+    from ingest.contract import telemetry_topic as topic
+    from monitor.core.models import DeadLetter
+
+    w = harness.writer
+    _disk_full_once(w, monkeypatch)
+    arrived = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    harness.inbox.put(Message(topic("envmon", "dust-1"), b"{not json", 1, 1, arrived, 1))
+    w.start()
+    harness.wait_acked(1)
+    with harness.engine.connect() as conn:
+        stamps = conn.execute(select(table(DeadLetter).c.received_at)).scalars().all()
+    assert stamps == [arrived]

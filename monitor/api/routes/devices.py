@@ -161,10 +161,13 @@ def update_device(
     messages become dead letters)."""
     get_device(session, settings, admin, device_id)
     values = body.model_dump(exclude_unset=True)
-    if "interval_s" in values and values["interval_s"] is None:
-        raise InvalidInput(
-            "interval_s: a number of seconds (1 to 86400), not null", field="interval_s"
-        )
+    for name, wanted in (
+        ("interval_s", "a number of seconds (1 to 86400)"),
+        ("status", "active or retired"),
+    ):
+        # the columns are NOT NULL: a null here was a 500 (schemathesis)
+        if name in values and values[name] is None:
+            raise InvalidInput(f"{name}: {wanted}, not null", field=name)
     if values:
         session.execute(update(devices).where(devices.c.id == device_id).values(values))
         audit.record(
