@@ -36,7 +36,7 @@ RECENT_STEP = timedelta(minutes=5)  # a leak meter's usual interval: what the bu
 # slot's mean of three readings on a ramp is not a single reading at its start
 RECENT = timedelta(days=16)
 DAYS = 366  # a whole 365-day window ending yesterday, and today
-CHUNK_DAYS = 30  # one transaction each: the live writer is not held up for long (SQLite)
+CHUNK_DAYS = 10  # one transaction each: the live writer and the page wait little (SQLite)
 BILLED = 0.97
 RESIDENTIAL = 0.8
 

@@ -58,7 +58,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # IMMEDIATE: the write lock at the start, so two writers queue (busy_timeout)
+            # instead of the second failing: a deferred transaction that has read, when
+            # another has written since, cannot take the lock by waiting (SQLITE_BUSY_SNAPSHOT:
+            # two evaluators on one device, found by test_alert_properties). Readers queue
+            # behind a write too, which an embedded single-site install can afford.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

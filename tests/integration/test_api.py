@@ -182,3 +182,35 @@ def test_a_write_is_committed_before_its_response(pg_url: str, pg_engine: Engine
                 q = select(rules.c.alarm_above).where(rules.c.id == r.json()["id"])
                 stored = conn.execute(q).scalar_one_or_none()
             assert stored == 150 + i, f"rule {i} was not committed when its 201 came"
+
+
+async def test_a_rule_patched_with_null_clears_or_resets_the_field(api: httpx.AsyncClient) -> None:
+    """Every field of the rule PATCH is nullable in the OpenAPI: null clears a tier and resets
+    a field that cannot be empty to its default (schemathesis found description: null a 422)."""
+    body = {
+        "name": "pm10-patch",
+        "description": "before",
+        "device_kind": "dust_monitor",
+        "metric": "pm10",
+        "warn_above": 100,
+        "alarm_above": 150,
+        "for_s": 120,
+        "basis": "GB 3095-2012 test thresholds",
+    }
+    r = await api.post("/v1/rules", json=body)
+    assert r.status_code == 201, r.text
+    rule = r.json()["id"]
+    r = await api.patch(
+        f"/v1/rules/{rule}", json={"description": None, "for_s": None, "warn_above": None}
+    )
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert (got["description"], got["for_s"], got["warn_above"], got["alarm_above"]) == (
+        "",
+        0,
+        None,
+        150,
+    )
+    # clearing the last tier leaves a rule that judges nothing: refused, naming the tiers
+    r = await api.patch(f"/v1/rules/{rule}", json={"alarm_above": None})
+    assert r.status_code == 422 and "set at least one of warn_above" in r.text, r.text

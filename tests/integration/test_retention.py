@@ -119,6 +119,7 @@ def _alert(conn: Any, rule_id: int, device: str, status: str, updated_at: dateti
             .values(
                 rule_id=rule_id,
                 device_id=device,
+                site_id="cs-1",  # register()'s site
                 status=status,
                 severity="warning",
                 started_at=OLD,

@@ -33,8 +33,8 @@ EXCLUDED = {
     # the API validates meaning as well as shape and answers 422 naming the field (DESIGN.md:
     # "a bad API request gets a 4xx that names the field"): an unknown metric, a site that
     # does not exist, night_to before night_from, device_id and site_id both given are
-    # schema-valid and refused. (It also flags PATCH /v1/rules/{id} with "description":
-    # null, refused by alerts/schemas.py: reported to the alerts owners, not hidden here.)
+    # schema-valid and refused. (It also found PATCH /v1/rules/{id} with "description":
+    # null refused: fixed, test_api.py test_a_rule_patched_with_null_clears_or_resets_the_field.)
     "positive_data_acceptance": "semantic validation beyond the schema",
     # literal paths sit beside templated ones (/v1/alerts/acknowledge beside
     # /v1/alerts/{alert_id}): GET /v1/alerts/acknowledge is a GET of an alert whose id is

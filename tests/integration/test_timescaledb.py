@@ -512,6 +512,7 @@ async def test_api_on_timescaledb(api_data: Model, api: httpx.AsyncClient) -> No
         "database": "postgresql",
         "version": __version__,
         "timescaledb": True,
+        "hj212": None,  # no gateway in this process
     }
 
     r = await api.get("/v1/readings", params={"bucket": "hour", "device_id": "leak-1"})

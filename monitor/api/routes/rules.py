@@ -103,9 +103,14 @@ def update_rule(
     session: SessionDep, admin: AdminDep, rule_id: IdPath, body: RuleUpdate
 ) -> RuleRead:
     """Change a rule, e.g. its thresholds, or disable it with {"enabled": false} (admin).
-    The changed rule is validated as a whole."""
+    The changed rule is validated as a whole. `null` clears a field that may be empty (a
+    tier, a selector) and resets one that may not to its default (description "", for_s 0)."""
     current = get_rule(session, admin, rule_id).model_dump()
     changes = body.model_dump(exclude_unset=True)
+    for name, value in list(changes.items()):
+        spec_field = RuleSpec.model_fields.get(name)
+        if value is None and spec_field is not None and spec_field.default is not None:
+            changes[name] = spec_field.get_default(call_default_factory=True)
     merged = {k: v for k, v in {**current, **changes}.items() if k in RuleSpec.model_fields}
     try:
         spec = RuleSpec.model_validate(merged)
