@@ -42,6 +42,7 @@ STAGES = (
     "live-sustainable",
     "api",
     "web",
+    "leakage",
 )
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUSTAINABLE_SHARE = 0.5
@@ -65,8 +66,9 @@ web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in,
 100k alerts); hj212 (`envmon hj212` under N logger connections from client processes:
 memory per idle connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in
 a closed loop against the envmon stage's readings/s);
-soak (only with --soak MINUTES, and then alone): the fleet at a steady rate with the API
-polled, each process's memory and the database size over time.
+leakage (the DMA daily figures of 1,000 DMAs over 30 days of 5-minute data, one
+set-based call, timed alone); soak (only with --soak MINUTES, and then alone): the fleet at
+a steady rate with the API polled, each process's memory and the database size over time.
 """
 
 EPILOG = """\
@@ -307,6 +309,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ("live-sustainable", lambda: _live_sustainable(ctx, results)),
             ("api", lambda: _api(ctx, results)),
             ("web", lambda: _web(ctx, results)),
+            ("leakage", lambda: _leakage(ctx, results)),
         ]
         if args.soak:
             steps.append(("soak", lambda: _soak(ctx, args, results)))
@@ -505,6 +508,14 @@ def _api(ctx: Context, results: dict[str, Any]) -> None:
         },
         "endpoints": endpoints,
     }
+
+
+def _leakage(ctx: Context, results: dict[str, Any]) -> None:
+    """DMA daily figures for many DMAs over many days (issue 12), timed alone."""
+    from bench import leakage
+
+    plan = ctx.plan
+    results["leakage"] = leakage.run(ctx.db, dmas=plan.leakage_dmas, days=plan.leakage_days)
 
 
 def _web(ctx: Context, results: dict[str, Any]) -> None:

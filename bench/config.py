@@ -38,6 +38,9 @@ class Plan:
     web_alerts: int = 100_000
     web_clients: int = 4
     web_seconds: float = 10.0
+    # leakage: DMA daily figures (issue 12: 1,000 DMAs over 30 days of 5-minute data)
+    leakage_dmas: int = 1_000
+    leakage_days: int = 30
     profile: bool = False
     profile_messages: int = 60_000
     # hj212: logger connections (each its own MN) in client processes beside the gateway
@@ -90,6 +93,8 @@ PRESETS: dict[str, Plan] = {
         hj212_paced_s=2.0,
         hj212_saturate_s=2.0,
         production_readings=50_000,
+        leakage_dmas=5,
+        leakage_days=3,
     ),
     "quick": Plan(
         mode="quick",
@@ -111,6 +116,8 @@ PRESETS: dict[str, Plan] = {
         hj212_paced_s=8.0,
         hj212_saturate_s=8.0,
         production_readings=3_000_000,
+        leakage_dmas=100,
+        leakage_days=30,
     ),
     "full": Plan(
         mode="full",

@@ -113,6 +113,19 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     out.extend(_hj212_goals(r.get("hj212")))
+    lk = r.get("leakage")
+    if lk:
+        size = "" if lk["goal_full_size"] else f" (at {lk['dmas']:,} DMAs x {lk['days']} days)"
+        out.append(
+            _goal(
+                f"leakage: 1,000 DMAs x 30 days of DMA figures < 10 s{size}",
+                lk["seconds"] < lk["goal_s"],
+                f"{lk['seconds']:.1f} s",
+                f"{lk['seconds'] / lk['goal_s']:.1f}x the goal"
+                if lk["seconds"] >= lk["goal_s"]
+                else "",
+            )
+        )
     return out
 
 
@@ -422,9 +435,17 @@ def render(r: dict[str, Any]) -> str:
         _hj212(lines, r["hj212"])
     if r.get("soak"):
         _soak(lines, r["soak"])
+    if r.get("leakage"):
+        lk = r["leakage"]
+        add(
+            f"LEAKAGE: {lk['dma_days']:,} DMA days ({lk['dmas']:,} DMAs x {lk['days']} days, "
+            f"{lk['readings']:,} readings at {lk['step_s']} s) in {lk['seconds']:.1f} s, one "
+            f"set-based call; worst MNF error {100 * lk['worst_mnf_error']:.2f}%"
+        )
+        add("")
     g = r.get("goals", [])
     if g:
-        add("GOALS (issues 6, 11 and 13)")
+        add("GOALS (issues 6, 11, 12 and 13)")
         for goal in g:
             state = "met   " if goal["met"] else "MISSED"
             gap = f"  ({goal['gap']})" if goal["gap"] else ""

@@ -1,0 +1,127 @@
+"""The `leakage` stage (issue 12): the daily DMA figures of many DMAs over many days of
+5-minute data on PostgreSQL, set-based (`alerts.dma.recompute_days` in one call, as the
+writer and `envmon` call it), timed alone.
+
+Each DMA has one inlet meter reporting flow and totaliser every 5 minutes: a diurnal demand,
+the legitimate night use of its 800 connections (1.36 m³/h) and a background leak of 1 to 5
+m³/h. The data are made in the database (generate_series), so the load is not what is timed.
+The figures are checked against the truth before the time counts: every day valid, the
+night flow within 2% of night use + leak."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from alerts.dma import recompute_days
+from bench.progress import say
+from bench.services import BenchError, Database
+from monitor.core.db import make_engine
+
+TZ = ZoneInfo("Asia/Shanghai")
+GOAL_S = 10.0  # issue 12: 1,000 DMAs over 30 days under 10 s on this machine
+CONNECTIONS = 800
+NIGHT_USE = CONNECTIONS * 1.7 / 1000  # m³/h
+
+
+def _leak(i: str) -> str:
+    """The leak of DMA number `i` (SQL), 1 to 5 m³/h."""
+    return f"(1 + ({i} %% 5))"  # (%% is % to psycopg)
+
+
+def run(db: Database, *, dmas: int, days: int, step_s: int = 300) -> dict[str, Any]:
+    last = datetime.now(TZ).date() - timedelta(days=2)
+    first = last - timedelta(days=days - 1)
+    # an hour either side: the totaliser brackets each day's edges
+    start = datetime.combine(first, clock(0), TZ).astimezone(UTC) - timedelta(hours=1)
+    end = datetime.combine(last + timedelta(days=1), clock(0), TZ).astimezone(UTC)
+    end += timedelta(hours=1)
+    t0 = time.perf_counter()
+    with db.connect() as conn:
+        conn.execute("TRUNCATE readings, hourly_rollups, dma_days, dma_slots")
+        conn.execute("DELETE FROM devices WHERE id LIKE 'lk-m-%'")
+        conn.execute("DELETE FROM sites WHERE id LIKE 'lk-dma-%'")
+        conn.execute(
+            "INSERT INTO sites (id, name, district, kind, latitude, longitude, created_at, "
+            "connections, mains_km) SELECT 'lk-dma-' || lpad(i::text, 5, '0'), 'bench DMA', "
+            "'Bench', 'dma', 35.06, 118.35, now(), %s, 10 FROM generate_series(1, %s) i",
+            (CONNECTIONS, dmas),
+        )
+        conn.execute(
+            "INSERT INTO devices (id, site_id, kind, name, status, interval_s, dma_role, "
+            "created_at) SELECT 'lk-m-' || lpad(i::text, 5, '0'), "
+            "'lk-dma-' || lpad(i::text, 5, '0'), 'leak_meter', 'bench meter', 'active', %s, "
+            "'inlet', now() FROM generate_series(1, %s) i",
+            (step_s, dmas),
+        )
+        # demand: none from 01:00 to 05:00 local, a day curve of 30-50 m³/h else (UTC+8)
+        hour = "((extract(epoch FROM t)::bigint / 60 + 480) %% 1440) / 60.0"
+        demand = (
+            f"CASE WHEN {hour} >= 1 AND {hour} < 5 THEN 0 "
+            f"ELSE 30 + 20 * power(sin(pi() * ({hour} - 5) / 20), 2) END"
+        )
+        flow = f"({NIGHT_USE} + {_leak('i')} + {demand}) * (1 + (random() - 0.5) * 0.04)"
+        conn.execute(
+            "INSERT INTO readings (device_id, metric, ts, value, quality, received_at) "
+            f"SELECT 'lk-m-' || lpad(i::text, 5, '0'), 'flow', t, {flow}, 'N', t "
+            "FROM generate_series(1, %s) i, generate_series(%s, %s, %s * interval '1 second') t",
+            (dmas, start, end, step_s),
+        )
+        # the totaliser: the running sum of the flows, a 5-minute rectangle each
+        conn.execute(
+            "INSERT INTO readings (device_id, metric, ts, value, quality, received_at) "
+            "SELECT device_id, 'totaliser', ts, 1000 + sum(value * %s / 3600.0) OVER "
+            "(PARTITION BY device_id ORDER BY ts) - value * %s / 3600.0, 'N', ts "
+            "FROM readings WHERE metric = 'flow' AND device_id LIKE 'lk-m-%%'",
+            (step_s, step_s),
+        )
+        conn.execute("VACUUM ANALYZE readings")
+        readings = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])  # type: ignore[index]
+    loaded_s = time.perf_counter() - t0
+    say(
+        f"leakage dataset: {readings:,} readings of {dmas:,} DMAs over {days} days "
+        f"in {loaded_s:.0f} s"
+    )
+
+    pairs = [
+        (f"lk-dma-{i:05d}", first + timedelta(days=d))
+        for i in range(1, dmas + 1)
+        for d in range(days)
+    ]
+    engine = make_engine(db.url)
+    try:
+        t1 = time.perf_counter()
+        with engine.begin() as conn:
+            written = recompute_days(conn, pairs, tz=TZ)
+        seconds = time.perf_counter() - t1
+    finally:
+        engine.dispose()
+    with db.connect() as conn:
+        valid, worst = conn.execute(
+            "SELECT count(*) FILTER (WHERE valid), max(abs(mnf_m3h - (%s + (1 + "
+            "(substr(site_id, 8)::int %% 5)))) / (%s + (1 + (substr(site_id, 8)::int %% 5)))) "
+            "FROM dma_days WHERE site_id LIKE 'lk-dma-%%'",
+            (NIGHT_USE, NIGHT_USE),
+        ).fetchone()  # type: ignore[misc]
+    if written != len(pairs) or valid != len(pairs) or worst is None or worst > 0.02:
+        raise BenchError(
+            f"leakage figures wrong: {written} of {len(pairs)} days written, {valid} valid, "
+            f"worst MNF error {worst}"
+        )
+    say(f"leakage: {len(pairs):,} DMA days in {seconds:.1f} s (goal {GOAL_S:.0f} s)")
+    return {
+        "dmas": dmas,
+        "days": days,
+        "step_s": step_s,
+        "readings": readings,
+        "load_s": loaded_s,
+        "dma_days": len(pairs),
+        "seconds": seconds,
+        "dma_days_per_s": len(pairs) / seconds if seconds else None,
+        "worst_mnf_error": float(worst),
+        "goal_s": GOAL_S,
+        "goal_full_size": dmas >= 1000 and days >= 30,
+    }
