@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -348,8 +349,12 @@ def sign_out(
 # --- alerts ----------------------------------------------------------------------------------
 
 
-def _alert_filter(request: Request) -> alert_routes.AlertFilter:
+def _alert_filter(request: Request, settings: Settings) -> alert_routes.AlertFilter:
     q = request.query_params
+    tz = ZoneInfo(settings.timezone)
+    first, last = _local_day(q.get("from")), _local_day(q.get("to"))
+    if first and last and last < first:
+        first, last = last, first
     return alert_routes.AlertFilter(
         status=_choice(AlertStatus, q.get("status")),
         severity=_choice(Severity, q.get("severity")),
@@ -358,9 +363,18 @@ def _alert_filter(request: Request) -> alert_routes.AlertFilter:
         district=q.get("district") or None,
         device_id=q.get("device_id") or None,
         rule_id=None,
-        start=None,
-        end=None,
+        # fired on local days [from, to], in the city's time zone
+        start=datetime.combine(first, clock(0), tz) if first else None,
+        end=datetime.combine(last + timedelta(days=1), clock(0), tz) if last else None,
     )
+
+
+def _local_day(value: str | None) -> date | None:
+    """A `YYYY-MM-DD` of the filter form; anything else is no filter."""
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 LIST_PAGE = 100  # alerts per page of the list, newest first (as the API's default page)
@@ -390,7 +404,7 @@ def alert_list(
     request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
 ) -> HTMLResponse:
     """Alerts with the API's filters; the rows refresh from the alert stream."""
-    f = _alert_filter(request)
+    f = _alert_filter(request, settings)
     before = request.query_params.get("before", "")
     start = int(before) if before.isdigit() and len(before) < 12 else None
     rows, older = _alert_rows(session, settings, user.principal, f, start)
@@ -408,6 +422,8 @@ def alert_list(
         statuses=list(AlertStatus),
         severities=list(Severity),
         kinds=list(DeviceKind),
+        day_from=_local_day(request.query_params.get("from")) or "",
+        day_to=_local_day(request.query_params.get("to")) or "",
         rows_url="/alerts?" + urlencode({**query, **page, "rows": "1"}),
         # every firing alert the filters match, not this page's only
         bulk_url="/alerts/acknowledge?" + urlencode(query),
@@ -416,7 +432,7 @@ def alert_list(
     )
 
 
-FILTERS = ("status", "severity", "district", "kind", "site", "lang")
+FILTERS = ("status", "severity", "district", "kind", "site", "from", "to", "lang")
 
 
 @router.post("/alerts/acknowledge", response_model=None)
@@ -427,8 +443,9 @@ def acknowledge_matching(
     check_csrf(request, user, form)
     p = user.principal
     p.require(Role.admin, Role.inspector)
+    f = _alert_filter(request, settings)
     alert_routes.acknowledge_by_filter(
-        session, settings, p, _alert_filter(request), AlertAction(note=form.get("note") or None)
+        session, settings, p, f, AlertAction(note=form.get("note") or None)
     )
     query = {k: v for k, v in request.query_params.items() if k in FILTERS and v}
     return RedirectResponse("/alerts?" + urlencode(query), status_code=303)
