@@ -51,7 +51,7 @@ from ingest.validate import (
     Row,
     parse_message,
 )
-from monitor.core.db import lock_devices
+from monitor.core.db import WRITING, lock_devices
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class Writer:
     ) -> None:
         """`generation`: the intake's current connection number; with it, silence is judged
         only once the marker published on that connection has been through here."""
-        self._engine = engine
+        # every transaction of the writer writes: on SQLite it takes the write lock at once
+        self._engine = engine.execution_options(**WRITING)
         self._generation = generation
         self._marker = marker_topic(settings.mqtt_topic_prefix, settings.mqtt_client_id)
         self._caught_up_at: int | None = None

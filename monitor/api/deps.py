@@ -17,6 +17,7 @@ from monitor.auth import (
     authenticate,
     authenticate_session,
 )
+from monitor.core.db import WRITING
 from monitor.core.models import Role
 from monitor.core.settings import Environment, Settings
 
@@ -25,6 +26,9 @@ def get_session(request: Request) -> Iterator[Session]:
     factory = request.app.state.sessionmaker
     with factory() as session:
         with session.begin():
+            if request.method not in SAFE_METHODS:
+                # a change reads, then writes: on SQLite, the write lock from the start
+                session.connection(execution_options=WRITING)
             yield session
         # work that must see the committed state (the embedded broker re-reading accounts)
         for hook in session.info.pop("after_commit", []):

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
+# The execution option that makes a SQLite transaction take the write lock when it begins:
+# `engine.execution_options(**WRITING)` for the write path, `session.connection(
+# execution_options=WRITING)` for a request that changes something. No effect elsewhere.
+SQLITE_BEGIN = "envmon_sqlite_begin"
+WRITING = {SQLITE_BEGIN: "IMMEDIATE"}
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
     parsed = make_url(url)
@@ -58,12 +65,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # IMMEDIATE: the write lock at the start, so two writers queue (busy_timeout)
-            # instead of the second failing: a deferred transaction that has read, when
-            # another has written since, cannot take the lock by waiting (SQLITE_BUSY_SNAPSHOT:
-            # two evaluators on one device, found by test_alert_properties). Readers queue
-            # behind a write too, which an embedded single-site install can afford.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A transaction that writes after it has read takes the write lock at its start
+            # (WRITING, below): otherwise, when another connection has written since its
+            # first read, it cannot get the lock by waiting and fails (SQLITE_BUSY_SNAPSHOT,
+            # "database is locked": two evaluators on one device, test_alert_properties).
+            # Readers stay deferred and never wait for a writer (WAL).
+            mode = conn.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

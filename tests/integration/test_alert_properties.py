@@ -125,8 +125,7 @@ class Ingestor:
             }
         )
         msg = Message(f"envmon/v1/devices/{DEVICE}/telemetry", payload, 1, 1, datetime.now(UTC), 1)
-        with self.engine.begin() as conn:
-            summary = self.writer._store(conn, [msg])
+        summary = self.writer._transaction([msg])  # the writer's own transaction
         assert not summary.dead, summary.dead
 
     def close(self) -> None:
