@@ -7,6 +7,7 @@ failure or Ctrl-C anywhere still stops and drops everything.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,39 @@ class BenchError(RuntimeError):
     """A stage could not run, or its result is wrong (lost messages, a crashed process)."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, for a process started next to listen on. Not from
+    bind(0): that is a port of the kernel's ephemeral range, which it also gives to outgoing
+    connections (the bench and the tests open thousands), so another socket could take it
+    before the process binds it ("Address already in use" at an ingestor's start). Below that
+    range, only listeners take ports, and none is handed out twice by this process."""
+    lo, _ = _ephemeral_range()
+    first = 20_000 if lo > 21_000 else 1_024
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(first, lo)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError("no free port below the ephemeral range")
 
 
 def libpq(url: str) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.engine import make_url
 
 from alerts.packs import install_default_rules
+from bench.services import free_port as free_port  # below the ephemeral range: see there
 from monitor.core.db import make_engine, upgrade
 from monitor.core.models import Device, Site, table
 
@@ -38,12 +39,6 @@ def _libpq(url: str) -> str:
     return f"host={u.host} port={u.port or 5432} user={u.username} dbname={u.database}" + (
         f" password={u.password}" if u.password else ""
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
