@@ -274,24 +274,20 @@ def in_maintenance(
 
 def dma_days(conn: Connection, site_ids: list[str], since: date) -> dict[str, list[Any]]:
     """Per DMA site, its daily figures from the local day `since` on, oldest first."""
-    out: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        select(dma_days_t)
-        .where(one_of(conn, dma_days_t.c.site_id, site_ids), dma_days_t.c.day >= since)
-        .order_by(dma_days_t.c.site_id, dma_days_t.c.day)
-    ):
-        out[row.site_id].append(row)
-    return out
+    return _per_site(conn, dma_days_t, dma_days_t.c.day, site_ids, since)
 
 
 def dma_slots(conn: Connection, site_ids: list[str], since: datetime) -> dict[str, list[Any]]:
     """Per DMA site, its defined 15-minute slots from `since` on, oldest first."""
+    return _per_site(conn, dma_slots_t, dma_slots_t.c.slot_at, site_ids, since)
+
+
+def _per_site(
+    conn: Connection, t: Any, when: Any, site_ids: list[str], since: object
+) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        select(dma_slots_t)
-        .where(one_of(conn, dma_slots_t.c.site_id, site_ids), dma_slots_t.c.slot_at >= since)
-        .order_by(dma_slots_t.c.site_id, dma_slots_t.c.slot_at)
-    ):
+    q = select(t).where(one_of(conn, t.c.site_id, site_ids), when >= since)
+    for row in conn.execute(q.order_by(t.c.site_id, when)):
         out[row.site_id].append(row)
     return out
 
