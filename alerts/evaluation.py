@@ -74,23 +74,36 @@ def level_of(rule: Thresholds, value: float) -> Severity | None:
     return None
 
 
+class RollingMean:
+    """The mean over (t - window, t] at each reading time t, folded one reading at a time:
+    a value only when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
+
+    __slots__ = ("min_samples", "points", "total", "window")
+
+    def __init__(self, window_s: int, min_samples: int) -> None:
+        self.window = timedelta(seconds=window_s)
+        self.min_samples = min_samples
+        self.points: deque[Point] = deque()
+        self.total = 0.0
+
+    def feed(self, p: Point) -> Point | None:
+        win = self.points
+        win.append(p)
+        self.total += p.value
+        while win[0].ts <= p.ts - self.window:
+            self.total -= win.popleft().value
+        if len(win) >= self.min_samples and p.ts - win[0].ts >= self.window * MIN_COVERAGE:
+            return Point(p.ts, self.total / len(win))
+        return None
+
+
 def evaluated_values(rule: Thresholds, points: Sequence[Point]) -> list[Point]:
     """The value the rule judges at each reading time: raw, or the mean over (t - window, t]
     when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
     if rule.aggregate != "mean":
         return list(points)
-    window = timedelta(seconds=rule.window_s)
-    out: list[Point] = []
-    win: deque[Point] = deque()
-    total = 0.0
-    for p in points:
-        win.append(p)
-        total += p.value
-        while win[0].ts <= p.ts - window:
-            total -= win.popleft().value
-        if len(win) >= rule.min_samples and p.ts - win[0].ts >= window * MIN_COVERAGE:
-            out.append(Point(p.ts, total / len(win)))
-    return out
+    mean = RollingMean(rule.window_s, rule.min_samples)
+    return [v for p in points if (v := mean.feed(p)) is not None]
 
 
 def evaluate(
@@ -98,6 +111,53 @@ def evaluate(
 ) -> list[Step]:
     """Steps for points sorted by event time (only readings flagged N belong here)."""
     return steps_of(rule, evaluated_values(rule, points), max_gap)
+
+
+class Runs:
+    """Tiers and "for" runs over derived values, folded one value at a time (see `steps_of`)."""
+
+    __slots__ = ("alarm", "hold", "level", "max_gap", "previous", "rule", "warning")
+
+    def __init__(
+        self,
+        rule: Thresholds,
+        max_gap: timedelta | None = None,
+        level: Callable[[Point], Severity | None] | None = None,
+    ) -> None:
+        self.rule = rule
+        self.hold = timedelta(seconds=rule.for_s)
+        self.max_gap = max_gap
+        self.level = level
+        # where the current run of each tier began (None: not violated now)
+        self.warning: datetime | None = None
+        self.alarm: datetime | None = None
+        self.previous: datetime | None = None
+
+    def feed(self, p: Point) -> Step:
+        if (
+            self.max_gap is not None
+            and self.previous is not None
+            and p.ts - self.previous > self.max_gap
+        ):
+            self.warning = self.alarm = None
+        self.previous = p.ts
+        tier_now = level_of(self.rule, p.value) if self.level is None else self.level(p)
+        rank = RANK[tier_now]
+        held: Severity | None = None
+        since: datetime | None = None
+        if rank >= 1:
+            self.warning = self.warning or p.ts
+            if p.ts - self.warning >= self.hold:
+                held, since = Severity.warning, self.warning
+        else:
+            self.warning = None
+        if rank >= 2:
+            self.alarm = self.alarm or p.ts
+            if p.ts - self.alarm >= self.hold:
+                held, since = Severity.alarm, self.alarm
+        else:
+            self.alarm = None
+        return Step(p.ts, p.value, tier_now, held, since)
 
 
 def steps_of(
@@ -115,27 +175,8 @@ def steps_of(
 
     `level` says the tier a value violates where the rule's tiers alone do not (a DMA's
     rules also ask for an absolute excess); by default `level_of`."""
-    hold = timedelta(seconds=rule.for_s)
-    run_start: dict[Severity, datetime | None] = {Severity.warning: None, Severity.alarm: None}
-    steps: list[Step] = []
-    previous: datetime | None = None
-    for p in values:
-        if max_gap is not None and previous is not None and p.ts - previous > max_gap:
-            run_start = {Severity.warning: None, Severity.alarm: None}
-        previous = p.ts
-        tier_now = level_of(rule, p.value) if level is None else level(p)
-        held: Severity | None = None
-        since: datetime | None = None
-        for tier in (Severity.warning, Severity.alarm):
-            if RANK[tier_now] >= RANK[tier]:
-                start = run_start[tier] or p.ts
-                run_start[tier] = start
-                if p.ts - start >= hold:
-                    held, since = tier, start
-            else:
-                run_start[tier] = None
-        steps.append(Step(p.ts, p.value, tier_now, held, since))
-    return steps
+    runs = Runs(rule, max_gap, level)
+    return [runs.feed(p) for p in values]
 
 
 def more_extreme(rule: Thresholds, a: float, b: float) -> float:
@@ -305,6 +346,81 @@ class Episode:
     escalations: list[tuple[datetime, Severity, float]] = field(default_factory=list)
 
 
+class EpisodeFold:
+    """The alert lifecycle folded one step at a time (see `episodes`): `cur` is the episode in
+    progress, and `feed` returns an episode when a step ends it (resolved)."""
+
+    __slots__ = ("auto_resolve", "clear_above", "clear_below", "cur", "quiet", "rule")
+
+    def __init__(
+        self,
+        rule: Thresholds,
+        *,
+        clear_above: float | None,
+        clear_below: float | None,
+        quiet_s: int,
+        auto_resolve: bool,
+    ) -> None:
+        self.rule = rule
+        self.clear_above = clear_above
+        self.clear_below = clear_below
+        self.quiet = timedelta(seconds=quiet_s)
+        self.auto_resolve = auto_resolve
+        self.cur: Episode | None = None
+
+    def feed(self, s: Step) -> Episode | None:
+        cur = self.cur
+        rule = self.rule
+        if cur is None:
+            if s.level is None:
+                return None
+            cur = self.cur = Episode(
+                started_at=s.since or s.ts,
+                severity=s.held or s.level,
+                first_value=s.value,
+                peak=s.value,
+                last_value=s.value,
+                last_violation_at=s.ts,
+                until=s.ts,
+            )
+            if s.held is not None:
+                cur.fired_at = s.ts
+            return None
+        cur.until = s.ts
+        if cur.fired_at is None:  # pending
+            if s.level is None:
+                self.cur = None  # cleared before its "for" was met: nothing was said
+                return None
+            cur.violations += 1
+            cur.last_violation_at, cur.last_value = s.ts, s.value
+            cur.peak = more_extreme(rule, cur.peak, s.value)
+            cur.severity = (
+                s.held or s.level if RANK[s.held or s.level] > RANK[cur.severity] else cur.severity
+            )
+            if s.held is not None:
+                cur.fired_at = s.ts
+                cur.severity = s.held
+            return None
+        if s.level is not None:
+            cur.violations += 1
+            cur.last_violation_at, cur.last_value = s.ts, s.value
+            cur.peak = more_extreme(rule, cur.peak, s.value)
+            cur.clear_since = None
+        if s.held is not None and RANK[s.held] > RANK[cur.severity]:
+            cur.severity = s.held
+            cur.escalations.append((s.ts, s.held, s.value))
+        if self.auto_resolve and cleared(rule, s.value, self.clear_above, self.clear_below):
+            cur.clear_since = cur.clear_since or s.ts
+            if s.ts - cur.clear_since >= self.quiet:
+                cur.resolved_at = s.ts
+                cur.last_value = s.value
+                self.cur = None
+                return cur
+        elif s.level is None:
+            cur.clear_since = None  # inside the limits, not yet past the clearing line
+        return None
+
+
 def episodes(
     rule: Thresholds,
     steps: Sequence[Step],
@@ -317,57 +433,14 @@ def episodes(
     """The alert lifecycle over a step series, as a pure function of it: the same steps give
     the same episodes whatever order the readings arrived in. A pending episode that clears
     before its "for" is met leaves nothing."""
-    out: list[Episode] = []
-    cur: Episode | None = None
-    quiet = timedelta(seconds=quiet_s)
-    for s in steps:
-        if cur is None:
-            if s.level is None:
-                continue
-            cur = Episode(
-                started_at=s.since or s.ts,
-                severity=s.held or s.level,
-                first_value=s.value,
-                peak=s.value,
-                last_value=s.value,
-                last_violation_at=s.ts,
-                until=s.ts,
-            )
-            if s.held is not None:
-                cur.fired_at = s.ts
-            continue
-        cur.until = s.ts
-        if cur.fired_at is None:  # pending
-            if s.level is None:
-                cur = None
-                continue
-            cur.violations += 1
-            cur.last_violation_at, cur.last_value = s.ts, s.value
-            cur.peak = more_extreme(rule, cur.peak, s.value)
-            cur.severity = (
-                s.held or s.level if RANK[s.held or s.level] > RANK[cur.severity] else cur.severity
-            )
-            if s.held is not None:
-                cur.fired_at = s.ts
-                cur.severity = s.held
-            continue
-        if s.level is not None:
-            cur.violations += 1
-            cur.last_violation_at, cur.last_value = s.ts, s.value
-            cur.peak = more_extreme(rule, cur.peak, s.value)
-            cur.clear_since = None
-        if s.held is not None and RANK[s.held] > RANK[cur.severity]:
-            cur.severity = s.held
-            cur.escalations.append((s.ts, s.held, s.value))
-        if auto_resolve and cleared(rule, s.value, clear_above, clear_below):
-            cur.clear_since = cur.clear_since or s.ts
-            if s.ts - cur.clear_since >= quiet:
-                cur.resolved_at = s.ts
-                cur.last_value = s.value
-                out.append(cur)
-                cur = None
-        elif s.level is None:
-            cur.clear_since = None  # inside the limits, not yet past the clearing line
-    if cur is not None:
-        out.append(cur)
+    fold = EpisodeFold(
+        rule,
+        clear_above=clear_above,
+        clear_below=clear_below,
+        quiet_s=quiet_s,
+        auto_resolve=auto_resolve,
+    )
+    out = [e for s in steps if (e := fold.feed(s)) is not None]
+    if fold.cur is not None:
+        out.append(fold.cur)
     return out

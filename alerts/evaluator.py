@@ -25,13 +25,25 @@ from alerts import repository
 from alerts.evaluation import (
     RANK,
     Episode,
+    EpisodeFold,
     Step,
     cleared,
     episodes,
     in_window,
     more_extreme,
 )
-from alerts.kinds import Composite, DmaKind, NoData, SiteSources, Sources, describe, kind_of
+from alerts.incremental import Cache, PairState
+from alerts.kinds import (
+    Composite,
+    DmaKind,
+    Feeder,
+    Kind,
+    NoData,
+    SiteSources,
+    Sources,
+    describe,
+    kind_of,
+)
 from alerts.schemas import SITE_RULE_KINDS
 from alerts.service import SYSTEM_ACTOR, StaleAlert, record_event, save
 from monitor.core.db import lock_devices, one_of
@@ -155,6 +167,7 @@ def evaluate_batch(
     *,
     page_ended: bool = False,
     rule_ids: Collection[int] | None = None,
+    cache: Cache | None = None,
 ) -> Outcome:
     """Apply every enabled reading-driven rule to what a stored batch touched, then the
     composite rules over their results.
@@ -218,7 +231,7 @@ def evaluate_batch(
             plans.append((rule, targets))
     if plans:
         ctx = _Context({d: row.watermark_at for d, row in devices.items()}, page_ended)
-        _evaluate_rules(conn, plans, devices, latest, outcome, tz, ctx)
+        _evaluate_rules(conn, plans, devices, latest, outcome, tz, ctx, cache)
     composites = [rule for rule in rules if rule.kind == RuleKind.composite]
     if composites:
         _evaluate_composites(conn, composites, latest, devices, outcome)
@@ -242,6 +255,52 @@ def reevaluate(
     ).all()
     touched = [Touched(d, m, since) for d, m in pairs]
     return evaluate_batch(conn, touched, tz, rule_ids=rule_ids)
+
+
+SHADOWED = (
+    "rule_id",
+    "device_id",
+    "status",
+    "severity",
+    "started_at",
+    "fired_at",
+    "resolved_at",
+    "violations",
+    "peak_value",
+    "last_value",
+    "last_violation_at",
+    "clear_since",
+    "evaluated_until",
+)
+
+
+def shadow_mismatches(
+    conn: Connection, touched: Iterable[Touched], tz: ZoneInfo = DEFAULT_TZ
+) -> int:
+    """Check kept state against the reference: rebuild everything a batch touched without a
+    cache, in a savepoint that is rolled back, and count the alerts of those devices that the
+    rebuild leaves different from what the batch's evaluation stored (0: the cached path and
+    the rebuild agree)."""
+    touched = list(touched)
+    ids = {t.device_id for t in touched}
+    before = _alert_states(conn, ids)
+    savepoint = conn.begin_nested()
+    try:
+        evaluate_batch(conn, touched, tz)
+        after = _alert_states(conn, ids)
+    finally:
+        savepoint.rollback()
+    return sum(1 for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _alert_states(conn: Connection, device_ids: Collection[str]) -> dict[Any, tuple[Any, ...]]:
+    rows = conn.execute(
+        select(*(alerts_t.c[c] for c in SHADOWED), alerts_t.c.id).where(
+            one_of(conn, alerts_t.c.device_id, device_ids),
+            alerts_t.c.status != AlertStatus.retracted,
+        )
+    )
+    return {(r.rule_id, r.device_id, r.started_at): tuple(r)[:-1] for r in rows}
 
 
 def evaluate_sites(
@@ -298,7 +357,7 @@ def evaluate_sites(
         series = kind.site_series(src, {s: start - lookback for s, (start, _) in fold.items()})
         for s, (start, mine) in fold.items():
             found = _episodes(rule, series.get(s, []), start, tz)
-            _reconcile(conn, rule, Subject(s), mine, found, outcome, ctx)
+            _reconcile(conn, rule, Subject(s), _dicts(mine), found, outcome, ctx)
     return outcome
 
 
@@ -348,6 +407,7 @@ def _evaluate_rules(
     outcome: Outcome,
     tz: ZoneInfo,
     ctx: _Context,
+    cache: Cache | None = None,
 ) -> None:
     """Rebuild each rule's episodes over each device's series from a point where nothing was
     in progress, and reconcile them with every alert of the pair from there on.
@@ -357,8 +417,17 @@ def _evaluate_rules(
     start of any alert still going on there (however old), and never before an inspector's
     resolve (final). The series itself starts one more lookback earlier, so the first folded
     step's window is whole. Late, out-of-order and redelivered readings therefore give the
-    alerts in-order data gives, within the lateness horizon."""
+    alerts in-order data gives, within the lateness horizon.
+
+    With a `cache`, the pairs whose state it holds for this batch fold only the batch's new
+    readings into it (`_evaluate_cached`); the others are rebuilt here and leave their state
+    in the cache."""
+    if cache is not None:
+        plans = _evaluate_cached(conn, plans, devices, outcome, tz, ctx, cache)
+        if not plans:
+            return
     kinds = [kind_of(rule) for rule, _ in plans]
+    keep = [cache is not None and k.incremental for k in kinds]
     lookbacks = [k.lookback() for k in kinds]
     earliest = min(
         ts - lookback
@@ -386,13 +455,14 @@ def _evaluate_rules(
             begin = {d: ts for d, ts in begin.items() if d in worth or fold[d][1]}
         starts.append(begin)
         folds.append(fold)
+    # (a pair whose state is to be kept is read whole: its state needs the readings)
     bounded = [
-        (k.metric if k.bounded_by_extremes() else None, begin)
-        for k, begin in zip(kinds, starts, strict=True)
+        (k.metric if k.bounded_by_extremes() and not kept else None, begin)
+        for k, begin, kept in zip(kinds, starts, keep, strict=True)
     ]
     extremes = repository.extremes(conn, repository.earliest_by(bounded))
     for i, kind in enumerate(kinds):
-        if kind.bounded_by_extremes():
+        if kind.bounded_by_extremes() and not keep[i]:
             # A mean lies between the smallest and the largest reading it averages: where
             # none of a device's readings in the window passes a tier, neither can any mean
             # of them, and unless an alert is there to reconcile there is nothing to judge.
@@ -404,13 +474,128 @@ def _evaluate_rules(
     src = Sources(
         conn, devices, tz, repository.fetch_readings(conn, repository.earliest_by(raw)), latest
     )
-    for (rule, targets), kind, begin, fold in zip(plans, kinds, starts, folds, strict=True):
-        series = kind.series(src, begin) if begin else {}
+    for (rule, targets), kind, begin, fold, kept in zip(
+        plans, kinds, starts, folds, keep, strict=True
+    ):
+        if kept:
+            fed = kind.fed(src, begin) if begin else {}
+            series = {d: got[0] for d, got in fed.items()}
+        else:
+            series = kind.series(src, begin) if begin else {}
         for device_id in targets:
             start, existing = fold[device_id]
-            found = _episodes(rule, series.get(device_id, []), start, tz)
+            steps = series.get(device_id, [])
+            found = _episodes(rule, steps, start, tz)
             subject = Subject(devices[device_id].site_id, device_id)
-            _reconcile(conn, rule, subject, existing, found, outcome, ctx)
+            still_open = _reconcile(conn, rule, subject, _dicts(existing), found, outcome, ctx)
+            if kept and cache is not None and device_id in fed:
+                _keep(cache, rule, kind, devices[device_id], fed[device_id], found, still_open)
+
+
+def _dicts(rows: list[Row[Any]]) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in rows]
+
+
+def _signature(rule: Row[Any], device: Row[Any]) -> tuple[Any, ...]:
+    """What a pair's state was built from besides readings: the rule as it reads now, and the
+    device's reporting interval (runs break on gaps of it) and site (the alert's subject)."""
+    return (tuple(rule), device.interval_s, device.site_id)
+
+
+def _keep(
+    cache: Cache,
+    rule: Row[Any],
+    kind: Kind,
+    device: Row[Any],
+    fed: tuple[list[Step], Feeder, datetime | None],
+    found: list[Episode],
+    still_open: dict[str, Any] | None,
+) -> None:
+    """Leave the state of a rebuilt pair in the cache: its feeder (fed every reading read), the
+    episode still going on at the end of the fold, and the open alert as now stored."""
+    _, feeder, newest = fed
+    r = rule._mapping
+    fold = EpisodeFold(
+        rule,
+        clear_above=r["clear_above"],
+        clear_below=r["clear_below"],
+        quiet_s=int(r["quiet_s"]),
+        auto_resolve=bool(r["auto_resolve"]),
+    )
+    if found and found[-1].resolved_at is None:
+        fold.cur = found[-1]
+    state = PairState(
+        _signature(rule, device),
+        kind.metric,
+        0,
+        newest,
+        feeder,
+        fold,
+        still_open,
+    )
+    cache.put(rule.id, device.id, state)
+
+
+def _evaluate_cached(
+    conn: Connection,
+    plans: list[tuple[Row[Any], dict[str, datetime]]],
+    devices: Mapping[str, Row[Any]],
+    outcome: Outcome,
+    tz: ZoneInfo,
+    ctx: _Context,
+    cache: Cache,
+) -> list[tuple[Row[Any], dict[str, datetime]]]:
+    """Fold the batch's new readings into the cached state of every pair the cache holds and
+    can take them (see alerts/incremental.py); returns the plans of the pairs left to
+    rebuild."""
+    rest: list[tuple[Row[Any], dict[str, datetime]]] = []
+    for rule, targets in plans:
+        kind = kind_of(rule)
+        if not kind.incremental:
+            rest.append((rule, targets))
+            continue
+        r = rule._mapping
+        windowed = r["active_from"] is not None and r["active_to"] is not None
+        rebuild: dict[str, datetime] = {}
+        for device_id, since in targets.items():
+            device = devices[device_id]
+            state = cache.get(rule.id, device_id, _signature(rule, device))
+            points = cache.points(device_id, kind.metric) if state is not None else None
+            if (
+                state is None
+                or points is None
+                or (points and state.until is not None and points[0].ts <= state.until)
+            ):
+                # late, repeated or first seen: rebuilt (and kept) by the reference path
+                cache.discard(rule.id, device_id)
+                rebuild[device_id] = since
+                continue
+            cache.put(rule.id, device_id, state)  # before any change: undone on failure
+            if not points:
+                continue
+            found: list[Episode] = []
+            fold = state.fold
+            feed = state.feeder.feed
+            for p in points:
+                step = feed(p)
+                if step is None or (
+                    windowed and not in_window(_hhmm(step.ts, tz), r["active_from"], r["active_to"])
+                ):
+                    continue
+                ended = fold.feed(step)
+                if ended is not None:
+                    found.append(ended)
+            state.until = points[-1].ts
+            if fold.cur is not None:
+                found.append(fold.cur)
+            if not found and state.alert is None:
+                continue
+            subject = Subject(device.site_id, device_id)
+            existing = [state.alert] if state.alert is not None else []
+            state.alert = _reconcile(conn, rule, subject, existing, found, outcome, ctx)
+        if rebuild:
+            rest.append((rule, rebuild))
+    return rest
 
 
 def _episodes(rule: Row[Any], series: list[Step], start: datetime, tz: ZoneInfo) -> list[Episode]:
@@ -469,55 +654,63 @@ def _reconcile(
     conn: Connection,
     rule: Row[Any],
     subject: Subject,
-    existing: list[Row[Any]],
+    existing: list[dict[str, Any]],
     found: list[Episode],
     outcome: Outcome,
     ctx: _Context,
-) -> None:
+) -> dict[str, Any] | None:
     """Make the pair's alerts from the fold start on exactly the episodes found: an episode
     takes over the first alert it overlaps (and retracts the others it overlaps: late data
     joined them), an alert that overlaps no episode is retracted (a pending one is deleted:
-    nothing was said about it), an episode that overlaps no alert is inserted."""
+    nothing was said about it), an episode that overlaps no alert is inserted.
+
+    Returns the pair's open alert afterwards (its columns as now stored), if any."""
     used: set[int] = set()
-    plan: list[tuple[Row[Any] | None, Episode]] = []
-    merged: list[tuple[Row[Any], str]] = []
+    plan: list[tuple[dict[str, Any] | None, Episode]] = []
+    merged: list[tuple[dict[str, Any], str]] = []
     for e in found:
         end = e.resolved_at or FOREVER
         over = [
             a
             for a in existing
-            if a.id not in used
-            and a.started_at <= end
-            and e.started_at <= (a.resolved_at or FOREVER)
+            if a["id"] not in used
+            and a["started_at"] <= end
+            and e.started_at <= (a["resolved_at"] or FOREVER)
         ]
         for a in over:
-            used.add(a.id)
+            used.add(a["id"])
         if over:
             plan.append((over[0], e))
-            merged += [(a, f"merged into alert {over[0].id} by later data") for a in over[1:]]
+            merged += [(a, f"merged into alert {over[0]['id']} by later data") for a in over[1:]]
         else:
             plan.append((None, e))
-    gone = [(a, "later data shows no episode here") for a in existing if a.id not in used]
+    gone = [(a, "later data shows no episode here") for a in existing if a["id"] not in used]
     for alert, why in merged + gone:
         _retract(conn, alert, why, outcome)
+    still_open: dict[str, Any] | None = None
     for target, e in plan:
         if target is not None:
-            _update(conn, rule, dict(target._mapping), e, outcome, ctx.late(subject, e))
+            _update(conn, rule, target, e, outcome, ctx.late(subject, e))
+            if e.resolved_at is None:
+                still_open = target
     for target, e in plan:
         if target is None:
-            alert_id = _insert_episode(conn, rule, subject, e, outcome, ctx)
-            if alert_id is None:
+            inserted = _insert_episode(conn, rule, subject, e, outcome, ctx)
+            if inserted is None:
                 # another evaluator opened this alert first (it holds the device's lock only
                 # on PostgreSQL): the next batch's reconcile takes it over
                 raise StaleAlert(f"rule {rule.id} {subject}: opened meanwhile")
+            if e.resolved_at is None:
+                still_open = inserted
+    return still_open
 
 
-def _retract(conn: Connection, alert: Row[Any], why: str, outcome: Outcome) -> None:
-    if alert.status == AlertStatus.pending:
-        conn.execute(delete(alerts_t).where(alerts_t.c.id == alert.id))
+def _retract(conn: Connection, alert: dict[str, Any], why: str, outcome: Outcome) -> None:
+    if alert["status"] == AlertStatus.pending:
+        conn.execute(delete(alerts_t).where(alerts_t.c.id == alert["id"]))
         return
-    save(conn, alert.id, alert.version, {"status": AlertStatus.retracted})
-    _event(conn, alert.id, AlertEventKind.retracted, note=why)
+    save(conn, alert["id"], alert["version"], {"status": AlertStatus.retracted})
+    _event(conn, alert["id"], AlertEventKind.retracted, note=why)
     outcome.retracted += 1
 
 
@@ -528,7 +721,9 @@ def _insert_episode(
     e: Episode,
     outcome: Outcome,
     ctx: _Context,
-) -> int | None:
+) -> dict[str, Any] | None:
+    """Insert the episode's alert with its events; returns its columns (None when another
+    evaluator has the pair's open alert)."""
     maintenance = repository.in_maintenance(conn, subject.site_id, subject.device_id, e.started_at)
     severity = e.severity
     message = describe(rule, severity, e.peak)
@@ -567,6 +762,7 @@ def _insert_episode(
     alert_id = _insert_alert(conn, values)
     if alert_id is None:
         return None
+    values.update(id=alert_id, acknowledged_at=None)
     late = ctx.late(subject, e)
     # an episode already over when it is found is recorded, not paged (unless asked to)
     notify = e.resolved_at is None or ctx.page_ended
@@ -583,7 +779,7 @@ def _insert_episode(
             value=e.first_value,
         )
     if e.fired_at is None:
-        return alert_id
+        return values
     # escalations only go up, so an episode that escalated was first a warning
     first_severity = Severity.warning if e.escalations else severity
     _event(
@@ -617,7 +813,7 @@ def _insert_episode(
             notify=notify,
         )
         outcome.resolved += 1
-    return alert_id
+    return values
 
 
 def _cleared(e: Episode) -> str:
@@ -700,7 +896,8 @@ def _update(
             value=e.last_value,
         )
     if any(state.get(k) != v for k, v in changes.items()):
-        save(conn, state["id"], state["version"], changes)
+        state["version"] = save(conn, state["id"], state["version"], changes)
+        state.update(changes)
 
 
 _WARNED: set[int] = set()  # composite rules already reported as naming unknown rules
@@ -886,10 +1083,10 @@ def _open(
         fired_at=step.ts,
         until=step.ts,
     )
-    alert_id = _insert_episode(conn, rule, subject, e, outcome, _Context({}))
-    if alert_id is None:
+    inserted = _insert_episode(conn, rule, subject, e, outcome, _Context({}))
+    if inserted is None:
         return None
-    row = conn.execute(select(alerts_t).where(alerts_t.c.id == alert_id)).one()
+    row = conn.execute(select(alerts_t).where(alerts_t.c.id == inserted["id"])).one()
     return dict(row._mapping)
 
 

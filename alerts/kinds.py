@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row
@@ -27,10 +27,11 @@ from alerts.evaluation import (
     RANK,
     FlaggedPoint,
     Point,
+    RollingMean,
+    Runs,
     Step,
     changes,
     differences,
-    evaluate,
     exceeding_hours_per_day,
     flag_runs,
     hourly_window_means,
@@ -69,6 +70,9 @@ class Kind:
     kind: ClassVar[RuleKind]
     # a device's readings (most kinds), or a DMA site's figures (DmaKind)
     subject_is_site: ClassVar[bool] = False
+    # whether its steps come from a `Feeder` over the N-flagged readings of its metric, so
+    # that the evaluator can keep that feeder between batches (alerts/incremental.py)
+    incremental: ClassVar[bool] = False
 
     def __init__(self, rule: Row[Any]) -> None:
         self.rule = rule
@@ -114,6 +118,24 @@ class Kind:
         """The rule's steps per device from `starts[device]` on."""
         raise NotImplementedError
 
+    def feeder(self, gap: timedelta) -> Feeder:
+        """For an `incremental` kind: the state that turns readings into steps, one at a time
+        (`gap`: the silence that breaks a run)."""
+        raise NotImplementedError(f"{type(self).__name__} is not incremental")
+
+    def fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
+        """For an `incremental` kind: per device, its steps from its start (the same as
+        `series`), the feeder that made them, ready for the next readings, and the event time
+        of the newest reading it was fed."""
+        out = {}
+        for d, rows, gap in self._rows(src, starts):
+            f = self.feeder(gap)
+            steps = [s for row in rows if (s := f.feed(Point(row.ts, row.value))) is not None]
+            out[d] = (steps, f, rows[-1].ts if rows else None)
+        return out
+
     # --- how it speaks --------------------------------------------------------------------
     def how(self) -> str:
         """What the value is, after the metric's name ("" for the reading itself)."""
@@ -150,20 +172,49 @@ class Kind:
             yield d, rows[bisect_left(rows, start, key=_ts) :], gap
 
 
+class Feeder(Protocol):
+    """Readings in, steps out, one at a time and in event-time order (None: no step yet)."""
+
+    def feed(self, p: Point) -> Step | None: ...
+
+
+class ThresholdFeeder:
+    """A threshold rule's state: the rolling mean's window (aggregate `mean`) and the tiers'
+    runs. O(1) amortised per reading."""
+
+    __slots__ = ("mean", "runs")
+
+    def __init__(self, rule: Row[Any], gap: timedelta) -> None:
+        r = rule._mapping
+        self.mean = (
+            RollingMean(int(r["window_s"]), int(r["min_samples"]))
+            if r["aggregate"] == Aggregate.mean
+            else None
+        )
+        self.runs = Runs(rule, gap)
+
+    def feed(self, p: Point) -> Step | None:
+        if self.mean is not None:
+            v = self.mean.feed(p)
+            return None if v is None else self.runs.feed(v)
+        return self.runs.feed(p)
+
+
 class Threshold(Kind):
     """The reading (aggregate `raw`) or its rolling mean over `window_s` (`mean`) passes a
     tier for `for_s`."""
 
     kind = RuleKind.threshold
+    incremental = True
 
     def bounded_by_extremes(self) -> bool:
         return True
 
+    def feeder(self, gap: timedelta) -> Feeder:
+        return ThresholdFeeder(self.rule, gap)
+
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        return {
-            d: evaluate(self.rule, [Point(row.ts, row.value) for row in rows], gap)
-            for d, rows, gap in self._rows(src, starts)
-        }
+        return {d: got[0] for d, got in self.fed(src, starts).items()}
 
     def how(self) -> str:
         if self.r["aggregate"] == Aggregate.raw:
@@ -174,6 +225,8 @@ class Threshold(Kind):
 class PeriodMean(Threshold):
     """The mean of a calendar period (15 min, hour or day in the city's time zone), valid with
     75% of the period's expected readings, passes a tier."""
+
+    incremental = False
 
     def lookback(self) -> timedelta:
         # back to the start of the period the earliest new reading is in
@@ -201,6 +254,8 @@ class HourlyMean(Threshold):
     """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
     of its expected valid readings; `min_samples` hours make a window), judged at each
     hour's end."""
+
+    incremental = False
 
     def lookback(self) -> timedelta:
         # and back to the start of the hour the earliest new reading is in

@@ -36,6 +36,7 @@ STAGES = (
     "naive",
     "hj212",
     "production",
+    "shadow",
     "scaling",
     "profile",
     "live",
@@ -57,7 +58,9 @@ It starts its own Mosquitto on a free port and a throwaway PostgreSQL database
 prints a table on stdout and writes every figure as JSON. Progress goes to stderr.
 
 stages: raw, envmon, naive (ingest throughput draining the same QoS 1 backlog); production
-(the envmon drain again, into 7 days of history with rollups and open alerts); scaling
+(the envmon drain again, into 7 days of history with rollups and open alerts); shadow (a
+drain that also rebuilds every batch without the kept rule state and counts the alerts that
+differ; goal 0); scaling
 (1, 2, 4 ingestors on a $share subscription); profile (py-spy on one ingestor; full runs,
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
@@ -303,6 +306,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ("naive", lambda: _store_drain(results, "naive", throughput.naive_baseline(ctx))),
             ("hj212", lambda: _hj212(ctx, results)),
             ("production", lambda: _production(ctx, results)),
+            ("shadow", lambda: _shadow(ctx, results)),
             ("scaling", lambda: _scaling(ctx, results)),
             ("profile", lambda: _profile(ctx, results)),
             ("live", lambda: _live(ctx, results)),
@@ -404,6 +408,32 @@ def _production(ctx: Context, results: dict[str, Any]) -> None:
         _store_drain(results, "production", drain)
     finally:
         ctx.db.reset_data()
+
+
+def _shadow(ctx: Context, results: dict[str, Any]) -> None:
+    """The kept rule state checked against the rebuild: a drain with ENVMON_EVAL_SHADOW on,
+    in which every batch's pairs are also rebuilt from the database without the kept state
+    (in a savepoint rolled back) and the alerts that come out different are counted."""
+    backlog = ctx.backlog
+    if ctx.plan.scale_messages < len(backlog.messages):
+        backlog = backlog.head(ctx.plan.scale_messages)
+    drain = throughput.envmon(ctx, 1, backlog, label="shadow", env={"ENVMON_EVAL_SHADOW": "true"})
+    x = drain.extra
+    results["shadow"] = {
+        "messages": drain.messages,
+        "readings": drain.readings,
+        "lost": drain.lost,
+        "pairs_folded": x["eval_pairs_hit"],
+        "pairs_rebuilt": x["eval_pairs_miss"],
+        "mismatches": x["shadow_mismatches"],
+        "alerts": ctx.db.scalar("SELECT count(*) FROM alerts"),
+    }
+    if drain.lost:
+        raise BenchError(f"shadow: {drain.lost:,} readings not stored")
+    say(
+        f"shadow: {x['eval_pairs_hit']:,} pairs folded from kept state, "
+        f"{x['eval_pairs_miss']:,} rebuilt, {x['shadow_mismatches']:,} mismatches"
+    )
 
 
 def _scaling(ctx: Context, results: dict[str, Any]) -> None:

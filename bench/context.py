@@ -37,8 +37,11 @@ class Context:
         self._serial += 1
         return f"{stem}-{self._serial}"
 
-    def ingestor(self, stem: str, shared_group: str | None = None) -> Ingestor:
-        """A new `envmon ingest` (not started) that the run stops whatever happens."""
+    def ingestor(
+        self, stem: str, shared_group: str | None = None, env: dict[str, str] | None = None
+    ) -> Ingestor:
+        """A new `envmon ingest` (not started) that the run stops whatever happens (`env`:
+        settings of its own)."""
         name = self.next_id(stem)
         proc = Ingestor(
             name,
@@ -47,6 +50,7 @@ class Context:
             client_id=f"bench-{name}",
             workdir=self.workdir,
             shared_group=shared_group,
+            extra_env=env,
         )
         self.stack.callback(proc.stop)
         return proc

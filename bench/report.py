@@ -112,6 +112,17 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{p99 / GOAL_WEB_P99_MS:.1f}x the goal" if p99 >= GOAL_WEB_P99_MS else "",
             )
         )
+    shadow = r.get("shadow")
+    if shadow:
+        n = shadow["mismatches"]
+        out.append(
+            _goal(
+                "kept rule state agrees with the rebuild (shadow check, 0 mismatches)",
+                n == 0,
+                f"{n:,} mismatches in {shadow['pairs_folded']:,} folded pairs",
+                f"{n:,} alert(s) differ" if n else "",
+            )
+        )
     out.extend(_hj212_goals(r.get("hj212")))
     lk = r.get("leakage")
     if lk:
@@ -278,6 +289,12 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
             f"{env['consumer_cpu_s']:.1f}, PostgreSQL {env['postgres_cpu_s']:.1f}, "
             f"broker {env['broker_cpu_s']:.1f}"
         )
+        folded, rebuilt = x.get("eval_pairs_hit", 0), x.get("eval_pairs_miss", 0)
+        if folded + rebuilt:
+            add(
+                f"  envmon: (rule, device) pairs folded from kept state {folded:,}, rebuilt "
+                f"{rebuilt:,} ({folded / (folded + rebuilt):.0%} folded)"
+            )
     prod, state = r["throughput"].get("production"), r.get("production")
     if prod and state:
         x = prod["extra"]

@@ -315,6 +315,7 @@ class Ingestor(Proc):
         client_id: str,
         workdir: Path,
         shared_group: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.metrics_port = free_port()
         self.client_id = client_id
@@ -328,6 +329,7 @@ class Ingestor(Proc):
         }
         if shared_group:
             env["ENVMON_MQTT_SHARED_GROUP"] = shared_group
+        env.update(extra_env or {})
         super().__init__(name, [envmon_binary(), "ingest"], _clean_env(env), workdir)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:

@@ -217,14 +217,16 @@ def envmon(
     label: str,
     profile_to: Path | None = None,
     fresh: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Drain:
     """`processes` envmon ingestors (sharing one subscription when more than one) draining
-    `backlog` into an empty readings table (`fresh`), or into what the database holds."""
+    `backlog` into an empty readings table (`fresh`), or into what the database holds
+    (`env`: settings for the ingestors)."""
     if fresh:
         ctx.db.reset_data()
     before = 0 if fresh else ctx.db.scalar("SELECT count(*) FROM readings")
     group = f"bench-{ctx.next_id('share')}" if processes > 1 or label.startswith("scale") else None
-    ingestors = [ctx.ingestor("ingest", shared_group=group) for _ in range(processes)]
+    ingestors = [ctx.ingestor("ingest", shared_group=group, env=env) for _ in range(processes)]
     for ing in ingestors:
         prepare_session(
             ctx.broker.host, ctx.broker.port, ing.client_id, ingest_topics(PREFIX, group)
@@ -257,6 +259,8 @@ def envmon(
                     "envmon_messages_received_total",
                     "envmon_batch_messages_count",
                     "envmon_batch_commit_seconds_sum",
+                    "envmon_eval_pairs_total",
+                    "envmon_eval_shadow_mismatches_total",
                 )
             )
             for ing in ingestors
@@ -288,6 +292,17 @@ def envmon(
             "mean_batch_messages": len(backlog.messages) / batches if batches else 0,
             "mean_batch_commit_ms": commit_s / batches * 1000 if batches else 0,
             "commit_share_of_wall": commit_s / processes / (finished - resumed),
+            # (rule, device) pairs evaluated from kept state, rebuilt, and (shadow check on)
+            # the alerts a rebuild would have written differently
+            "eval_pairs_hit": int(
+                sum(c.get('envmon_eval_pairs_total{result="hit"}', 0) for c in counters)
+            ),
+            "eval_pairs_miss": int(
+                sum(c.get('envmon_eval_pairs_total{result="miss"}', 0) for c in counters)
+            ),
+            "shadow_mismatches": int(
+                sum(c.get("envmon_eval_shadow_mismatches_total", 0) for c in counters)
+            ),
             "per_process_messages": [
                 int(c.get("envmon_messages_received_total", 0)) for c in counters
             ],

@@ -30,6 +30,17 @@ EVALUATE_SECONDS = Histogram(
 EVALUATION_ERRORS = Counter(
     "envmon_evaluation_errors", "Batches whose rule evaluation failed (readings still stored)"
 )
+EVAL_PAIRS = Counter(
+    "envmon_eval_pairs",
+    "(rule, device) pairs of incremental kinds evaluated: from kept state (hit) or rebuilt "
+    "from the database (miss: first seen, late data, or another ingestor stored readings)",
+    ["result"],
+)
+EVAL_SHADOW_MISMATCHES = Counter(
+    "envmon_eval_shadow_mismatches",
+    "Alerts a rebuild without kept state would have written differently (ENVMON_EVAL_SHADOW; "
+    "should stay 0)",
+)
 QUEUE_DEPTH = Gauge("envmon_queue_depth", "Messages waiting between the MQTT thread and writer")
 SPOOL_DEPTH = Gauge("envmon_spool_depth", "Messages in the local spool awaiting the database")
 SPOOL_FULL = Counter("envmon_spool_full", "Times the spool was full and intake was held back")

@@ -277,30 +277,38 @@ def touch_devices(
     )
 
 
-def watermarks(conn: Connection, device_ids: Iterable[str]) -> dict[str, datetime | None]:
-    """Each device's event-time watermark: the newest event time stored for it."""
+def watermarks(
+    conn: Connection, device_ids: Iterable[str]
+) -> tuple[dict[str, datetime | None], dict[str, int]]:
+    """Each device's event-time watermark (the newest event time stored for it) and its
+    evaluation version (moved by every batch that stores its readings)."""
     ids = sorted(set(device_ids))
     if not ids:
-        return {}
+        return {}, {}
     rows = conn.execute(
-        select(devices.c.id, devices.c.watermark_at).where(one_of(conn, devices.c.id, ids))
-    )
-    return {d: at for d, at in rows}
+        select(devices.c.id, devices.c.watermark_at, devices.c.eval_version).where(
+            one_of(conn, devices.c.id, ids)
+        )
+    ).all()
+    return {d: at for d, at, _ in rows}, {d: int(v) for d, _, v in rows}
 
 
 # One statement for the batch's devices (executemany cost ~8% of the writer thread with a
 # few thousand devices a batch); their rows are locked already, by touch_devices, in id order.
 _PG_ADVANCE = text(
     """
-    UPDATE devices AS d SET watermark_at = u.ts
+    UPDATE devices AS d SET watermark_at = GREATEST(d.watermark_at, u.ts),
+                            eval_version = d.eval_version + 1
     FROM unnest(CAST(:ids AS text[]), CAST(:ts AS timestamptz[])) AS u(id, ts)
-    WHERE d.id = u.id AND (d.watermark_at IS NULL OR d.watermark_at < u.ts)
+    WHERE d.id = u.id
     """
 )
 
 
 def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
-    """Move each device's watermark forward to the newest event time of a stored batch."""
+    """After a batch stored readings of these devices: move each one's watermark forward to
+    the batch's newest event time, and its evaluation version on (so that other ingestors'
+    cached rule state for it is known to be out of date)."""
     if not newest:
         return
     if conn.dialect.name == "postgresql":
@@ -310,15 +318,30 @@ def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
             {"ids": pg_array([d for d, _ in ordered]), "ts": pg_array([t for _, t in ordered])},
         )
         return
+    at = bindparam("b_ts", type_=devices.c.watermark_at.type)
+    newer = or_(devices.c.watermark_at.is_(None), devices.c.watermark_at < at)
     conn.execute(
         update(devices)
-        .where(
-            devices.c.id == bindparam("b_id"),
-            or_(devices.c.watermark_at.is_(None), devices.c.watermark_at < bindparam("b_ts")),
-        )
-        .values(watermark_at=bindparam("b_ts")),
+        .where(devices.c.id == bindparam("b_id"))
+        .values(
+            watermark_at=case((newer, at), else_=devices.c.watermark_at),
+            eval_version=devices.c.eval_version + 1,
+        ),
         [{"b_id": d, "b_ts": ts} for d, ts in sorted(newest.items())],
     )
+
+
+def bump_eval_versions(conn: Connection, device_ids: Iterable[str]) -> None:
+    """For readings stored outside the writer (the demo's history): move the devices'
+    evaluation versions, so that no ingestor folds new readings into a state that lacks
+    these. Call it with the devices locked (`monitor.core.db.lock_devices`)."""
+    ids = sorted(set(device_ids))
+    if ids:
+        conn.execute(
+            update(devices)
+            .where(one_of(conn, devices.c.id, ids))
+            .values(eval_version=devices.c.eval_version + 1)
+        )
 
 
 def record_hj212_facts(conn: Connection, facts: Sequence[Facts]) -> None:

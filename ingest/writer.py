@@ -27,7 +27,15 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.dma import affected_days, recompute_days
-from alerts.evaluator import Outcome, Touched, evaluate_batch, evaluate_sites, evaluate_timers
+from alerts.evaluator import (
+    Outcome,
+    Touched,
+    evaluate_batch,
+    evaluate_sites,
+    evaluate_timers,
+    shadow_mismatches,
+)
+from alerts.incremental import Cache, Fresh
 from alerts.service import StaleAlert
 from ingest import metrics
 from ingest.contract import marker_topic
@@ -166,6 +174,9 @@ class Writer:
         self._last_tick = 0.0
         self._page_ended = settings.notify_ended_episodes
         self._copy = settings.ingest_copy
+        # rule state kept between batches (alerts/incremental.py); None: rebuild every pair
+        self._cache = Cache() if settings.eval_cache else None
+        self._shadow = settings.eval_shadow
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
         # a failed step, so that it is retried, never dropped un-acknowledged
         self._pending: Batch | None = None
@@ -412,8 +423,16 @@ class Writer:
         statement timeout a few times (each rolled back whole) with a short backoff."""
         for attempt in range(RETRY_ATTEMPTS):
             try:
-                with self._engine.begin() as conn:
-                    return self._store(conn, messages)
+                try:
+                    with self._engine.begin() as conn:
+                        summary = self._store(conn, messages)
+                except BaseException:
+                    if self._cache is not None:
+                        self._cache.rollback()
+                    raise
+                if self._cache is not None:
+                    self._cache.commit()
+                return summary
             except OperationalError as exc:
                 if not _retryable(exc) or attempt == RETRY_ATTEMPTS - 1:
                     raise
@@ -495,7 +514,7 @@ class Writer:
         dead_at = [m.received_at for p, m in zip(parsed, messages, strict=True) for _ in p.dead]
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
-        known = watermarks(conn, batch_devices)
+        known, versions = watermarks(conn, batch_devices)
         inserted = insert_readings(conn, rows, copy=self._copy)
         insert_dead_letters(conn, dead, dead_at)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
@@ -528,6 +547,8 @@ class Writer:
                 key = (r.device_id, r.metric)
                 lo, hi = span.get(key, (ts, r.ts))
                 span[key] = (min(lo, ts), max(hi, r.ts))
+            if self._cache is not None:
+                self._cache.begin(Fresh(rows, versions))
             opened = self._evaluate(conn, span)
             advance_watermarks(conn, marks)
             self._dma_days(conn, rows)
@@ -548,14 +569,40 @@ class Writer:
         cost that batch its alerts (logged, counted), never its readings."""
         started = time.perf_counter()
         touched = [Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()]
+        cache = self._cache
+        hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         try:
+            if self._shadow and cache is not None:
+                opened = self._retrying(
+                    conn,
+                    "rule evaluation",
+                    lambda: evaluate_batch(
+                        conn, touched, self._tz, page_ended=self._page_ended, cache=cache
+                    ),
+                )
+                try:
+                    mismatches = shadow_mismatches(conn, touched, self._tz)
+                except OperationalError:
+                    raise
+                except Exception:
+                    log.exception("shadow check failed")
+                    mismatches = 0
+                if mismatches:
+                    log.error("shadow check: %d alert(s) differ from a rebuild", mismatches)
+                    metrics.EVAL_SHADOW_MISMATCHES.inc(mismatches)
+                return opened
             return self._retrying(
                 conn,
                 "rule evaluation",
-                lambda: evaluate_batch(conn, touched, self._tz, page_ended=self._page_ended),
+                lambda: evaluate_batch(
+                    conn, touched, self._tz, page_ended=self._page_ended, cache=self._cache
+                ),
             )
         finally:
             metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
+            if cache is not None:
+                metrics.EVAL_PAIRS.labels("hit").inc(cache.hits - hits)
+                metrics.EVAL_PAIRS.labels("miss").inc(cache.misses - misses)
 
     def _retrying(self, conn: Connection, what: str, evaluate: Callable[[], Outcome]) -> int:
         """Run an evaluation in a savepoint, again when an alert changed meanwhile (an
@@ -568,15 +615,22 @@ class Writer:
                         outcome = evaluate()
                     return outcome.opened
                 except StaleAlert as exc:
+                    self._undo_cache()  # the retry rebuilds what the stale state judged
                     if attempt == STALE_RETRIES - 1:
                         raise
                     log.info("alert changed while evaluating (%s); evaluating again", exc)
         except OperationalError:
+            self._undo_cache()
             raise
         except Exception:
+            self._undo_cache()
             log.exception("%s failed; the batch's readings are stored regardless", what)
             metrics.EVALUATION_ERRORS.inc()
         return 0
+
+    def _undo_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.undo()
 
     def _dma_days(self, conn: Connection, rows: list[Row]) -> None:
         """Recompute the DMA days (night flow, leakage) the batch's meter readings fall in,

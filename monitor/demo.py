@@ -21,10 +21,11 @@ from sqlalchemy import Connection, Engine, func, select
 from alerts.dma import recompute_days
 from alerts.evaluator import evaluate_sites
 from devices.simulators import LeakMeter, SimulatedDevice
-from ingest.repository import insert_readings
+from ingest.repository import bump_eval_versions, insert_readings
 from ingest.validate import Row
 from monitor.consumption import ConsumptionCreate, create
 from monitor.core.catalogue import SiteKind
+from monitor.core.db import lock_devices
 from monitor.core.models import Consumption, table
 from monitor.core.settings import Settings
 
@@ -77,7 +78,10 @@ def seed_dma_history(
                 ]
         chunk = days[c : c + CHUNK_DAYS]
         with engine.begin() as conn:
+            # the live writer may be storing the same meters' readings meanwhile
+            lock_devices(conn, [m.device_id for m in meters])
             stored += insert_readings(conn, rows)
+            bump_eval_versions(conn, [m.device_id for m in meters])
             sites_of_meters = sorted({site_of[m.device_id] for m in meters})
             recompute_days(conn, [(s, d) for s in sites_of_meters for d in chunk], tz=tz)
     with engine.begin() as conn:

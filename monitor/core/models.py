@@ -12,6 +12,7 @@ from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -176,6 +177,9 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column()
     # the newest event time stored for the device: the lateness horizon is measured from it
     watermark_at: Mapped[datetime | None] = mapped_column()
+    # moved by every transaction that stores readings of the device: an evaluator's cached
+    # state for it is good only at the version it was built at (alerts/incremental.py)
+    eval_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # seconds between the device's readings (HJ 212 RtdInterval): what "expected samples" and
     # "no data" are measured against
     interval_s: Mapped[int] = mapped_column(Integer, default=60)

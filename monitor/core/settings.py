@@ -127,6 +127,17 @@ class Settings(BaseSettings):
         description="PostgreSQL: COPY (binary) each batch into a staging table; false: one "
         "INSERT ... SELECT unnest(...), for servers that cannot COPY (PGlite/TimescaleDB WASM)",
     )
+    eval_cache: bool = Field(
+        True,
+        description="Keep each (rule, device)'s window state in memory between batches and "
+        "fold in-order readings into it; false: rebuild every pair from the database",
+    )
+    eval_shadow: bool = Field(
+        False,
+        description="Check the kept state: after each batch, rebuild its pairs without it (rolled "
+        "back) and count the alerts that differ (envmon_eval_shadow_mismatches_total); doubles "
+        "the evaluation cost, for benchmarks and audits",
+    )
     queue_max_messages: int = Field(
         10000, ge=1, description="Bound of the queue between the MQTT thread and the writer"
     )

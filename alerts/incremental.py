@@ -1,0 +1,169 @@
+"""The evaluator's memory between batches: per (rule, device), the state that the rule's kind
+folds readings into (its `Feeder`: a rolling window, the tiers' runs), the episode in progress,
+and a mirror of the pair's open alert (shared/DESIGN.md: "the evaluator keeps each (rule,
+device) window as state in memory and folds in-order readings into it").
+
+The state is a cache of the database, which stays the truth. It is used only when
+
+- the device's evaluation version (devices.eval_version, moved by every transaction that
+  stores readings of it, whoever stores them) is the one the state was last brought to, so
+  no other ingestor stored readings of the device since;
+- the rule and the device read the same as when the state was built (a rule edit or a new
+  reporting interval starts it again);
+- every new reading of the rule's metric in the batch is newer than the newest one folded
+  in, and no two of them share a time.
+
+Otherwise the pair is rebuilt from the database (the reference implementation in
+`alerts.evaluator`), and the rebuild leaves a fresh state behind. A pair first seen after a
+restart loads the same way, lazily.
+
+State changes only count once their transaction commits: the writer calls `commit()` after
+its commit and `rollback()` when the transaction (or the evaluation's savepoint) is undone,
+which drops every state the transaction touched. An alert changed by someone else meanwhile
+(an inspector) makes the mirror's version check fail in `alerts.service.save`, and the
+evaluation is retried on rebuilt state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
+from typing import Any
+
+from alerts.evaluation import EpisodeFold, Point
+from alerts.kinds import Feeder
+
+
+@dataclass(slots=True)
+class PairState:
+    """One (rule, device): what was folded (up to `until`), and the open alert's mirror."""
+
+    signature: tuple[Any, ...]
+    metric: str
+    version: int
+    until: datetime | None
+    feeder: Feeder
+    fold: EpisodeFold
+    alert: dict[str, Any] | None
+
+
+class Fresh:
+    """What one batch stored, as the evaluator's cached path needs it: per (device, metric),
+    its N-flagged readings in event-time order (None where two share a time: such a pair is
+    rebuilt), and each device's evaluation version before the batch."""
+
+    __slots__ = ("metrics", "points", "versions")
+
+    def __init__(self, rows: Any, versions: Mapping[str, int]) -> None:
+        points: dict[tuple[str, str], list[Point] | None] = {}
+        metrics: dict[str, set[str]] = {}
+        for r in rows:
+            metrics.setdefault(r.device_id, set()).add(r.metric)
+            if r.quality != "N":
+                continue
+            key = (r.device_id, r.metric)
+            got = points.get(key, [])
+            if got is not None:
+                got.append(Point(r.ts, r.value))
+                points[key] = got
+        for key, got in points.items():
+            if got is None:
+                continue
+            got.sort()
+            if any(a.ts == b.ts for a, b in pairwise(got)):
+                points[key] = None
+        self.points = points
+        self.metrics = metrics
+        self.versions = dict(versions)
+
+
+class Cache:
+    """Pair states by device and rule, and what the open transaction did to them."""
+
+    def __init__(self) -> None:
+        self._pairs: dict[str, dict[int, PairState]] = {}
+        self._fresh: Fresh | None = None
+        self._touched: set[str] = set()  # devices whose states this transaction changed
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._pairs.values())
+
+    # --- one transaction ----------------------------------------------------------------
+    def begin(self, fresh: Fresh) -> None:
+        self._fresh = fresh
+        self._touched.clear()
+
+    def get(self, rule_id: int, device_id: str, signature: tuple[Any, ...]) -> PairState | None:
+        """The pair's state if it is good for this batch (see the module's doc), else None
+        (and any stale state is dropped)."""
+        fresh = self._fresh
+        pairs = self._pairs.get(device_id)
+        state = pairs.get(rule_id) if pairs else None
+        if state is None or fresh is None:
+            self.misses += 1
+            return None
+        if state.version != fresh.versions.get(device_id) or state.signature != signature:
+            del pairs[rule_id]  # type: ignore[union-attr]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return state
+
+    def points(self, device_id: str, metric: str) -> list[Point] | None:
+        """The batch's new readings of the pair, or None if they cannot be folded in."""
+        assert self._fresh is not None
+        return self._fresh.points.get((device_id, metric), [])
+
+    def put(self, rule_id: int, device_id: str, state: PairState) -> None:
+        """A state built or changed by this transaction (counted once it commits)."""
+        assert self._fresh is not None
+        state.version = self._fresh.versions.get(device_id, 0) + 1
+        self._pairs.setdefault(device_id, {})[rule_id] = state
+        self._touched.add(device_id)
+
+    def discard(self, rule_id: int, device_id: str) -> None:
+        pairs = self._pairs.get(device_id)
+        if pairs:
+            pairs.pop(rule_id, None)
+
+    def undo(self) -> None:
+        """The evaluation's savepoint was rolled back: forget what it did to the states."""
+        for d in self._touched:
+            self._pairs.pop(d, None)
+        self._touched.clear()
+
+    def commit(self) -> None:
+        """The transaction committed: every device it stored readings of is one version on.
+        The states it changed are there already; a state of such a device on a metric the
+        batch had nothing of is still right (its inputs did not change) and moves on too;
+        any other is out of date and dropped."""
+        fresh = self._fresh
+        if fresh is None:
+            return
+        for d, old in fresh.versions.items():
+            pairs = self._pairs.get(d)
+            if not pairs:
+                continue
+            metrics = fresh.metrics.get(d, set())
+            for rule_id, state in list(pairs.items()):
+                if state.version == old + 1:
+                    continue
+                if state.version == old and state.metric not in metrics:
+                    state.version = old + 1
+                else:
+                    del pairs[rule_id]
+        self._fresh = None
+        self._touched.clear()
+
+    def rollback(self) -> None:
+        """The transaction was rolled back: the database is as before it, and so must be
+        every state it touched."""
+        self.undo()
+        self._fresh = None
+
+    def clear(self) -> None:
+        self._pairs.clear()
