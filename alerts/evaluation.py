@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from monitor.core.models import Severity
 
@@ -44,6 +44,18 @@ class Thresholds(Protocol):
 class Point(NamedTuple):
     ts: datetime
     value: float
+
+
+class Timed(Protocol):
+    @property
+    def ts(self) -> datetime: ...
+
+
+class Feeder(Protocol):
+    """A rule kind's state between readings: items in (readings, or one instant's flags), in
+    event-time order, one step out per item (None: no step yet, e.g. a window not full)."""
+
+    def feed(self, item: Any) -> Step | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,19 +203,36 @@ def more_extreme(rule: Thresholds, a: float, b: float) -> float:
     return a if abs(a - mid) >= abs(b - mid) else b
 
 
-def changes(points: Sequence[Point], window_s: int) -> list[Point]:
-    """Value now minus the value `window_s` earlier (the latest reading at or before then);
-    no value until the series reaches back that far."""
-    window = timedelta(seconds=window_s)
-    out: list[Point] = []
-    j = -1
-    for p in points:
-        while j + 1 < len(points) and points[j + 1].ts <= p.ts - window:
-            j += 1
-        if j >= 0:
+class Changes:
+    """Value now minus the value `window_s` earlier, folded one reading at a time: the
+    earlier value is the latest reading at or before t - window, and counts only when it is
+    no older than one more window (so a change is never measured across a silence, and
+    the value at t does not depend on how far back anyone read)."""
+
+    __slots__ = ("history", "window")
+
+    def __init__(self, window_s: int) -> None:
+        self.window = timedelta(seconds=window_s)
+        self.history: deque[Point] = deque()
+
+    def feed(self, p: Point) -> Point | None:
+        history = self.history
+        history.append(p)
+        cut = p.ts - self.window
+        while len(history) >= 2 and history[1].ts <= cut:
+            history.popleft()
+        before = history[0]
+        if cut - self.window <= before.ts <= cut:
             # rounded: 0.30 - 0.25 is -0.04999999999999999 in binary floating point
-            out.append(Point(p.ts, round(p.value - points[j].value, 9)))
-    return out
+            return Point(p.ts, round(p.value - before.value, 9))
+        return None
+
+
+def changes(points: Sequence[Point], window_s: int) -> list[Point]:
+    """Value now minus the value `window_s` earlier (see `Changes`); no value until the
+    series reaches back that far."""
+    c = Changes(window_s)
+    return [v for p in points if (v := c.feed(p)) is not None]
 
 
 class FlaggedPoint(NamedTuple):

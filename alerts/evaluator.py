@@ -26,6 +26,7 @@ from alerts.evaluation import (
     RANK,
     Episode,
     EpisodeFold,
+    Feeder,
     Step,
     cleared,
     episodes,
@@ -34,9 +35,9 @@ from alerts.evaluation import (
 )
 from alerts.incremental import Cache, PairState
 from alerts.kinds import (
+    GAP_INTERVALS,
     Composite,
     DmaKind,
-    Feeder,
     Kind,
     NoData,
     SiteSources,
@@ -488,8 +489,22 @@ def _evaluate_rules(
             found = _episodes(rule, steps, start, tz)
             subject = Subject(devices[device_id].site_id, device_id)
             still_open = _reconcile(conn, rule, subject, _dicts(existing), found, outcome, ctx)
-            if kept and cache is not None and device_id in fed:
-                _keep(cache, rule, kind, devices[device_id], fed[device_id], found, still_open)
+            if not kept or cache is None:
+                continue
+            device = devices[device_id]
+            if device_id in fed:
+                _keep(cache, rule, kind, device, fed[device_id], found, still_open)
+            elif kind.starts_empty and not existing:
+                # left out as having nothing to judge: its state is an empty one, as of the
+                # newest reading stored of it (before or in this batch)
+                newest = [t for t in (device.watermark_at, latest.get(device_id)) if t]
+                gap = timedelta(seconds=GAP_INTERVALS * int(device.interval_s))
+                empty: tuple[list[Step], Feeder, datetime | None] = (
+                    [],
+                    kind.feeder(gap),
+                    max(newest, default=None),
+                )
+                _keep(cache, rule, kind, device, empty, found, still_open)
 
 
 def _dicts(rows: list[Row[Any]]) -> list[dict[str, Any]]:
@@ -560,7 +575,7 @@ def _evaluate_cached(
         for device_id, since in targets.items():
             device = devices[device_id]
             state = cache.get(rule.id, device_id, _signature(rule, device))
-            points = cache.points(device_id, kind.metric) if state is not None else None
+            points = kind.fresh_items(cache.fresh, device_id) if state is not None else None
             if (
                 state is None
                 or points is None

@@ -26,14 +26,14 @@ evaluation is retried on rebuilt state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from alerts.evaluation import EpisodeFold, Point
-from alerts.kinds import Feeder
+from alerts.evaluation import EpisodeFold, Feeder, Point
 
 
 @dataclass(slots=True)
@@ -52,31 +52,57 @@ class PairState:
 class Fresh:
     """What one batch stored, as the evaluator's cached path needs it: per (device, metric),
     its N-flagged readings in event-time order (None where two share a time: such a pair is
-    rebuilt), and each device's evaluation version before the batch."""
+    rebuilt), the metrics each device had readings of (any flag), and each device's
+    evaluation version before the batch."""
 
-    __slots__ = ("metrics", "points", "versions")
+    __slots__ = ("_points", "_rows", "metrics", "versions")
 
-    def __init__(self, rows: Any, versions: Mapping[str, int]) -> None:
-        points: dict[tuple[str, str], list[Point] | None] = {}
-        metrics: dict[str, set[str]] = {}
+    def __init__(
+        self,
+        rows: Iterable[Any],
+        touched: Iterable[tuple[str, str]],
+        versions: Mapping[str, int],
+    ) -> None:
+        points: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
+        by_device: defaultdict[str, list[Any]] = defaultdict(list)
         for r in rows:
-            metrics.setdefault(r.device_id, set()).add(r.metric)
-            if r.quality != "N":
-                continue
-            key = (r.device_id, r.metric)
-            got = points.get(key, [])
-            if got is not None:
-                got.append(Point(r.ts, r.value))
-                points[key] = got
-        for key, got in points.items():
-            if got is None:
-                continue
+            by_device[r.device_id].append(r)
+            if r.quality == "N":
+                points[(r.device_id, r.metric)].append(Point(r.ts, r.value))
+        self._points: dict[tuple[str, str], list[Point] | None] = dict(points)
+        self._rows = dict(by_device)
+        metrics: defaultdict[str, set[str]] = defaultdict(set)
+        for d, m in touched:
+            metrics[d].add(m)
+        self.metrics = dict(metrics)
+        self.versions = dict(versions)
+
+    def points(self, device_id: str, metric: str) -> list[Point] | None:
+        key = (device_id, metric)
+        got = self._points.get(key)
+        if not got:
+            return [] if got is not None or key not in self._points else None
+        if any(a.ts >= b.ts for a, b in pairwise(got)):  # out of order in the batch
             got.sort()
             if any(a.ts == b.ts for a, b in pairwise(got)):
-                points[key] = None
-        self.points = points
-        self.metrics = metrics
-        self.versions = dict(versions)
+                self._points[key] = None
+                return None
+        return got
+
+    def rows(self, device_id: str, metric: str) -> list[Any] | None:
+        """Every reading the batch stored of the device (of `metric`; "*": of any), whatever
+        its flag, in time order; None if two share a metric and a time."""
+        rows = self._rows.get(device_id, [])
+        if metric != "*":
+            rows = [r for r in rows if r.metric == metric]
+        ordered = sorted(rows, key=_instant)
+        if any(_instant(a) == _instant(b) for a, b in pairwise(ordered)):
+            return None
+        return ordered
+
+
+def _instant(r: Any) -> tuple[datetime, str]:
+    return (r.ts, r.metric)
 
 
 class Cache:
@@ -113,10 +139,11 @@ class Cache:
         self.hits += 1
         return state
 
-    def points(self, device_id: str, metric: str) -> list[Point] | None:
-        """The batch's new readings of the pair, or None if they cannot be folded in."""
+    @property
+    def fresh(self) -> Fresh:
+        """What the open transaction's batch stored."""
         assert self._fresh is not None
-        return self._fresh.points.get((device_id, metric), [])
+        return self._fresh
 
     def put(self, rule_id: int, device_id: str, state: PairState) -> None:
         """A state built or changed by this transaction (counted once it commits)."""
@@ -152,7 +179,7 @@ class Cache:
             for rule_id, state in list(pairs.items()):
                 if state.version == old + 1:
                     continue
-                if state.version == old and state.metric not in metrics:
+                if state.version == old and state.metric not in metrics and state.metric != "*":
                     state.version = old + 1
                 else:
                     del pairs[rule_id]

@@ -13,10 +13,11 @@ import math
 import statistics
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, ClassVar, Protocol
+from itertools import groupby
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row
@@ -25,21 +26,24 @@ from alerts import dma, repository
 from alerts.evaluation import (
     MIN_COVERAGE,
     RANK,
-    FlaggedPoint,
+    Changes,
+    Feeder,
     Point,
     RollingMean,
     Runs,
     Step,
-    changes,
+    Timed,
     differences,
     exceeding_hours_per_day,
-    flag_runs,
     hourly_window_means,
     level_of,
     period_means,
     steps_of,
 )
 from monitor.core.catalogue import METRICS
+
+if TYPE_CHECKING:
+    from alerts.incremental import Fresh
 from monitor.core.models import Aggregate, RuleKind, Severity
 
 HOUR = timedelta(hours=1)
@@ -73,6 +77,9 @@ class Kind:
     # whether its steps come from a `Feeder` over the N-flagged readings of its metric, so
     # that the evaluator can keep that feeder between batches (alerts/incremental.py)
     incremental: ClassVar[bool] = False
+    # whether a device that `worth_reading` leaves out has, for certain, nothing going on,
+    # so that its kept state can start empty instead of being read
+    starts_empty: ClassVar[bool] = False
 
     def __init__(self, rule: Row[Any]) -> None:
         self.rule = rule
@@ -123,6 +130,11 @@ class Kind:
         (`gap`: the silence that breaks a run)."""
         raise NotImplementedError(f"{type(self).__name__} is not incremental")
 
+    def fresh_items(self, fresh: Fresh, device_id: str) -> list[Timed] | None:
+        """For an `incremental` kind: what a batch stored of the device, as its feeder takes
+        it (None: the batch cannot be folded in, e.g. two readings at one time)."""
+        return fresh.points(device_id, self.metric)  # type: ignore[return-value]
+
     def fed(
         self, src: Sources, starts: Mapping[str, datetime]
     ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
@@ -170,12 +182,6 @@ class Kind:
             rows = by_device.get(d, [])
             gap = timedelta(seconds=GAP_INTERVALS * int(src.devices[d].interval_s))
             yield d, rows[bisect_left(rows, start, key=_ts) :], gap
-
-
-class Feeder(Protocol):
-    """Readings in, steps out, one at a time and in event-time order (None: no step yet)."""
-
-    def feed(self, p: Point) -> Step | None: ...
 
 
 class ThresholdFeeder:
@@ -292,21 +298,78 @@ class HourlyMean(Threshold):
         return out
 
 
+class RateFeeder:
+    """A rate-of-change rule's state: the readings back to one window ago, and the runs."""
+
+    __slots__ = ("changes", "runs")
+
+    def __init__(self, rule: Row[Any], window_s: int, gap: timedelta) -> None:
+        self.changes = Changes(window_s)
+        self.runs = Runs(rule, gap)
+
+    def feed(self, p: Point) -> Step | None:
+        v = self.changes.feed(p)
+        return None if v is None else self.runs.feed(v)
+
+
 class RateOfChange(Kind):
     """The change of the reading over `params.window_s` (a pressure falling fast) passes a
     tier."""
 
     kind = RuleKind.rate_of_change
+    incremental = True
+
+    def lookback(self) -> timedelta:
+        # the earlier reading may be up to two windows back (alerts.evaluation.Changes)
+        return super().lookback() + timedelta(seconds=int(self.params["window_s"]))
+
+    def feeder(self, gap: timedelta) -> Feeder:
+        return RateFeeder(self.rule, int(self.params["window_s"]), gap)
 
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        span = int(self.params["window_s"])
-        return {
-            d: steps_of(self.rule, changes([Point(r.ts, r.value) for r in rows], span), gap)
-            for d, rows, gap in self._rows(src, starts)
-        }
+        return {d: got[0] for d, got in self.fed(src, starts).items()}
 
     def how(self) -> str:
         return f" change over {int(self.params.get('window_s', 0)) // 60} min"
+
+
+class FlagGroup(NamedTuple):
+    """One instant of a device: the (metric, quality flag) of each reading at `ts`."""
+
+    ts: datetime
+    flags: tuple[tuple[str, str], ...]
+
+
+def flag_groups(rows: Iterable[Any]) -> list[FlagGroup]:
+    """Readings (with .ts, .metric, .quality) in time order, grouped by instant."""
+    out: list[FlagGroup] = []
+    for ts, group in groupby(rows, key=_ts):
+        out.append(FlagGroup(ts, tuple((r.metric, r.quality) for r in group)))
+    return out
+
+
+class FlagFeeder:
+    """A flag rule's state: when each metric's current run of fault flags began, and the
+    runs of the tiers over the longest of them (minutes)."""
+
+    __slots__ = ("flags", "runs", "started")
+
+    def __init__(self, rule: Row[Any], flags: frozenset[str], gap: timedelta) -> None:
+        self.flags = flags
+        self.started: dict[str, datetime | None] = {}
+        self.runs = Runs(rule, gap)
+
+    def feed(self, g: FlagGroup) -> Step:
+        longest = 0.0
+        started = self.started
+        for metric, quality in g.flags:
+            if quality in self.flags:
+                start = started.get(metric) or g.ts
+                started[metric] = start
+                longest = max(longest, (g.ts - start).total_seconds() / 60)
+            else:
+                started[metric] = None
+        return self.runs.feed(Point(g.ts, longest))
 
 
 class FlagHeld(Kind):
@@ -314,6 +377,8 @@ class FlagHeld(Kind):
     the tiers' minutes."""
 
     kind = RuleKind.flag_held
+    incremental = True
+    starts_empty = True
 
     def flags(self) -> frozenset[str]:
         return frozenset(self.params.get("flags", ["D", "B"]))
@@ -330,20 +395,25 @@ class FlagHeld(Kind):
         # nearly every reading is flagged N: only devices with a flagged reading in the window
         return repository.flagged(conn, self.metric, self.flags(), begin)
 
-    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        flags = self.flags()
+    def feeder(self, gap: timedelta) -> Feeder:
+        return FlagFeeder(self.rule, self.flags(), gap)
+
+    def fresh_items(self, fresh: Fresh, device_id: str) -> list[Timed] | None:
+        rows = fresh.rows(device_id, self.metric)
+        return None if rows is None else flag_groups(rows)  # type: ignore[return-value]
+
+    def fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
         out = {}
         for d, rows, gap in self._rows(src, starts):
-            per_metric: dict[str, list[FlaggedPoint]] = defaultdict(list)
-            for row in rows:
-                per_metric[row.metric].append(FlaggedPoint(row.ts, row.quality))
-            longest: dict[datetime, float] = {}
-            for pts in per_metric.values():
-                for p in flag_runs(pts, flags):
-                    longest[p.ts] = max(p.value, longest.get(p.ts, 0.0))
-            points = [Point(ts, v) for ts, v in sorted(longest.items())]
-            out[d] = steps_of(self.rule, points, gap)
+            f = FlagFeeder(self.rule, self.flags(), gap)
+            steps = [f.feed(g) for g in flag_groups(rows)]
+            out[d] = (steps, cast(Feeder, f), rows[-1].ts if rows else None)
         return out
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return {d: got[0] for d, got in self.fed(src, starts).items()}
 
     def describe(self, severity: str, value: float) -> str:
         return f"{self.metric} flagged {value:.0f} min ({severity}: {self.limit(severity)} min)"

@@ -548,7 +548,7 @@ class Writer:
                 lo, hi = span.get(key, (ts, r.ts))
                 span[key] = (min(lo, ts), max(hi, r.ts))
             if self._cache is not None:
-                self._cache.begin(Fresh(rows, versions))
+                self._cache.begin(Fresh(rows, span, versions))
             opened = self._evaluate(conn, span)
             advance_watermarks(conn, marks)
             self._dma_days(conn, rows)
