@@ -58,8 +58,7 @@ class Feeder(Protocol):
     def feed(self, item: Any) -> Step | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     ts: datetime
     value: float  # the evaluated value: raw, or the window mean
     level: Severity | None  # tier violated at this instant
@@ -109,6 +108,18 @@ class RollingMean:
         return None
 
 
+def _tier(
+    tiers: tuple[float | None, float | None, float | None, float | None, bool], value: float
+) -> Severity | None:
+    """`level_of` on limits read beforehand."""
+    alarm_above, alarm_below, warn_above, warn_below, inclusive = tiers
+    if _violates(value, alarm_above, alarm_below, inclusive):
+        return Severity.alarm
+    if _violates(value, warn_above, warn_below, inclusive):
+        return Severity.warning
+    return None
+
+
 def evaluated_values(rule: Thresholds, points: Sequence[Point]) -> list[Point]:
     """The value the rule judges at each reading time: raw, or the mean over (t - window, t]
     when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
@@ -128,7 +139,7 @@ def evaluate(
 class Runs:
     """Tiers and "for" runs over derived values, folded one value at a time (see `steps_of`)."""
 
-    __slots__ = ("alarm", "hold", "level", "max_gap", "previous", "rule", "warning")
+    __slots__ = ("alarm", "hold", "level", "max_gap", "previous", "rule", "tiers", "warning")
 
     def __init__(
         self,
@@ -140,6 +151,14 @@ class Runs:
         self.hold = timedelta(seconds=rule.for_s)
         self.max_gap = max_gap
         self.level = level
+        # the rule's limits, read once (a rule row's attributes are slow to read per value)
+        self.tiers = (
+            rule.alarm_above,
+            rule.alarm_below,
+            rule.warn_above,
+            rule.warn_below,
+            getattr(rule, "kind", None) == "rate_of_change",
+        )
         # where the current run of each tier began (None: not violated now)
         self.warning: datetime | None = None
         self.alarm: datetime | None = None
@@ -153,7 +172,7 @@ class Runs:
         ):
             self.warning = self.alarm = None
         self.previous = p.ts
-        tier_now = level_of(self.rule, p.value) if self.level is None else self.level(p)
+        tier_now = _tier(self.tiers, p.value) if self.level is None else self.level(p)
         rank = RANK[tier_now]
         held: Severity | None = None
         since: datetime | None = None

@@ -262,6 +262,7 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
             "raw": "raw limit: bare paho subscriber, counts only",
             "envmon": "envmon ingest, 1 process",
             "production": "envmon, 1 process, production state",
+            "rebuild": "envmon, every pair rebuilt (no kept state)",
             "naive": f"naive: 1 INSERT/reading ({d['messages']:,} msgs)",
         }.get(d["consumer"], d["consumer"])
         add(
@@ -277,6 +278,8 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
         parts.append(f"envmon/naive = {ratios['envmon_over_naive']:.2f}")
     if "envmon_over_raw_production" in ratios:
         parts.append(f"production/raw = {ratios['envmon_over_raw_production']:.2f}")
+    if "kept_over_rebuild" in ratios:
+        parts.append(f"kept state/rebuild = {ratios['kept_over_rebuild']:.2f}")
     if parts:
         add("  ratios (messages/s, same run): " + ", ".join(parts))
     env = r["throughput"].get("envmon")

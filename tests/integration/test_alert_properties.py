@@ -334,6 +334,39 @@ def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: E
     assert folded, "no pair was folded from kept state"
 
 
+def test_kept_state_is_dropped_when_another_ingestor_stored_readings_of_the_device(
+    engine: Engine,
+) -> None:
+    """Two ingestors on one shared subscription: A's state of the device is good only at the
+    device's evaluation version A left it at; after B stores a reading, A rebuilds (and so
+    judges B's reading too), then folds again."""
+    url = engine.url.render_as_string(hide_password=False)
+    _empty(engine)
+    a, b = Ingestor(url), Ingestor(url)
+    try:
+        a.deliver([(0, 60.0)])  # first seen: rebuilt
+        a.deliver([(1, 60.0)])  # folded
+        cache = a.writer._cache
+        assert cache is not None and cache.hits > 0
+        b.deliver([(2, 85.0), (3, 85.0)])  # raw rule: over 75 for 2 min -> warning, then more
+        misses = cache.misses
+        a.deliver([(4, 85.0)])
+        assert cache.misses > misses, "A folded into a state that lacks B's readings"
+        hits = cache.hits
+        a.deliver([(5, 85.0)])
+        assert cache.hits > hits, "A's rebuilt state was not kept"
+    finally:
+        a.close()
+        b.close()
+    got = _alerts(engine)
+    _empty(engine)
+    reference = Ingestor(url, cache=False)
+    for m in range(6):
+        reference.deliver([(m, 60.0 if m < 2 else 85.0)])
+    reference.close()
+    assert got == _alerts(engine)
+
+
 def test_the_issue_example_late_early_episode_gives_two_alerts(engine: Engine) -> None:
     """Minutes 0-3 above, 4-8 below, 20-23 above: two alerts, also when 20-23 arrive first."""
     url = engine.url.render_as_string(hide_password=False)
