@@ -511,10 +511,10 @@ def _dicts(rows: list[Row[Any]]) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in rows]
 
 
-def _signature(rule: Row[Any], device: Row[Any]) -> tuple[Any, ...]:
+def _signature(rule: tuple[Any, ...], device: Row[Any]) -> tuple[Any, ...]:
     """What a pair's state was built from besides readings: the rule as it reads now, and the
     device's reporting interval (runs break on gaps of it) and site (the alert's subject)."""
-    return (tuple(rule), device.interval_s, device.site_id)
+    return (rule, device.interval_s, device.site_id)
 
 
 def _keep(
@@ -540,7 +540,7 @@ def _keep(
     if found and found[-1].resolved_at is None:
         fold.cur = found[-1]
     state = PairState(
-        _signature(rule, device),
+        _signature(tuple(rule), device),
         kind.metric,
         0,
         newest,
@@ -572,9 +572,10 @@ def _evaluate_cached(
         r = rule._mapping
         windowed = r["active_from"] is not None and r["active_to"] is not None
         rebuild: dict[str, datetime] = {}
+        as_read = tuple(rule)  # (once per rule, not per device)
         for device_id, since in targets.items():
             device = devices[device_id]
-            state = cache.get(rule.id, device_id, _signature(rule, device))
+            state = cache.get(rule.id, device_id, _signature(as_read, device))
             points = kind.fresh_items(cache.fresh, device_id) if state is not None else None
             if (
                 state is None
