@@ -47,8 +47,15 @@ class Facts:
     equipment_at: datetime | None = None
 
 
+def dumps(obj: object) -> bytes:
+    """`orjson.dumps`, copied to its length. orjson returns its bytes in the 4 KiB buffer
+    it wrote them to; a burst of 10,000 logins has 10,000 payloads queued for the writer at
+    once, 40 MB where 1 MB is used, and the allocator keeps that high-water mark."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def encode_facts(facts: Facts) -> bytes:
-    return orjson.dumps(
+    return dumps(
         {
             "device_id": facts.device_id,
             "deviations": facts.deviations,
@@ -199,7 +206,7 @@ def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) 
 
 
 def encode_dead(records: list[DeadLetterRecord]) -> bytes:
-    return orjson.dumps(
+    return dumps(
         [
             {
                 "topic": d.topic,

@@ -98,6 +98,8 @@ class Framer:
     """Bytes in, frames out. Split reads, several frames per read and garbage between frames
     are all handled; after anything unreadable it resynchronises on the next `##`."""
 
+    __slots__ = ("_buf", "_max_buffer")
+
     def __init__(self, max_buffer: int = MAX_BUFFER) -> None:
         self._buf = bytearray()
         self._max_buffer = max_buffer
