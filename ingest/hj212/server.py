@@ -11,6 +11,8 @@ crash could still lose; without the answer it retries, and the retry stores noth
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import queue
 import re
@@ -63,6 +65,15 @@ IDLE_INTERVALS = 3  # a logged-in logger may be silent this many of its interval
 SWEEP_S = 1.0  # how often silent connections are looked for
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
+# Connections whose first frame is being identified at once. A login costs a PBKDF2 under
+# one lock, so logins are one at a time anyway; a connection waiting for its turn holds only
+# its read, not a parsed frame (10,000 loggers reconnecting at once, after a restart or a
+# carrier outage, would otherwise each hold one while they queue).
+LOGIN_CONCURRENCY = 4
+# After a burst (this many frames since the last trim, then a second without any), freed
+# heap is handed back to the system (glibc's malloc_trim); freed memory otherwise stays in
+# the process at the burst's high-water mark
+TRIM_AFTER_FRAMES = 1000
 CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
 _REASONS = {
     FrameError.bad_crc: Reason.hj212_bad_crc,
@@ -243,6 +254,7 @@ class Gateway:
         self._error: BaseException | None = None
         self._conns: set[Connection] = set()
         self._stopping: asyncio.Event | None = None
+        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)
         self.port: int | None = None
 
     # --- process wiring -------------------------------------------------------------------
@@ -299,9 +311,15 @@ class Gateway:
         beyond its handler (10,000 idle loggers are the normal state of this server)."""
         loop = asyncio.get_running_loop()
         every = min(SWEEP_S, self._idle_s / 2)
+        trimmed_at = seen = self.counters.frames
         while True:
             await asyncio.sleep(every)
             now = loop.time()
+            frames = self.counters.frames
+            if frames == seen and frames - trimmed_at >= TRIM_AFTER_FRAMES and _trim:
+                trimmed_at = frames
+                await asyncio.to_thread(_trim, 0)
+            seen = frames
             for conn in list(self._conns):
                 if not conn.closed and now - conn.last_read > conn.idle_s:
                     log.info(
@@ -357,15 +375,11 @@ class Gateway:
         """Handle one read of a connection, READ_CHUNK bytes at a time (what one frame
         buffer may take in before it is cut back), then read on."""
         try:
-            for at in range(0, len(data), READ_CHUNK):
-                await self._feed(conn, data[at : at + READ_CHUNK])
-                if conn.rejects >= MAX_REJECTS:
-                    log.warning(
-                        "HJ 212 connection from %s keeps sending garbage; closing", conn.peer
-                    )
-                    conn.close()
-                if conn.closed:
-                    return
+            if conn.mn is None:
+                async with self._logins:  # not logged in yet: one of a few at a time
+                    await self._chunks(conn, data)
+            else:
+                await self._chunks(conn, data)
         except Exception:
             # a bug in handling one logger must not stop the server for the others
             log.exception("HJ 212 connection from %s failed", conn.peer)
@@ -378,6 +392,15 @@ class Gateway:
         conn.last_read = asyncio.get_running_loop().time()
         if conn.transport is not None and not conn.closed:
             conn.transport.resume_reading()
+
+    async def _chunks(self, conn: Connection, data: bytes) -> None:
+        for at in range(0, len(data), READ_CHUNK):
+            await self._feed(conn, data[at : at + READ_CHUNK])
+            if conn.rejects >= MAX_REJECTS:
+                log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+                conn.close()
+            if conn.closed:
+                return
 
     async def _feed(self, conn: Connection, data: bytes) -> None:
         for item in conn.framer.feed(data):
@@ -581,6 +604,19 @@ class Gateway:
                 return
             except queue.Full:
                 await asyncio.sleep(0.05)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_trim = _malloc_trim()
 
 
 def _now() -> datetime:
