@@ -16,7 +16,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 
-from ingest.hj212.convert import Device
+from ingest.hj212.convert import RULES_FROM_RTD, Device
 from ingest.validate import Reason
 from monitor.broker_auth import verify_password
 from monitor.core.models import Device as DeviceTable
@@ -107,6 +107,7 @@ class Identities:
                         cols.status,
                         cols.interval_s,
                         cols.hj212_rtd_interval_s,
+                        cols.hj212_rules_from,
                     ).where(cols.hj212_mn.is_not(None))
                 ).all()
         except OperationalError:
@@ -119,7 +120,15 @@ class Identities:
             return
         self._known = {
             r.hj212_mn: Registered(
-                self._device(Device(r.id, r.hj212_unit, r.interval_s, r.hj212_rtd_interval_s)),
+                self._device(
+                    Device(
+                        r.id,
+                        r.hj212_unit,
+                        r.interval_s,
+                        r.hj212_rtd_interval_s,
+                        r.hj212_rules_from or RULES_FROM_RTD,
+                    )
+                ),
                 r.hj212_password_hash,
                 r.status == DeviceStatus.active,
             )

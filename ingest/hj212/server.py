@@ -563,8 +563,12 @@ class Gateway:
         if facts is not None:
             messages.append(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, now, 0))
         if converted.reading_set is not None:
-            payload = dumps(converted.reading_set)
-            messages.append(Message(topic, payload, 0, 0, now, 0))
+            doc: dict[str, object] = converted.reading_set
+            if converted.for_rules is not None:
+                # one message, one validation: the period series and, for the rules, the
+                # means as the plain metrics at the period's end
+                doc = {"batch": [converted.reading_set, converted.for_rules]}
+            messages.append(Message(topic, dumps(doc), 0, 0, now, 0))
         if converted.dead:
             for d in converted.dead:
                 self.counters.rejected[d.reason] = self.counters.rejected.get(d.reason, 0) + 1
