@@ -281,6 +281,7 @@ class Gateway:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
+        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)  # of this loop (a restart: a new one)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), self._host, self._port)
         self.port = self._server.sockets[0].getsockname()[1]
