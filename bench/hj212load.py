@@ -289,7 +289,9 @@ def run(ctx: Context, mqtt_readings_per_s: float | None) -> dict[str, Any]:
     time.sleep(1.0)
     rss_connected = rss_mb(gateway.pid)
     logged = _all(idle, "login", 300)
-    time.sleep(1.0)
+    # the gateway hands the login burst's freed heap back after a quiet second (its sweep
+    # runs every second): read its memory once that has had time to happen
+    time.sleep(3.0)
     rss_after = rss_mb(gateway.pid)
     answered += sum(r["answered"] for r in logged)
     unanswered = sum(r["unanswered"] for r in logged)

@@ -26,6 +26,14 @@ class HJ212Unit(StrEnum):
     ng_m3 = "ng/m3"
 
 
+class HJ212RulesFrom(StrEnum):
+    """Which of a logger's HJ 212 series its rules see (docs/hj212.md, Period data)."""
+
+    rtd = "rtd"  # real-time (2011), the default
+    minute = "minute"  # the minute data's means (2051), for a logger that sends no 2011
+    hour = "hour"  # the hourly means (2061)
+
+
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
 
@@ -104,6 +112,12 @@ class DeviceCreate(BaseModel):
         None,
         description="Unit of the logger's particulate values: ug/m3 (the default) or ng/m3 "
         "(the standard's table unit, scaled to µg/m³ on intake)",
+    )
+    hj212_rules_from: HJ212RulesFrom | None = Field(
+        None,
+        description="Which of the logger's HJ 212 series the rules see: rtd (the default, its "
+        "2011 real-time values), minute or hour (its 2051/2061 means, for a logger that sends "
+        "only period data; its 2011 values are then stored as <metric>.rtd)",
     )
 
 

@@ -9,7 +9,7 @@ unreadable DataTime) becomes dead letters here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -18,7 +18,7 @@ import orjson
 from ingest.hj212.codes import PARTICULATE_CODES, PERIODS, REALTIME_CN, metric_for, series_for
 from ingest.hj212.protocol import Packet, split_key
 from ingest.validate import DeadLetterRecord, Reason
-from monitor.core.catalogue import QualityFlag
+from monitor.core.catalogue import QualityFlag, rtd_metric
 
 DATA_CNS = frozenset({REALTIME_CN, *PERIODS})
 # CP keys that are not readings (§1.5): never reported as unknown codes
@@ -28,11 +28,21 @@ _ATTRIBUTES = {"Flag", "EFlag", "SampleTime", "Ori"}
 _FLAGS = {f.value for f in QualityFlag}
 
 
+RULES_FROM_RTD = "rtd"
+# `hj212_rules_from` -> the CN whose -Avg values become the device's plain metric, and the
+# period's length (None: the device's registered interval_s, its minute-data interval)
+RULES_FROM_PERIOD: dict[str, tuple[str, int | None]] = {
+    "minute": ("2051", None),
+    "hour": ("2061", 3600),
+}
+
+
 class Device(NamedTuple):
     device_id: str
     unit: str | None  # "ng/m3" when particulates arrive in the standard's unit
     interval_s: int = 60  # its registered reporting interval
     rtd_interval_s: int | None = None  # the RtdInterval it last reported (1061)
+    rules_from: str = RULES_FROM_RTD  # which of its series the rules see (hj212_rules_from)
 
 
 @dataclass(slots=True)
@@ -47,8 +57,15 @@ class Facts:
     equipment_at: datetime | None = None
 
 
+def dumps(obj: object) -> bytes:
+    """`orjson.dumps`, copied to its length. orjson returns its bytes in the 4 KiB buffer
+    it wrote them to; a burst of 10,000 logins has 10,000 payloads queued for the writer at
+    once, 40 MB where 1 MB is used, and the allocator keeps that high-water mark."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def encode_facts(facts: Facts) -> bytes:
-    return orjson.dumps(
+    return dumps(
         {
             "device_id": facts.device_id,
             "deviations": facts.deviations,
@@ -82,7 +99,7 @@ def rtd_interval(packet: Packet) -> int | str:
     if text is None:
         return "no RtdInterval in the 1061 upload"
     lo, hi = RTD_INTERVAL_RANGE
-    if not text.isdigit() or not lo <= int(text) <= hi:
+    if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
         return f"RtdInterval={text[:20]!r} is not a number of seconds from {lo} to {hi}"
     return int(text)
 
@@ -119,6 +136,9 @@ def equipment(packet: Packet, tz: ZoneInfo) -> tuple[dict[str, dict[str, float]]
 @dataclass(slots=True)
 class Converted:
     reading_set: dict[str, object] | None = None
+    # for a device whose rules see this period's data: its -Avg values as the plain
+    # metrics, stamped at the period's end
+    for_rules: dict[str, object] | None = None
     dead: list[DeadLetterRecord] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
 
@@ -156,6 +176,11 @@ def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) 
     values: dict[str, float] = {}
     flags: dict[str, str] = {}
     by_code: dict[str, str] = {}  # metric -> the code it came from, for the flag lookup
+    # the rules see this period's means (hj212_rules_from): -Avg also as the plain metric
+    period = RULES_FROM_PERIOD.get(device.rules_from)
+    rules_cn = period[0] if period else None
+    plain: dict[str, float] = {}
+    plain_of: dict[str, str] = {}  # plain metric -> the -Avg series it repeats (its flag)
     for key, text in packet.cp.items():
         if key in _NOT_READINGS:
             continue
@@ -172,6 +197,10 @@ def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) 
             out.deviations.append("doubled_suffix")
         metric = metric_for(code)
         series = series_for(metric, cn, suffix) if metric else None
+        if series is not None and metric is not None and cn == REALTIME_CN and rules_cn:
+            # its rules see period data: real-time values are their own series, so the two
+            # never meet under one (device, metric, instant)
+            series = rtd_metric(metric)
         if series is None:
             what = f"factor code {code!r}" if metric is None else f"suffix -{suffix} in CN={cn}"
             dead(Reason.hj212_unknown_code, f"{what} is not mapped ({key}={text[:40]})")
@@ -184,6 +213,9 @@ def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) 
             value /= 1000.0  # the standard's table unit (ng/m³) -> the catalogue's µg/m³
         values[series] = value
         by_code[series] = code
+        if cn == rules_cn and suffix == "Avg" and metric is not None:
+            plain[metric] = value
+            plain_of[metric] = series
     for series, code in by_code.items():
         flag = packet.cp.get(f"{code}-Flag") or packet.cp.get(f"{code}-Rtd-Flag")
         if flag in _FLAGS:
@@ -191,15 +223,27 @@ def convert(packet: Packet, device: Device, topic: str, raw: str, tz: ZoneInfo) 
         elif flag is not None:
             dead(Reason.hj212_bad_cp, f"{code}-Flag={flag[:10]!r} is not an HJ 212 data flag")
     if values:
-        rs: dict[str, object] = {"ts": ts.isoformat(), "values": values}
-        if flags:
-            rs["flags"] = flags
-        out.reading_set = rs
+        out.reading_set = _reading_set(ts, values, flags)
+    if plain and period:
+        # DataTime is the period's start: the mean is dated at its end, never before the
+        # data it is the mean of (the rules' windows and no-data then see it as it arrives)
+        length = period[1] or device.interval_s
+        plain_flags = {m: flags[s] for m, s in plain_of.items() if s in flags}
+        out.for_rules = _reading_set(ts + timedelta(seconds=length), plain, plain_flags)
     return out
 
 
+def _reading_set(
+    ts: datetime, values: dict[str, float], flags: dict[str, str]
+) -> dict[str, object]:
+    rs: dict[str, object] = {"ts": ts.isoformat(), "values": values}
+    if flags:
+        rs["flags"] = flags
+    return rs
+
+
 def encode_dead(records: list[DeadLetterRecord]) -> bytes:
-    return orjson.dumps(
+    return dumps(
         [
             {
                 "topic": d.topic,

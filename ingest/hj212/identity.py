@@ -16,7 +16,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 
-from ingest.hj212.convert import Device
+from ingest.hj212.convert import RULES_FROM_RTD, Device
 from ingest.validate import Reason
 from monitor.broker_auth import verify_password
 from monitor.core.models import Device as DeviceTable
@@ -34,12 +34,9 @@ LOCKOUT_S = 900.0
 
 
 class Registered(NamedTuple):
-    device_id: str
+    device: Device  # one per registered device, shared by all its connections
     password_hash: str | None
-    unit: str | None
     active: bool
-    interval_s: int
-    rtd_interval_s: int | None
 
 
 class Refused(NamedTuple):
@@ -89,7 +86,10 @@ class Identities:
         self._known: dict[str, Registered] = {}
         self._loaded_at = float("-inf")
         self._missed_at = float("-inf")
-        self._verified: dict[tuple[str, str], str] = {}  # (mn, pw) -> the hash it matched
+        # MN -> (the PW, the hash it matched): a PW checked once against a hash is not run
+        # through PBKDF2 again for every frame (one entry per MN, not per PW tried)
+        self._verified: dict[str, tuple[str, str]] = {}
+        self._devices: dict[str, Device] = {}
         self._lock = threading.Lock()
         self.throttle = Throttle()  # per MN
         self.address_throttle = Throttle(MAX_ADDRESS_FAILURES)
@@ -107,6 +107,7 @@ class Identities:
                         cols.status,
                         cols.interval_s,
                         cols.hj212_rtd_interval_s,
+                        cols.hj212_rules_from,
                     ).where(cols.hj212_mn.is_not(None))
                 ).all()
         except OperationalError:
@@ -119,16 +120,31 @@ class Identities:
             return
         self._known = {
             r.hj212_mn: Registered(
-                r.id,
+                self._device(
+                    Device(
+                        r.id,
+                        r.hj212_unit,
+                        r.interval_s,
+                        r.hj212_rtd_interval_s,
+                        r.hj212_rules_from or RULES_FROM_RTD,
+                    )
+                ),
                 r.hj212_password_hash,
-                r.hj212_unit,
                 r.status == DeviceStatus.active,
-                r.interval_s,
-                r.hj212_rtd_interval_s,
             )
             for r in rows
         }
+        self._verified = {mn: secret for mn, secret in self._verified.items() if mn in self._known}
         self._loaded_at = now
+
+    def _device(self, device: Device) -> Device:
+        """The Device object already held for an unchanged registration (a refresh does not
+        make 10,000 new ones for the connections to hold)."""
+        held = self._devices.get(device.device_id)
+        if held == device:
+            return held
+        self._devices[device.device_id] = device
+        return device
 
     def _lookup(self, mn: str, now: float) -> Registered | None:
         if now - self._loaded_at > self._ttl:
@@ -143,29 +159,49 @@ class Identities:
     def check(self, mn: str, pw: str | None, address: str) -> Device | Refused:
         """The device an (MN, PW) logs in as, or why not. Blocking (database, PBKDF2)."""
         with self._lock:
-            now = time.monotonic()
-            if self.address_throttle.locked(address, now) or self.throttle.locked(mn, now):
-                return Refused(Reason.hj212_wrong_password, "locked out after repeated failures")
+            result = self._check(mn, pw, address, time.monotonic(), blocking=True)
+        assert result is not None  # a blocking check always decides
+        return result
+
+    def check_cached(self, mn: str, pw: str | None, address: str) -> Device | Refused | None:
+        """`check` when it needs neither the database nor PBKDF2 (a logged-in logger's next
+        frame, within the cache's lifetime): answered on the caller's thread. None when it
+        does need them (or another thread holds the cache): then call `check` on a thread."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._check(mn, pw, address, time.monotonic(), blocking=False)
+        finally:
+            self._lock.release()
+
+    def _check(
+        self, mn: str, pw: str | None, address: str, now: float, *, blocking: bool
+    ) -> Device | Refused | None:
+        if self.address_throttle.locked(address, now) or self.throttle.locked(mn, now):
+            return Refused(Reason.hj212_wrong_password, "locked out after repeated failures")
+        if not blocking:
+            found = self._known.get(mn) if now - self._loaded_at <= self._ttl else None
+            if found is None or pw is None or self._verified.get(mn) != (pw, found.password_hash):
+                return None
+        else:
             found = self._lookup(mn, now)
-            if found is None:
-                self.address_throttle.fail(address, now)
-                return Refused(Reason.hj212_unknown_mn, f"MN {mn[:64]!r} is not registered")
-            if not found.active:
-                return Refused(Reason.hj212_unknown_mn, f"device {found.device_id!r} is retired")
-            if not self._password_ok(mn, pw, found):
-                self.address_throttle.fail(address, now)
-                self.throttle.fail(mn, now)
-                return Refused(Reason.hj212_wrong_password, f"wrong PW for MN {mn[:64]!r}")
-            return Device(found.device_id, found.unit, found.interval_s, found.rtd_interval_s)
+        if found is None:
+            self.address_throttle.fail(address, now)
+            return Refused(Reason.hj212_unknown_mn, f"MN {mn[:64]!r} is not registered")
+        if not found.active:
+            return Refused(Reason.hj212_unknown_mn, f"device {found.device.device_id!r} is retired")
+        if not self._password_ok(mn, pw, found):
+            self.address_throttle.fail(address, now)
+            self.throttle.fail(mn, now)
+            return Refused(Reason.hj212_wrong_password, f"wrong PW for MN {mn[:64]!r}")
+        return found.device
 
     def _password_ok(self, mn: str, pw: str | None, found: Registered) -> bool:
         if pw is None or found.password_hash is None:
             return False
-        if self._verified.get((mn, pw)) == found.password_hash:
+        if self._verified.get(mn) == (pw, found.password_hash):
             return True  # checked before against this very hash: no PBKDF2 per frame
         if not verify_password(pw, found.password_hash):
             return False
-        if len(self._verified) > 100_000:
-            self._verified.clear()
-        self._verified[(mn, pw)] = found.password_hash
+        self._verified[mn] = (pw, found.password_hash)
         return True

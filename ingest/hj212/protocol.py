@@ -98,6 +98,8 @@ class Framer:
     """Bytes in, frames out. Split reads, several frames per read and garbage between frames
     are all handled; after anything unreadable it resynchronises on the next `##`."""
 
+    __slots__ = ("_buf", "_max_buffer")
+
     def __init__(self, max_buffer: int = MAX_BUFFER) -> None:
         self._buf = bytearray()
         self._max_buffer = max_buffer
@@ -324,7 +326,7 @@ def parse_segment(segment: bytes) -> Packet | Malformed:
         # 2005 loggers and some 2017 ones omit Flag (§1.3): version 2005, no answer asked
         deviations.append("missing_flag")
         flag = 0
-    elif flag_text.isdigit() and int(flag_text) <= 255:
+    elif flag_text.isascii() and flag_text.isdigit() and int(flag_text) <= 255:
         flag = int(flag_text)
     else:
         return Malformed(f"Flag={flag_text[:20]!r} is not 0-255")

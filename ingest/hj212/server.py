@@ -11,6 +11,8 @@ crash could still lose; without the answer it retries, and the retry stores noth
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import queue
 import re
@@ -20,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-import orjson
 from sqlalchemy import Engine
 
 from ingest import metrics
@@ -30,6 +31,7 @@ from ingest.hj212.convert import (
     Device,
     Facts,
     convert,
+    dumps,
     encode_dead,
     encode_facts,
     equipment,
@@ -63,6 +65,15 @@ IDLE_INTERVALS = 3  # a logged-in logger may be silent this many of its interval
 SWEEP_S = 1.0  # how often silent connections are looked for
 READ_CHUNK = 4096
 MAX_REJECTS = 20  # unreadable items on one connection before it is closed
+# Connections whose first frame is being identified at once. A login costs a PBKDF2 under
+# one lock, so logins are one at a time anyway; a connection waiting for its turn holds only
+# its read, not a parsed frame (10,000 loggers reconnecting at once, after a restart or a
+# carrier outage, would otherwise each hold one while they queue).
+LOGIN_CONCURRENCY = 4
+# After a burst (this many frames since the last trim, then a second without any), freed
+# heap is handed back to the system (glibc's malloc_trim); freed memory otherwise stays in
+# the process at the burst's high-water mark
+TRIM_AFTER_FRAMES = 1000
 CLOCK_TOLERANCE_S = 60.0  # a logger's clock further off than this is set (1012)
 _REASONS = {
     FrameError.bad_crc: Reason.hj212_bad_crc,
@@ -143,20 +154,80 @@ class Counters:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
-class Connection:
-    """One logger's connection: its framer, the MN it is bound to, its transport."""
+class Connection(asyncio.Protocol):
+    """One logger's connection: its framer, the MN it is bound to, its transport.
 
-    def __init__(self, peer: str, writer: asyncio.StreamWriter) -> None:
-        self.peer = peer
-        self.writer = writer
+    A protocol rather than a stream reader, writer and handler task: an idle connection is
+    this object, its framer and asyncio's transport, and nothing else (no task, no coroutine
+    frames, no read buffer); a task exists only while a read is being handled. 10,000 idle
+    loggers are the normal state of this server."""
+
+    __slots__ = (
+        "asked_interval",
+        "closed",
+        "counted",
+        "device",
+        "framer",
+        "gateway",
+        "idle_s",
+        "last_read",
+        "mn",
+        "peer",
+        "rejects",
+        "task",
+        "transport",
+    )
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
         self.framer = Framer()
         self.mn: str | None = None
-        self.device: Device | None = None
+        self.device: Device | None = None  # shared with every connection of the device
         self.rejects = 0
         self.closed = False
-        self.idle_s = 0.0  # set by the gateway: its setting, then the device's limit
-        self.last_read = 0.0  # loop time the last read started (the sweep compares)
+        self.idle_s = gateway._idle_s  # the setting, then the device's limit once logged in
+        self.last_read = 0.0  # loop time of the last read, or of its end (the sweep compares)
         self.asked_interval = False
+        self.task: asyncio.Task[None] | None = None  # the read being handled, if any
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.last_read = asyncio.get_running_loop().time()
+        self.gateway._opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        # one read at a time: until it is handled (its frames queued for the writer, which
+        # may wait for room), the kernel holds what follows (back-pressure through TCP)
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self.gateway._read(self, data))
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gateway._lost(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def write(self, data: bytes) -> bool:
+        """Send, unless the logger left (it resends, and the resend stores nothing twice)."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
 
 
 class Gateway:
@@ -183,6 +254,7 @@ class Gateway:
         self._error: BaseException | None = None
         self._conns: set[Connection] = set()
         self._stopping: asyncio.Event | None = None
+        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)
         self.port: int | None = None
 
     # --- process wiring -------------------------------------------------------------------
@@ -209,7 +281,9 @@ class Gateway:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        self._logins = asyncio.Semaphore(LOGIN_CONCURRENCY)  # of this loop (a restart: a new one)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Connection(self), self._host, self._port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("HJ 212 gateway listening on %s:%d", self._host, self.port)
         self._ready.set()
@@ -219,7 +293,7 @@ class Gateway:
             sweeper.cancel()
             self._server.close()
             for conn in list(self._conns):
-                conn.writer.close()
+                conn.close()
             # the connections' handlers end here, not with the loop (no task left pending):
             # on the EOF of their closed connections first; only what is still running then
             # (a frame waiting for room in the writer's queue) is cancelled, since asyncio
@@ -238,16 +312,21 @@ class Gateway:
         beyond its handler (10,000 idle loggers are the normal state of this server)."""
         loop = asyncio.get_running_loop()
         every = min(SWEEP_S, self._idle_s / 2)
+        trimmed_at = seen = self.counters.frames
         while True:
             await asyncio.sleep(every)
             now = loop.time()
+            frames = self.counters.frames
+            if frames == seen and frames - trimmed_at >= TRIM_AFTER_FRAMES and _trim:
+                trimmed_at = frames
+                await asyncio.to_thread(_trim, 0)
+            seen = frames
             for conn in list(self._conns):
                 if not conn.closed and now - conn.last_read > conn.idle_s:
                     log.info(
                         "HJ 212 connection from %s idle for %.0fs; closing", conn.peer, conn.idle_s
                     )
-                    conn.closed = True
-                    conn.writer.close()  # its pending read then ends (EOF)
+                    conn.close()
 
     def status(self) -> dict[str, object]:
         """For the health check, from any thread: listening, port, open connections."""
@@ -270,47 +349,59 @@ class Gateway:
 
     # --- one connection ---------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        conn = Connection(peer[0] if isinstance(peer, tuple) else str(peer), writer)
-        conn.idle_s = self._idle_s
+    def _opened(self, conn: Connection) -> None:
         held = self._by_address.get(conn.peer, 0)
         if self._per_address and held >= self._per_address:
             log.warning("HJ 212: %s already holds %d connections; refused", conn.peer, held)
-            writer.close()
+            conn.close()
             return
+        conn.counted = True
         self._by_address[conn.peer] = held + 1
         self._conns.add(conn)
         self.counters.connections += 1
         metrics.HJ212_CONNECTIONS.inc()
+
+    def _lost(self, conn: Connection) -> None:
+        if not conn.counted:
+            return
+        conn.counted = False
+        self._conns.discard(conn)
+        left = self._by_address.pop(conn.peer, 1) - 1
+        if left:
+            self._by_address[conn.peer] = left
+        self.counters.connections -= 1
+        metrics.HJ212_CONNECTIONS.dec()
+
+    async def _read(self, conn: Connection, data: bytes) -> None:
+        """Handle one read of a connection, READ_CHUNK bytes at a time (what one frame
+        buffer may take in before it is cut back), then read on."""
         try:
-            await self._read_loop(conn, reader)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+            if conn.mn is None:
+                async with self._logins:  # not logged in yet: one of a few at a time
+                    await self._chunks(conn, data)
+            else:
+                await self._chunks(conn, data)
         except Exception:
             # a bug in handling one logger must not stop the server for the others
             log.exception("HJ 212 connection from %s failed", conn.peer)
+            conn.close()
+            return
         finally:
-            conn.closed = True
-            self._conns.discard(conn)
-            left = self._by_address.pop(conn.peer, 1) - 1
-            if left:
-                self._by_address[conn.peer] = left
-            self.counters.connections -= 1
-            metrics.HJ212_CONNECTIONS.dec()
-            writer.close()
-
-    async def _read_loop(self, conn: Connection, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        while conn.rejects < MAX_REJECTS:
-            conn.last_read = loop.time()
-            data = await reader.read(READ_CHUNK)  # the idle limit: _sweep
-            if not data or conn.closed:
-                return
-            await self._feed(conn, data)
+            conn.task = None
             # an idle connection waits holding nothing of its last read or frame
             del data
-        log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+        conn.last_read = asyncio.get_running_loop().time()
+        if conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+
+    async def _chunks(self, conn: Connection, data: bytes) -> None:
+        for at in range(0, len(data), READ_CHUNK):
+            await self._feed(conn, data[at : at + READ_CHUNK])
+            if conn.rejects >= MAX_REJECTS:
+                log.warning("HJ 212 connection from %s keeps sending garbage; closing", conn.peer)
+                conn.close()
+            if conn.closed:
+                return
 
     async def _feed(self, conn: Connection, data: bytes) -> None:
         for item in conn.framer.feed(data):
@@ -450,7 +541,9 @@ class Gateway:
                 conn.device.device_id if conn.device else None,
             )
             return None
-        result = await asyncio.to_thread(self.identities.check, mn, packet.pw, conn.peer)
+        result = self.identities.check_cached(mn, packet.pw, conn.peer)
+        if result is None:  # the database or PBKDF2: not on the loop
+            result = await asyncio.to_thread(self.identities.check, mn, packet.pw, conn.peer)
         if isinstance(result, Refused):
             # no answer either way: the logger cannot tell an unknown MN from a wrong PW
             conn.rejects += 1
@@ -471,8 +564,12 @@ class Gateway:
         if facts is not None:
             messages.append(Message(FACTS_TOPIC, encode_facts(facts), 0, 0, now, 0))
         if converted.reading_set is not None:
-            payload = orjson.dumps(converted.reading_set)
-            messages.append(Message(topic, payload, 0, 0, now, 0))
+            doc: dict[str, object] = converted.reading_set
+            if converted.for_rules is not None:
+                # one message, one validation: the period series and, for the rules, the
+                # means as the plain metrics at the period's end
+                doc = {"batch": [converted.reading_set, converted.for_rules]}
+            messages.append(Message(topic, dumps(doc), 0, 0, now, 0))
         if converted.dead:
             for d in converted.dead:
                 self.counters.rejected[d.reason] = self.counters.rejected.get(d.reason, 0) + 1
@@ -499,11 +596,9 @@ class Gateway:
         return reply
 
     def _send(self, conn: Connection, data: bytes) -> None:
-        if conn.closed or conn.writer.is_closing():
-            return  # the logger left; it resends, and the resend stores nothing twice
-        conn.writer.write(data)
-        self.counters.answers += 1
-        metrics.HJ212_ANSWERS.inc()
+        if conn.write(data):
+            self.counters.answers += 1
+            metrics.HJ212_ANSWERS.inc()
 
     async def _put(self, message: Message) -> None:
         # The writer's queue is bounded: while it is full, this connection stops reading
@@ -514,6 +609,19 @@ class Gateway:
                 return
             except queue.Full:
                 await asyncio.sleep(0.05)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_trim = _malloc_trim()
 
 
 def _now() -> datetime:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.core.catalogue import DmaRole
-from monitor.registry import DmaFields
+from monitor.registry import DmaFields, HJ212RulesFrom
 
 
 class GatewayHealth(BaseModel):
@@ -85,6 +85,10 @@ class DeviceRead(BaseModel):
     hj212_unit: str | None = Field(
         None, description="Unit of its HJ 212 particulate values (null: ug/m3)"
     )
+    hj212_rules_from: str | None = Field(
+        None,
+        description="Which of its HJ 212 series the rules see: rtd (null), minute or hour",
+    )
     hj212_deviations: list[str] | None = Field(
         None,
         description="The tolerated HJ 212 field deviations the logger was seen to send "
@@ -128,6 +132,11 @@ class DeviceUpdate(BaseModel):
     )
     dma_role: DmaRole | None = Field(
         None, description="A leak meter's role in its DMA (null: inlet)"
+    )
+    hj212_rules_from: HJ212RulesFrom | None = Field(
+        None,
+        description="Which of its HJ 212 series the rules see: rtd (null: the default), "
+        "minute or hour (docs/hj212.md)",
     )
 
 

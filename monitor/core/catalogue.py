@@ -128,10 +128,30 @@ def _period_series(m: Metric) -> list[Metric]:
     ]
 
 
-# Every storable series: the metrics above and, for those with an HJ 212 code, their periods.
+def rtd_metric(metric: str) -> str:
+    """Where the real-time values (2011 `-Rtd`) of a device whose rules see its period data
+    are stored (`hj212_rules_from` = minute or hour: the period means are its plain metric)."""
+    return f"{metric}.rtd"
+
+
+def _rtd_series(m: Metric) -> Metric:
+    return Metric(
+        rtd_metric(m.name),
+        m.unit,
+        f"{m.description}, real-time (HJ 212 2011) of a logger whose rules see its period data",
+        m.kinds,
+        m.low,
+        m.high,
+        m.hj212,
+    )
+
+
+# Every storable series: the metrics above and, for those with an HJ 212 code, their periods
+# and their real-time series.
 SERIES: dict[str, Metric] = {
     **METRICS,
     **{p.name: p for m in METRICS.values() if m.hj212 for p in _period_series(m)},
+    **{rtd_metric(m.name): _rtd_series(m) for m in METRICS.values() if m.hj212},
 }
 
 

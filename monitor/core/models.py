@@ -197,6 +197,8 @@ class Device(Base):
     hj212_password_hash: Mapped[str | None] = mapped_column(String(255))
     # unit its particulate codes arrive in: "ug/m3" (default when None) or "ng/m3" (§1.11)
     hj212_unit: Mapped[str | None] = mapped_column(String(16))
+    # which of its HJ 212 series the rules see: rtd (null), minute or hour (docs/hj212.md)
+    hj212_rules_from: Mapped[str | None] = mapped_column(String(8))
     # What the logger reports about itself (ingest/hj212, written by the writer): the field
     # deviations of standards.md §1.11 it was seen to send (catalogue.HJ212_DEVIATIONS), the
     # RtdInterval it answered to a 1061 request (beside interval_s, which wins), and its

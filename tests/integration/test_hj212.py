@@ -495,7 +495,7 @@ def test_fleet_file_keys_register_the_identity_and_a_reimport_without_them_keeps
     first = Path(str(tmp_path)) / "first.toml"
     first.write_text(
         f'[[sites]]\n{site}[[devices]]\n{device}hj212_mn = "MN0009"\nhj212_password = "654321"\n'
-        'hj212_unit = "ng/m3"\n'
+        'hj212_unit = "ng/m3"\nhj212_rules_from = "hour"\n'
     )
     again = Path(str(tmp_path)) / "again.toml"
     again.write_text(f"[[sites]]\n{site}[[devices]]\n{device}")
@@ -508,6 +508,7 @@ def test_fleet_file_keys_register_the_identity_and_a_reimport_without_them_keeps
             with engine.connect() as conn:
                 row = conn.execute(select(d).where(d.c.id == "dust-9")).one()
             assert row.hj212_mn == "MN0009" and row.hj212_unit == "ng/m3"
+            assert row.hj212_rules_from == "hour"
             assert verify_password("654321", row.hj212_password_hash)
     finally:
         engine.dispose()

@@ -139,3 +139,22 @@ def test_a_fleet_file_with_a_taken_mn_imports_nothing_and_says_which(
             assert conn.execute(select(func.count()).select_from(table(Device))).scalar() == 0
     finally:
         engine.dispose()
+
+
+async def test_rules_from_is_set_on_create_changed_by_patch_and_kept_by_a_post_without_it(
+    api: httpx.AsyncClient,
+) -> None:
+    made = await api.post("/v1/devices", json=logger("dust-1", "MN0001", hj212_rules_from="hour"))
+    assert made.status_code == 201, made.text
+    assert made.json()["hj212_rules_from"] == "hour"
+    # a re-registration without the key leaves it as it was
+    again = await api.post("/v1/devices", json=logger("dust-1", "MN0001"))
+    assert again.status_code == 201 and again.json()["hj212_rules_from"] == "hour"
+    patched = await api.patch("/v1/devices/dust-1", json={"hj212_rules_from": "minute"})
+    assert patched.status_code == 200, patched.text
+    assert (await api.get("/v1/devices/dust-1")).json()["hj212_rules_from"] == "minute"
+    bad = await api.patch("/v1/devices/dust-1", json={"hj212_rules_from": "day"})
+    assert bad.status_code == 422, bad.text
+    # null: back to the default, the real-time values
+    reset = await api.patch("/v1/devices/dust-1", json={"hj212_rules_from": None})
+    assert reset.status_code == 200 and reset.json()["hj212_rules_from"] is None

@@ -72,6 +72,27 @@ def test_ng_per_cubic_metre_is_scaled_for_a_device_registered_so() -> None:
     assert out.reading_set is not None and out.reading_set["values"] == {"pm25": 75.6}
 
 
+def test_hourly_means_are_what_the_rules_see_at_the_hours_end_when_registered_so() -> None:
+    hour = packet(
+        "CN=2061;MN=X;CP=&&DataTime=20261201080000;a34002-Avg=88,a34002-Max=120,"
+        "a34002-Flag=N;LA-Avg=60.5&&"
+    )
+    out = convert(hour, Device("dust-1", None, 3600, None, "hour"), "t", "raw", TZ)
+    assert out.reading_set is not None and out.for_rules is not None
+    assert out.reading_set["ts"] == "2026-12-01T08:00:00+08:00"  # the series: its start
+    assert out.for_rules == {
+        "ts": "2026-12-01T09:00:00+08:00",  # the mean: the period's end
+        "values": {"pm10": 88.0, "noise": 60.5},
+        "flags": {"pm10": "N"},
+    }
+    # the other periods are stored as before, and real-time values become <metric>.rtd
+    assert convert(hour, DUST, "t", "raw", TZ).for_rules is None
+    rtd = packet("CN=2011;MN=X;CP=&&DataTime=20261201080000;a34002-Rtd=41.5&&")
+    out = convert(rtd, Device("dust-1", None, 60, None, "minute"), "t", "raw", TZ)
+    assert out.reading_set is not None and out.reading_set["values"] == {"pm10.rtd": 41.5}
+    assert "pm10.rtd" in SERIES and out.for_rules is None
+
+
 def test_bad_datatime_is_a_dead_letter() -> None:
     out = convert(packet("CN=2011;MN=X;CP=&&DataTime=2026;a34004-Rtd=1&&"), DUST, "t", "r", TZ)
     assert out.reading_set is None and [d.reason for d in out.dead] == [Reason.hj212_bad_cp]
