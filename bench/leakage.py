@@ -11,7 +11,7 @@ night flow within 2% of night use + leak."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,9 +32,15 @@ def _leak(i: str) -> str:
     return f"(1 + ({i} %% 5))"  # (%% is % to psycopg)
 
 
-def run(db: Database, *, dmas: int, days: int, step_s: int = 300) -> dict[str, Any]:
+def days_of(days: int) -> tuple[date, date]:
+    """The first and last local day of the dataset: ending two days ago."""
     last = datetime.now(TZ).date() - timedelta(days=2)
-    first = last - timedelta(days=days - 1)
+    return last - timedelta(days=days - 1), last
+
+
+def load(db: Database, *, dmas: int, days: int, step_s: int = 300) -> tuple[int, float]:
+    """Make the dataset in the database: (readings, seconds)."""
+    first, last = days_of(days)
     # an hour either side: the totaliser brackets each day's edges
     start = datetime.combine(first, clock(0), TZ).astimezone(UTC) - timedelta(hours=1)
     end = datetime.combine(last + timedelta(days=1), clock(0), TZ).astimezone(UTC)
@@ -80,7 +86,12 @@ def run(db: Database, *, dmas: int, days: int, step_s: int = 300) -> dict[str, A
         )
         conn.execute("VACUUM ANALYZE readings")
         readings = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])  # type: ignore[index]
-    loaded_s = time.perf_counter() - t0
+    return readings, time.perf_counter() - t0
+
+
+def run(db: Database, *, dmas: int, days: int, step_s: int = 300) -> dict[str, Any]:
+    readings, loaded_s = load(db, dmas=dmas, days=days, step_s=step_s)
+    first, _ = days_of(days)
     say(
         f"leakage dataset: {readings:,} readings of {dmas:,} DMAs over {days} days "
         f"in {loaded_s:.0f} s"
