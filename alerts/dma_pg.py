@@ -83,11 +83,12 @@ mean AS (  -- per meter, so that its readings come in index order and group in m
         SELECT metric, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
                avg(value) AS v
         FROM readings
-        WHERE device_id = m.device_id AND ts >= s.lo AND ts < s.hi AND quality = 'N'
-          AND ((metric = 'flow' AND m.role IN ('inlet', 'outlet'))
-               OR (metric = 'pressure' AND m.role = 'azp'))
+        WHERE device_id = m.device_id
+          AND metric = CASE WHEN m.role = 'azp' THEN 'pressure' ELSE 'flow' END
+          AND ts >= s.lo AND ts < s.hi AND quality = 'N'
         GROUP BY metric, slot_at
     ) r
+    WHERE m.role IN ('inlet', 'outlet', 'azp')
 ),
 slot AS (
     SELECT e.site_id, e.slot_at,
@@ -275,8 +276,12 @@ ON CONFLICT (site_id, day) DO UPDATE SET
     computed_at = excluded.computed_at
 """
 STATEMENT = text(_SQL)
-WORK_MEM = "256MB"
-_SET_WORK_MEM = text("SELECT set_config('work_mem', :v, true)")  # true: this transaction
+# for this statement only: its sorts and hashes in memory (on 1,000 DMAs x 30 days at the
+# default 4 MB they spilled 250 MB to disk), and hash joins: the planner cannot know how
+# many rows the arrays hold and merged 2.9M slots through sorts
+PLANNER = {"work_mem": "256MB", "enable_mergejoin": "off"}
+_GET = text("SELECT current_setting(:k)")
+_SET = text("SELECT set_config(:k, :v, true)")  # true: within this transaction at most
 # the asked days' slots go first, all of them: a slot that late data made undefined goes, and
 # the statement then inserts the defined ones (a plain INSERT: ON CONFLICT cost 70% more)
 _DELETE_SLOTS = text(
@@ -306,10 +311,9 @@ def recompute(
         "a_slots": pg_array([d.slots for d in days]),
     }
     conn.execute(_DELETE_SLOTS, asked)
-    # sorts and hashes of the statement in memory (on 1,000 DMAs × 30 days at the default
-    # 4 MB they spilled 250 MB to disk), for this statement only
-    before = conn.execute(text("SELECT current_setting('work_mem')")).scalar_one()
-    conn.execute(_SET_WORK_MEM, {"v": WORK_MEM})
+    before = {k: conn.execute(_GET, {"k": k}).scalar_one() for k in PLANNER}
+    for k, v in PLANNER.items():
+        conn.execute(_SET, {"k": k, "v": v})
     conn.execute(
         STATEMENT,
         asked
@@ -327,4 +331,5 @@ def recompute(
             "now": now,
         },
     )
-    conn.execute(_SET_WORK_MEM, {"v": before})
+    for k, v in before.items():
+        conn.execute(_SET, {"k": k, "v": v})
