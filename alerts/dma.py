@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -35,8 +35,10 @@ from alerts.leakage import (
     DmaParams,
     MeterDay,
     TotaliserPoint,
+    area_rate,
     cjj92,
     day_figures,
+    grade,
     net_inflow,
     night_slots,
     zone_pressure,
@@ -374,7 +376,7 @@ class Period:
     """One DMA's CJJ 92 inputs and rates (percent) over a billing period or a window."""
 
     kind: PeriodKind
-    site_id: str
+    site_id: str | None  # None: the whole supply area (`area_period`)
     period_start: date
     period_end: date
     days: int
@@ -404,6 +406,57 @@ INPUTS_SOURCE = (
     "mains_km: the DMA site; outlet pressure, frost depth: settings "
     "ENVMON_LEAKAGE_OUTLET_PRESSURE_MPA, ENVMON_LEAKAGE_FROST_DEPTH_M"
 )
+
+
+AREA_SOURCE = (
+    "the whole supply area: Q_s, Q_a, the residential volume and mains_km summed over the DMAs "
+    "whose R_BL exists for the window; each rate the Q_s-weighted mean of theirs "
+    "(R_BL = Σ(R_BL,i · Q_s,i) / Σ Q_s,i, standards.md §5.1), R_WL so (ΣQ_s − ΣQ_a) / ΣQ_s"
+)
+
+
+def area_period(members: list[Period]) -> Period | None:
+    """The whole supply area's row of one window from its DMAs' rows (same kind and dates):
+    over those with an R_BL, the sums of the inputs and the Q_s-weighted rates."""
+    rows = [p for p in members if p.r_bl is not None and p.supply_m3 > 0]
+    if not rows:
+        return None
+    first = rows[0]
+    q_s = math.fsum(p.supply_m3 for p in rows)
+
+    def weighted(value: Callable[[Period], float | None]) -> float | None:
+        values = [(value(p), p.supply_m3) for p in rows]
+        if any(v is None for v, _ in values):
+            return None
+        return area_rate([(v, q) for v, q in values if v is not None])
+
+    r_bl = weighted(lambda p: p.r_bl)
+    resid = [p.residential_metered_m3 for p in rows if p.residential_metered_m3 is not None]
+    return Period(
+        kind=first.kind,
+        site_id=None,
+        period_start=first.period_start,
+        period_end=first.period_end,
+        days=first.days,
+        annual=first.annual,
+        supply_m3=q_s,
+        supply_days=sum(p.supply_days for p in rows),
+        consumption_days=sum(p.consumption_days for p in rows),
+        registered_m3=math.fsum(p.registered_m3 for p in rows),
+        residential_metered_m3=math.fsum(resid) if resid else None,
+        mains_km=math.fsum(p.mains_km for p in rows if p.mains_km is not None),
+        outlet_pressure_mpa=first.outlet_pressure_mpa,
+        frost_depth_m=first.frost_depth_m,
+        inputs_source=AREA_SOURCE,
+        r_wl=weighted(lambda p: p.r_wl),
+        r1=weighted(lambda p: p.r1),
+        r2=weighted(lambda p: p.r2),
+        r2_unclamped=weighted(lambda p: p.r2_unclamped),
+        r3=weighted(lambda p: p.r3),
+        r4=weighted(lambda p: p.r4),
+        r_bl=r_bl,
+        grade=grade(r_bl) if r_bl is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,7 +617,8 @@ def periods(
     frost_depth_m: float | None,
 ) -> list[Period]:
     """CJJ 92 rows of these DMAs: each billing period overlapping [day_from, day_to], the
-    rolling 12 months ending on day_to, and each calendar year the range touches."""
+    rolling 12 months ending on day_to, and each calendar year the range touches; then, for
+    each of those windows, the whole supply area's row (`area_period`, site_id None)."""
     area = _Area(outlet_pressure_mpa, frost_depth_m)
     by_id = {r.id: r for r in site_rows}
     if not by_id:
@@ -610,6 +664,11 @@ def periods(
                 out.append(
                     _row(conn, kind, site, start, end, registered, residential, covered, area)
                 )
+    # the whole supply area's row of each window, after its DMAs' rows
+    for kind, start, _ in windows:
+        whole = area_period([p for p in out if p.kind == kind and p.period_start == start])
+        if whole is not None:
+            out.append(whole)
     return out
 
 
