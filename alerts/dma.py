@@ -1,8 +1,10 @@
 """DMA daily figures from stored readings into `dma_days`: the queries around alerts/leakage.py.
 
-Set-based: one grouped query for every meter's 15-minute flow and pressure means, one for the
-totalisers, for all the (site, day) pairs asked at once. Never commits; the caller's transaction
-(an ingest batch, a CLI run) holds the write.
+Set-based, for all the (site, day) pairs asked at once: on PostgreSQL one statement computes
+and writes every figure (alerts/dma_pg.py); on SQLite (and with `in_python`, the reference)
+one grouped query fetches every meter's 15-minute flow and pressure means, one the totalisers,
+and alerts/leakage.py computes the days. Never commits; the caller's transaction (an ingest
+batch, a CLI run) holds the write.
 
 Slots are 15-minute UTC buckets (epoch / 900). Every time zone's offset is a whole number of
 quarter hours, so they are the local day's slots too.

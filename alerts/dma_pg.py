@@ -11,18 +11,19 @@ property test tests/integration/test_dma_sql.py run), computed where the reading
 - `mnf`: the least mean of 4 consecutive defined slots wholly inside the night window (a
   window of 4 rows whose last index is the first's + 3), the earliest on a tie;
 - `ndf`: Σ over the day's hours of (P_h / P_mnf)^N1, an hour without pressure counting 1;
-- `tot` / `edge` / `drop` / `volume`: each inlet's and outlet's day volume from its totaliser.
-  One pass over the readings finds, with lag and lead, the readings that follow a drop
-  (rollover or reset, `unwrap_totaliser`'s rule) and the pair bracketing each midnight. The
-  volume is the interpolated value at the day's end minus the one at its start on the
-  unwrapped series: the two brackets' own values and fractions, plus the offsets of the
-  drops between them. A bracket more than an hour wide gives no volume, like the reference
-  (including its case of a reading exactly at midnight after a longer gap);
+- `tot` / `tot_mark` / `edge` / `bracket` / `drop_off` / `volume`: each inlet's and
+  outlet's day volume from its totaliser. One pass over the readings finds, with lag and
+  lead, the readings that follow a drop (rollover or reset, `unwrap_totaliser`'s rule) and
+  the pair bracketing each midnight. The volume is the interpolated value at the day's end
+  minus the one at its start on the unwrapped series: the two brackets' own values and
+  fractions, plus the offsets of the drops between them. A bracket more than an hour wide
+  gives no volume, like the reference (including its case of a reading exactly at midnight
+  after a longer gap);
 - the slots and days written: the days' slots deleted first (a statement of their own) and
   the defined ones inserted, the days upserted.
 
 Floating-point sums run in another order than the reference's (`math.fsum`), so figures
-agree to about 1e-12 relative, not bit for bit.
+agree to 1e-9 (what the property test checks), not bit for bit.
 """
 
 from __future__ import annotations
