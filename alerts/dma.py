@@ -1,8 +1,10 @@
 """DMA daily figures from stored readings into `dma_days`: the queries around alerts/leakage.py.
 
-Set-based: one grouped query for every meter's 15-minute flow and pressure means, one for the
-totalisers, for all the (site, day) pairs asked at once. Never commits; the caller's transaction
-(an ingest batch, a CLI run) holds the write.
+Set-based, for all the (site, day) pairs asked at once: on PostgreSQL one statement computes
+and writes every figure (alerts/dma_pg.py); on SQLite (and with `in_python`, the reference)
+one grouped query fetches every meter's 15-minute flow and pressure means, one the totalisers,
+and alerts/leakage.py computes the days. Never commits; the caller's transaction (an ingest
+batch, a CLI run) holds the write.
 
 Slots are 15-minute UTC buckets (epoch / 900). Every time zone's offset is a whole number of
 quarter hours, so they are the local day's slots too.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -25,6 +27,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from alerts import dma_pg
+from alerts.dma_pg import AskedDay
 from alerts.leakage import (
     MAX_TOTALISER_GAP_S,
     SLOT_S,
@@ -33,9 +37,12 @@ from alerts.leakage import (
     DmaParams,
     MeterDay,
     TotaliserPoint,
+    area_rate,
     cjj92,
     day_figures,
+    grade,
     net_inflow,
+    night_slots,
     zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
@@ -115,12 +122,19 @@ def _between(points: list[tuple[float, float]], lo: float, hi: float) -> list[tu
 
 
 def recompute_days(
-    conn: Connection, site_day_pairs: Iterable[tuple[str, date]], *, tz: ZoneInfo | None = None
+    conn: Connection,
+    site_day_pairs: Iterable[tuple[str, date]],
+    *,
+    tz: ZoneInfo | None = None,
+    in_python: bool = False,
 ) -> int:
     """Compute and store the figures of each (DMA site, local day); returns the days written.
 
     Pairs naming a site that is not a DMA are ignored. A day without any data is still
     written (invalid, coverage 0), so a report shows it as missing rather than skipping it.
+    On PostgreSQL the figures are computed by one statement (alerts/dma_pg.py); on SQLite,
+    or with `in_python`, from the slot means and totalisers fetched into Python
+    (alerts/leakage.py, the reference the property test holds the statement to).
     """
     tz = tz or ZoneInfo(get_settings().timezone)
     pairs = sorted(set(site_day_pairs))
@@ -147,9 +161,43 @@ def recompute_days(
         .order_by(devices.c.id)
     ):
         meters[r.site_id].append((r.id, DmaRole(r.dma_role or DmaRole.inlet)))
-    device_ids = [d for ms in meters.values() for d, _ in ms]
-
     spans = {d: _span(d, tz) for _, d in pairs}
+    if conn.dialect.name == "postgresql" and not in_python:
+        params = {s: params_of(site_rows[s]) for s in {s for s, _ in pairs}}
+        asked = []
+        for s, d in pairs:
+            p, sp = params[s], spans[d]
+            night = night_slots(p.night_from, p.night_to, sp.slots)
+            asked.append(
+                AskedDay(
+                    s,
+                    d,
+                    sp.start,
+                    sp.slots,
+                    night.start,
+                    night.stop,
+                    p.night_use_m3h,
+                    p.leakage_exponent,
+                )
+            )
+        dma_pg.recompute(
+            conn,
+            asked,
+            [(dev, s, str(role)) for s, ms in meters.items() for dev, role in ms],
+            utcnow(),
+        )
+        return len(pairs)
+    return _recompute_in_python(conn, pairs, site_rows, meters, spans)
+
+
+def _recompute_in_python(
+    conn: Connection,
+    pairs: list[tuple[str, date]],
+    site_rows: dict[str, Any],
+    meters: dict[str, list[tuple[str, DmaRole]]],
+    spans: dict[date, _Span],
+) -> int:
+    device_ids = [d for ms in meters.values() for d, _ in ms]
     # one range per site: the span of its asked days
     ranges: dict[str, tuple[datetime, datetime]] = {}
     for s, d in pairs:
@@ -330,7 +378,7 @@ class Period:
     """One DMA's CJJ 92 inputs and rates (percent) over a billing period or a window."""
 
     kind: PeriodKind
-    site_id: str
+    site_id: str | None  # None: the whole supply area (`area_period`)
     period_start: date
     period_end: date
     days: int
@@ -360,6 +408,57 @@ INPUTS_SOURCE = (
     "mains_km: the DMA site; outlet pressure, frost depth: settings "
     "ENVMON_LEAKAGE_OUTLET_PRESSURE_MPA, ENVMON_LEAKAGE_FROST_DEPTH_M"
 )
+
+
+AREA_SOURCE = (
+    "the whole supply area: Q_s, Q_a, the residential volume and mains_km summed over the DMAs "
+    "whose R_BL exists for the window; each rate the Q_s-weighted mean of theirs "
+    "(R_BL = Σ(R_BL,i · Q_s,i) / Σ Q_s,i, standards.md §5.1), R_WL so (ΣQ_s − ΣQ_a) / ΣQ_s"
+)
+
+
+def area_period(members: list[Period]) -> Period | None:
+    """The whole supply area's row of one window from its DMAs' rows (same kind and dates):
+    over those with an R_BL, the sums of the inputs and the Q_s-weighted rates."""
+    rows = [p for p in members if p.r_bl is not None and p.supply_m3 > 0]
+    if not rows:
+        return None
+    first = rows[0]
+    q_s = math.fsum(p.supply_m3 for p in rows)
+
+    def weighted(value: Callable[[Period], float | None]) -> float | None:
+        values = [(value(p), p.supply_m3) for p in rows]
+        if any(v is None for v, _ in values):
+            return None
+        return area_rate([(v, q) for v, q in values if v is not None])
+
+    r_bl = weighted(lambda p: p.r_bl)
+    resid = [p.residential_metered_m3 for p in rows if p.residential_metered_m3 is not None]
+    return Period(
+        kind=first.kind,
+        site_id=None,
+        period_start=first.period_start,
+        period_end=first.period_end,
+        days=first.days,
+        annual=first.annual,
+        supply_m3=q_s,
+        supply_days=sum(p.supply_days for p in rows),
+        consumption_days=sum(p.consumption_days for p in rows),
+        registered_m3=math.fsum(p.registered_m3 for p in rows),
+        residential_metered_m3=math.fsum(resid) if resid else None,
+        mains_km=math.fsum(p.mains_km for p in rows if p.mains_km is not None),
+        outlet_pressure_mpa=first.outlet_pressure_mpa,
+        frost_depth_m=first.frost_depth_m,
+        inputs_source=AREA_SOURCE,
+        r_wl=weighted(lambda p: p.r_wl),
+        r1=weighted(lambda p: p.r1),
+        r2=weighted(lambda p: p.r2),
+        r2_unclamped=weighted(lambda p: p.r2_unclamped),
+        r3=weighted(lambda p: p.r3),
+        r4=weighted(lambda p: p.r4),
+        r_bl=r_bl,
+        grade=grade(r_bl) if r_bl is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +619,8 @@ def periods(
     frost_depth_m: float | None,
 ) -> list[Period]:
     """CJJ 92 rows of these DMAs: each billing period overlapping [day_from, day_to], the
-    rolling 12 months ending on day_to, and each calendar year the range touches."""
+    rolling 12 months ending on day_to, and each calendar year the range touches; then, for
+    each of those windows, the whole supply area's row (`area_period`, site_id None)."""
     area = _Area(outlet_pressure_mpa, frost_depth_m)
     by_id = {r.id: r for r in site_rows}
     if not by_id:
@@ -566,6 +666,11 @@ def periods(
                 out.append(
                     _row(conn, kind, site, start, end, registered, residential, covered, area)
                 )
+    # the whole supply area's row of each window, after its DMAs' rows
+    for kind, start, _ in windows:
+        whole = area_period([p for p in out if p.kind == kind and p.period_start == start])
+        if whole is not None:
+            out.append(whole)
     return out
 
 

@@ -462,6 +462,12 @@ def render(r: dict[str, Any]) -> str:
             f"{lk['readings']:,} readings at {lk['step_s']} s) in {lk['seconds']:.1f} s, one "
             f"set-based call; worst MNF error {100 * lk['worst_mnf_error']:.2f}%"
         )
+        if lk.get("reference_s"):
+            add(
+                f"  the Python reference path, same run: {lk['reference_dma_days']:,} DMA days "
+                f"in {lk['reference_s']:.1f} s; the statement "
+                f"{lk['speedup_vs_reference']:.1f}x its days/s"
+            )
         add("")
     g = r.get("goals", [])
     if g:

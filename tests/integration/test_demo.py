@@ -124,7 +124,10 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     assert 6 < days[("dma-hedong-01", yesterday)]["leakage_pct"] < 10
     assert 15 < days[("dma-lanshan-02", yesterday)]["leakage_pct"] < 21
     rolling = [p for p in report["periods"] if p["kind"] == "rolling_12m" and p["r_bl"] is not None]
-    assert {p["site_id"] for p in rolling} == {"dma-hedong-01", "dma-lanshan-02"}
+    # the two DMAs' rows and the whole supply area's (site_id null), whose R_BL is the area rate
+    assert {p["site_id"] for p in rolling} == {"dma-hedong-01", "dma-lanshan-02", None}
+    (area,) = [p for p in rolling if p["site_id"] is None]
+    assert abs(area["r_bl"] - report["area_r_bl"]) < 1e-9
     assert time.monotonic() - started < 120
     devices = demo.get("/v1/devices")["items"]
     assert all(d["online"] for d in devices)

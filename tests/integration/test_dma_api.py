@@ -198,13 +198,19 @@ async def test_leakage_report_has_days_and_cjj92_periods_scoped_by_district(
         ("dma-1", "2025-12-31"),
     ]
     assert body["items"][0]["leakage_pct"] == 7.5
-    kinds = {p["kind"]: p for p in body["periods"]}
+    kinds = {p["kind"]: p for p in body["periods"] if p["site_id"] == "dma-1"}
     assert sorted(kinds) == ["billing_period", "calendar_year", "rolling_12m"]
-    for p in kinds.values():  # the three coincide with the year 2025
+    # the whole supply area's rows (site_id null) of the windows: one DMA, so its figures
+    area = {p["kind"]: p for p in body["periods"] if p["site_id"] is None}
+    assert sorted(area) == ["calendar_year", "rolling_12m"]
+    assert len(body["periods"]) == 5
+    for p in [*kinds.values(), *area.values()]:  # they all coincide with the year 2025
         assert p["annual"] is True and p["supply_days"] == 365 and p["consumption_days"] == 365
         assert abs(p["r_wl"] - 12.0) < 0.01 and abs(p["r1"] - 3.2) < 0.01
         assert abs(p["r2"] - 0.5643) < 0.01 and p["r3"] == 0 and p["r4"] == 0
         assert abs(p["r_bl"] - 8.2357) < 0.01 and p["grade"] == 1
+    assert area["rolling_12m"]["supply_m3"] == kinds["rolling_12m"]["supply_m3"]
+    assert area["rolling_12m"]["mains_km"] == 7.5
     assert abs(body["area_r_bl"] - 8.2357) < 0.01
     # 12 months to 2026-01-15: consumption known for 350 of its 365 days, so no rates
     r = await api.get("/v1/reports/leakage", params={"start": "2026-01-15", "end": "2026-01-15"})

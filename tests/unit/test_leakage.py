@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import time
+from datetime import date, time
 
 import pytest
 from hypothesis import given
@@ -293,3 +293,48 @@ def test_cjj92_grades(r_bl: float, g: int | None) -> None:
 def test_area_rate_is_weighted_by_supply() -> None:
     assert area_rate([(8.0, 3e6), (18.0, 1e6)]) == pytest.approx(10.5)
     assert area_rate([]) is None
+
+
+def test_whole_area_row_sums_the_inputs_and_weights_the_rates_by_supply() -> None:
+    from alerts.dma import Period, PeriodKind, area_period
+
+    def row(site: str, supply: float, registered: float, mains: float | None) -> Period:
+        r = cjj92(
+            Cjj92Inputs(supply_m3=supply, registered_m3=registered, annual=True, mains_km=mains)
+        )
+        return Period(
+            kind=PeriodKind.rolling_12m,
+            site_id=site,
+            period_start=date(2025, 1, 1),
+            period_end=date(2025, 12, 31),
+            days=365,
+            annual=True,
+            supply_m3=supply,
+            supply_days=365,
+            consumption_days=365,
+            registered_m3=registered,
+            residential_metered_m3=None,
+            mains_km=mains,
+            outlet_pressure_mpa=None,
+            frost_depth_m=None,
+            inputs_source="",
+            r_wl=r.r_wl,
+            r1=r.r1,
+            r2=r.r2,
+            r2_unclamped=r.r2_unclamped,
+            r3=r.r3,
+            r4=r.r4,
+            r_bl=r.r_bl,
+            grade=r.grade,
+        )
+
+    a, b = row("a", 3e6, 2.7e6, 20.0), row("b", 1e6, 0.8e6, 7.0)
+    no_r_bl = row("c", 5e6, 1e6, None)  # no mains length: no R_BL, not in the area's row
+    whole = area_period([a, b, no_r_bl])
+    assert whole is not None and whole.site_id is None
+    assert whole.supply_m3 == 4e6 and whole.registered_m3 == 3.5e6 and whole.mains_km == 27.0
+    assert whole.r_wl == pytest.approx(100 * (4e6 - 3.5e6) / 4e6)
+    assert a.r_bl is not None and b.r_bl is not None
+    assert whole.r_bl == pytest.approx((a.r_bl * 3e6 + b.r_bl * 1e6) / 4e6)
+    assert whole.r_bl is not None and whole.grade == grade(whole.r_bl)
+    assert area_period([no_r_bl]) is None

@@ -368,7 +368,10 @@ class LeakagePeriodRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     kind: str = Field(description="billing_period, rolling_12m (365 days to `end`), calendar_year")
-    site_id: str
+    site_id: str | None = Field(
+        description="The DMA; null: the whole supply area (rolling_12m and calendar_year rows "
+        "over the DMAs with an R_BL: inputs summed, rates weighted by Q_s)"
+    )
     period_start: date
     period_end: date
     days: int
@@ -479,7 +482,9 @@ def leakage(
             [
                 (p.r_bl, p.supply_m3)
                 for p in found
-                if p.kind == dma.PeriodKind.rolling_12m and p.r_bl is not None
+                if p.kind == dma.PeriodKind.rolling_12m
+                and p.site_id is not None
+                and p.r_bl is not None
             ]
         ),
     )

@@ -1,0 +1,336 @@
+"""The DMA daily figures on PostgreSQL: one statement for every (site, day) asked.
+
+The same figures as alerts/leakage.py `day_figures` (the reference, which SQLite and the
+property test tests/integration/test_dma_sql.py run), computed where the readings are:
+
+- `mean`: each meter's 15-minute slot means (flow of inlets and outlets, pressure of AZP
+  points), from its N-flagged readings; `slot`: per site and slot the net inflow, defined
+  only when every inlet and outlet has a mean, and the zone pressure (mean over AZP points);
+- `day_slot`: those slots on their local day (the day's start at or before the slot, by
+  `width_bucket` over the asked days' edges, so the city's time zone stays Python's);
+- `mnf`: the least mean of 4 consecutive defined slots wholly inside the night window (a
+  window of 4 rows whose last index is the first's + 3), the earliest on a tie;
+- `ndf`: Σ over the day's hours of (P_h / P_mnf)^N1, an hour without pressure counting 1;
+- `tot` / `tot_mark` / `edge` / `bracket` / `drop_off` / `volume`: each inlet's and
+  outlet's day volume from its totaliser. One pass over the readings finds, with lag and
+  lead, the readings that follow a drop (rollover or reset, `unwrap_totaliser`'s rule) and
+  the pair bracketing each midnight. The volume is the interpolated value at the day's end
+  minus the one at its start on the unwrapped series: the two brackets' own values and
+  fractions, plus the offsets of the drops between them. A bracket more than an hour wide
+  gives no volume, like the reference (including its case of a reading exactly at midnight
+  after a longer gap);
+- the slots and days written: the days' slots deleted first (a statement of their own) and
+  the defined ones inserted, the days upserted.
+
+Floating-point sums run in another order than the reference's (`math.fsum`), so figures
+agree to 1e-9 (what the property test checks), not bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Connection, text
+
+from alerts.leakage import (
+    MAX_TOTALISER_GAP_S,
+    MIN_NIGHT_COVERAGE,
+    MNF_RUN,
+    ROLLOVER_NEAR,
+    SLOT_S,
+)
+from monitor.core.db import pg_array
+
+
+@dataclass(frozen=True, slots=True)
+class AskedDay:
+    site_id: str
+    day: date
+    start: datetime  # UTC instant of local midnight
+    slots: int
+    night_lo: int  # the night window's slots: [night_lo, night_hi)
+    night_hi: int
+    night_use_m3h: float  # LNC
+    exponent: float  # N1
+
+
+_SQL = f"""
+WITH asked AS (
+    SELECT a.*, a.t0 + a.slots * interval '{SLOT_S} seconds' AS t1
+    FROM unnest(CAST(:a_site AS text[]), CAST(:a_day AS date[]), CAST(:a_t0 AS timestamptz[]),
+                CAST(:a_slots AS int[]), CAST(:a_nlo AS int[]), CAST(:a_nhi AS int[]),
+                CAST(:a_lnc AS float8[]), CAST(:a_n1 AS float8[]))
+         AS a(site_id, day, t0, slots, night_lo, night_hi, lnc, n1)
+),
+meter AS (
+    SELECT * FROM unnest(CAST(:m_dev AS text[]), CAST(:m_site AS text[]), CAST(:m_role AS text[]))
+         AS m(device_id, site_id, role)
+),
+site_span AS (  -- the readings each site's days need
+    SELECT site_id, min(t0) AS lo, max(t1) AS hi FROM asked GROUP BY site_id
+),
+site_meters AS (
+    SELECT site_id, count(*) FILTER (WHERE role IN ('inlet', 'outlet')) AS flow_meters,
+           coalesce(bool_or(role = 'inlet'), false) AS has_inlet
+    FROM meter GROUP BY site_id
+),
+mean AS (  -- per meter, so that its readings come in index order and group in memory
+    SELECT m.site_id, m.role, r.metric, r.slot_at, r.v
+    FROM meter m
+    JOIN site_span s ON s.site_id = m.site_id
+    CROSS JOIN LATERAL (
+        SELECT metric, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
+               avg(value) AS v
+        FROM readings
+        WHERE device_id = m.device_id
+          AND metric = CASE WHEN m.role = 'azp' THEN 'pressure' ELSE 'flow' END
+          AND ts >= s.lo AND ts < s.hi AND quality = 'N'
+        GROUP BY metric, slot_at
+    ) r
+    WHERE m.role IN ('inlet', 'outlet', 'azp')
+),
+slot AS (
+    SELECT e.site_id, e.slot_at,
+           CASE WHEN sm.has_inlet
+                 AND count(*) FILTER (WHERE e.metric = 'flow') = sm.flow_meters
+                THEN sum(CASE WHEN e.role = 'outlet' THEN -e.v ELSE e.v END)
+                     FILTER (WHERE e.metric = 'flow')
+           END AS net,
+           avg(e.v) FILTER (WHERE e.metric = 'pressure') AS azp
+    FROM mean e JOIN site_meters sm ON sm.site_id = e.site_id
+    GROUP BY e.site_id, e.slot_at, sm.has_inlet, sm.flow_meters
+),
+day_slot AS (
+    SELECT a.site_id, a.day, s.slot_at,
+           CAST(date_part('epoch', s.slot_at - a.t0) / {SLOT_S} AS int) AS i,
+           s.net, s.azp
+    FROM slot s
+    JOIN asked a ON a.site_id = s.site_id
+     AND a.day = (CAST(:b_day AS date[]))[width_bucket(s.slot_at, CAST(:b_at AS timestamptz[]))]
+),
+day_count AS (
+    SELECT d.site_id, d.day, count(d.net) AS defined, sum(d.net) AS net_sum,
+           count(d.net) FILTER (WHERE d.i >= a.night_lo AND d.i < a.night_hi) AS night_defined
+    FROM day_slot d JOIN asked a ON a.site_id = d.site_id AND a.day = d.day
+    GROUP BY d.site_id, d.day
+),
+run AS (
+    SELECT d.site_id, d.day, d.i, d.slot_at,
+           avg(d.net) OVER w AS mean, count(*) OVER w AS n, last_value(d.i) OVER w AS last_i
+    FROM day_slot d JOIN asked a ON a.site_id = d.site_id AND a.day = d.day
+    WHERE d.net IS NOT NULL AND d.i >= a.night_lo AND d.i < a.night_hi
+    WINDOW w AS (PARTITION BY d.site_id, d.day ORDER BY d.i
+                 ROWS BETWEEN CURRENT ROW AND {MNF_RUN - 1} FOLLOWING)
+),
+mnf AS (
+    SELECT DISTINCT ON (site_id, day) site_id, day, i, slot_at, mean
+    FROM run WHERE n = {MNF_RUN} AND last_i = i + {MNF_RUN - 1}
+    ORDER BY site_id, day, mean, i
+),
+mnf_pressure AS (
+    SELECT m.site_id, m.day, avg(d.azp) AS p, sum(d.azp) AS p_sum
+    FROM mnf m
+    JOIN day_slot d ON d.site_id = m.site_id AND d.day = m.day
+     AND d.i >= m.i AND d.i < m.i + {MNF_RUN} AND d.azp IS NOT NULL
+    GROUP BY m.site_id, m.day
+),
+hour_pressure AS (
+    SELECT site_id, day, i / 4 AS h, avg(azp) AS p
+    FROM day_slot WHERE azp IS NOT NULL GROUP BY site_id, day, i / 4
+),
+ndf AS (
+    SELECT a.site_id, a.day,
+           CASE WHEN mp.p IS NULL OR mp.p_sum <= 0 THEN a.slots / 4
+                ELSE a.slots / 4 - count(h.p) FILTER (WHERE h.p > 0)
+                     + coalesce(sum(power(h.p / mp.p, a.n1)) FILTER (WHERE h.p > 0
+                                                                     AND mp.p_sum > 0), 0)
+           END AS ndf
+    FROM mnf m
+    JOIN asked a ON a.site_id = m.site_id AND a.day = m.day
+    LEFT JOIN mnf_pressure mp ON mp.site_id = m.site_id AND mp.day = m.day
+    LEFT JOIN hour_pressure h ON h.site_id = m.site_id AND h.day = m.day
+    GROUP BY a.site_id, a.day, a.slots, mp.p, mp.p_sum
+),
+tot AS (  -- per meter: its readings in index order, the window needs no sort
+    SELECT m.site_id, m.device_id, m.role, r.*
+    FROM meter m
+    JOIN site_span s ON s.site_id = m.site_id
+    CROSS JOIN LATERAL (
+        SELECT ts, value AS v, lag(ts) OVER w AS p_ts, lag(value) OVER w AS p_v,
+               lead(ts) OVER w AS y_ts
+        FROM readings
+        WHERE device_id = m.device_id AND metric = 'totaliser' AND quality = 'N'
+          AND ts >= s.lo - interval '{MAX_TOTALISER_GAP_S} seconds'
+          AND ts < s.hi + interval '{MAX_TOTALISER_GAP_S} seconds'
+        WINDOW w AS (ORDER BY ts)
+    ) r
+    WHERE m.role IN ('inlet', 'outlet')
+),
+tot_mark AS (  -- the readings after a drop, and the first at or after a day's edge
+    SELECT t.*,
+           CASE WHEN t.v >= t.p_v THEN 0.0
+                WHEN t.p_v <= 0 THEN t.p_v
+                ELSE CASE WHEN t.p_v >= {ROLLOVER_NEAR} * t.modulus THEN t.modulus ELSE t.p_v END
+           END AS off,
+           (CAST(:b_at AS timestamptz[]))[t.j] AS edge_at
+    FROM (
+        SELECT tot.*,
+               width_bucket(ts, CAST(:b_at AS timestamptz[])) AS j,
+               coalesce(width_bucket(p_ts, CAST(:b_at AS timestamptz[])), 0) AS p_j,
+               CASE WHEN p_v > 0 AND v < p_v THEN
+                   CASE WHEN p_v = power(CAST(10 AS float8), ceil(log(p_v)))
+                        THEN power(CAST(10 AS float8), ceil(log(p_v))) * 10
+                        ELSE power(CAST(10 AS float8), ceil(log(p_v))) END
+               END AS modulus
+        FROM tot
+    ) t
+    WHERE t.v < t.p_v OR t.j > t.p_j
+),
+edge AS (  -- per meter and edge: the bracket's base reading and its share of the pair
+    SELECT device_id, site_id, role, edge_at,
+           date_part('epoch', ts - p_ts) <= {MAX_TOTALISER_GAP_S} AS paired,
+           ts = edge_at AND (y_ts IS NOT NULL
+               AND date_part('epoch', y_ts - ts) <= {MAX_TOTALISER_GAP_S}) AS on_edge,
+           p_ts, p_v + (v - p_v + off) * date_part('epoch', edge_at - p_ts)
+                 / date_part('epoch', ts - p_ts) AS paired_value,
+           ts, v
+    FROM tot_mark WHERE j > p_j
+),
+meter_day AS (
+    SELECT a.site_id, a.day, m.device_id, m.role, a.t0, a.t1 FROM asked a
+    JOIN meter m ON m.site_id = a.site_id WHERE m.role IN ('inlet', 'outlet')
+),
+bracket AS (  -- (base time, value at the edge without the drops since base) or nothing
+    SELECT md.site_id, md.day, md.device_id, md.role,
+           CASE WHEN s.paired THEN s.p_ts WHEN s.on_edge THEN s.ts END AS lo_ts,
+           CASE WHEN s.paired THEN s.paired_value WHEN s.on_edge THEN s.v END AS lo_v,
+           CASE WHEN e.paired THEN e.p_ts END AS hi_ts,
+           CASE WHEN e.paired THEN e.paired_value END AS hi_v
+    FROM meter_day md
+    LEFT JOIN edge s ON s.device_id = md.device_id AND s.edge_at = md.t0
+    LEFT JOIN edge e ON e.device_id = md.device_id AND e.edge_at = md.t1
+),
+drop_off AS (  -- the offsets of the drops between a meter's two brackets
+    SELECT b.site_id, b.day, b.device_id, sum(d.off) AS off
+    FROM bracket b
+    JOIN tot_mark d ON d.device_id = b.device_id AND d.v < d.p_v
+     AND d.ts > b.lo_ts AND d.ts <= b.hi_ts
+    GROUP BY b.site_id, b.day, b.device_id
+),
+volume AS (
+    SELECT b.site_id, b.day,
+           count(*) = count(b.hi_v - b.lo_v) AS whole,
+           sum(CASE WHEN b.role = 'outlet' THEN -1 ELSE 1 END
+               * (b.hi_v - b.lo_v + coalesce(o.off, 0))) AS m3
+    FROM bracket b
+    LEFT JOIN drop_off o ON o.site_id = b.site_id AND o.day = b.day AND o.device_id = b.device_id
+    GROUP BY b.site_id, b.day
+),
+fig AS (
+    SELECT a.site_id, a.day, a.t0, a.lnc,
+           coalesce(c.defined, 0) / CAST(a.slots AS float8) AS coverage,
+           CASE WHEN a.night_hi > a.night_lo
+                THEN coalesce(c.night_defined, 0) / CAST(a.night_hi - a.night_lo AS float8)
+                ELSE 0.0 END AS night_coverage,
+           m.mean AS mnf, m.slot_at AS mnf_at, n.ndf,
+           CASE WHEN v.whole THEN v.m3 ELSE c.net_sum * {SLOT_S / 3600} END AS inlet,
+           CASE WHEN v.whole THEN 'totaliser' ELSE 'slots' END AS source
+    FROM asked a
+    LEFT JOIN day_count c ON c.site_id = a.site_id AND c.day = a.day
+    LEFT JOIN mnf m ON m.site_id = a.site_id AND m.day = a.day
+    LEFT JOIN ndf n ON n.site_id = a.site_id AND n.day = a.day
+    LEFT JOIN volume v ON v.site_id = a.site_id AND v.day = a.day
+),
+day_row AS (
+    SELECT f.*, f.night_coverage >= {MIN_NIGHT_COVERAGE} AND f.mnf IS NOT NULL AS valid,
+           greatest(0.0, f.mnf - f.lnc) AS net_night
+    FROM fig f
+),
+slot_write AS (  -- into the range _DELETE_SLOTS has just emptied
+    INSERT INTO dma_slots (site_id, slot_at, net_m3h, azp_mpa)
+    SELECT site_id, slot_at, net, azp FROM day_slot WHERE net IS NOT NULL
+    ORDER BY site_id, slot_at
+)
+INSERT INTO dma_days (site_id, day, valid, coverage, night_coverage, night_use_m3h, inlet_m3,
+                      inlet_source, mnf_m3h, mnf_at, net_night_flow_m3h, ndf_h, leakage_m3,
+                      leakage_pct, computed_at)
+SELECT site_id, day, valid, coverage, night_coverage, lnc,
+       CASE WHEN valid THEN inlet END,
+       CASE WHEN valid THEN source END,
+       CASE WHEN valid THEN mnf END,
+       CASE WHEN valid THEN mnf_at END,
+       CASE WHEN valid THEN net_night END,
+       CASE WHEN valid THEN ndf END,
+       CASE WHEN valid THEN net_night * ndf END,
+       CASE WHEN valid AND inlet > 0 THEN 100 * net_night * ndf / inlet END,
+       CAST(:now AS timestamptz)
+FROM day_row
+ON CONFLICT (site_id, day) DO UPDATE SET
+    valid = excluded.valid, coverage = excluded.coverage,
+    night_coverage = excluded.night_coverage, night_use_m3h = excluded.night_use_m3h,
+    inlet_m3 = excluded.inlet_m3, inlet_source = excluded.inlet_source,
+    mnf_m3h = excluded.mnf_m3h, mnf_at = excluded.mnf_at,
+    net_night_flow_m3h = excluded.net_night_flow_m3h, ndf_h = excluded.ndf_h,
+    leakage_m3 = excluded.leakage_m3, leakage_pct = excluded.leakage_pct,
+    computed_at = excluded.computed_at
+"""
+STATEMENT = text(_SQL)
+# for this statement only: its sorts and hashes in memory (on 1,000 DMAs x 30 days at the
+# default 4 MB they spilled 250 MB to disk), and hash joins: the planner cannot know how
+# many rows the arrays hold and merged 2.9M slots through sorts
+PLANNER = {"work_mem": "256MB", "enable_mergejoin": "off"}
+_GET = text("SELECT current_setting(:k)")
+_SET = text("SELECT set_config(:k, :v, true)")  # true: within this transaction at most
+# the asked days' slots go first, all of them: a slot that late data made undefined goes, and
+# the statement then inserts the defined ones (a plain INSERT: ON CONFLICT cost 70% more)
+_DELETE_SLOTS = text(
+    "DELETE FROM dma_slots d USING unnest(CAST(:a_site AS text[]), CAST(:a_t0 AS timestamptz[]), "
+    "CAST(:a_slots AS int[])) AS a(site_id, t0, slots) WHERE d.site_id = a.site_id "
+    f"AND d.slot_at >= a.t0 AND d.slot_at < a.t0 + a.slots * interval '{SLOT_S} seconds'"
+)
+
+
+def recompute(
+    conn: Connection,
+    days: Sequence[AskedDay],
+    meters: Sequence[tuple[str, str, str]],
+    now: datetime,
+) -> None:
+    """Compute and store these days' figures and slots; `meters` are (device, site, role)
+    of the days' sites' active leak meters."""
+    if not days:
+        return
+    # the edges of the asked days, each with the day it starts (none for a last day's end)
+    starts = {d.start: d.day for d in days}
+    ends = {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
+    bounds = sorted(set(starts) | ends)
+    asked = {
+        "a_site": pg_array([d.site_id for d in days]),
+        "a_t0": pg_array([d.start for d in days]),
+        "a_slots": pg_array([d.slots for d in days]),
+    }
+    conn.execute(_DELETE_SLOTS, asked)
+    before = {k: conn.execute(_GET, {"k": k}).scalar_one() for k in PLANNER}
+    for k, v in PLANNER.items():
+        conn.execute(_SET, {"k": k, "v": v})
+    conn.execute(
+        STATEMENT,
+        asked
+        | {
+            "a_day": pg_array([d.day.isoformat() for d in days]),
+            "a_nlo": pg_array([d.night_lo for d in days]),
+            "a_nhi": pg_array([d.night_hi for d in days]),
+            "a_lnc": pg_array([float(d.night_use_m3h) for d in days]),
+            "a_n1": pg_array([float(d.exponent) for d in days]),
+            "m_dev": pg_array([m[0] for m in meters]),
+            "m_site": pg_array([m[1] for m in meters]),
+            "m_role": pg_array([m[2] for m in meters]),
+            "b_at": pg_array(bounds),
+            "b_day": pg_array([starts[b].isoformat() if b in starts else None for b in bounds]),
+            "now": now,
+        },
+    )
+    for k, v in before.items():
+        conn.execute(_SET, {"k": k, "v": v})
