@@ -27,6 +27,7 @@ from monitor import auth
 from monitor.api.app import create_app
 from monitor.core.models import Alert, ApiKey, Device, Rule, Site, table
 from monitor.core.settings import Settings
+from monitor.web.rules_zh import RULES_ZH
 from tests.conftest import bearer, make_key, register, serve
 
 CHROMIUM = "/usr/bin/chromium"
@@ -481,16 +482,65 @@ def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Brows
     ctx.close()
 
 
+def default_rule_alert(web: Web, rule_name: str, device: str) -> tuple[int, dict[str, Any]]:
+    """A resolved alert of one of the default rules (the fixture's alerts are its own rule's),
+    and that rule's row."""
+    rules_t, alerts_t = table(Rule), table(Alert)
+    with web.engine.begin() as conn:
+        rule = conn.execute(select(rules_t).where(rules_t.c.name == rule_name)).one()._mapping
+        at = T0 + timedelta(minutes=30)
+        alert_id = conn.execute(
+            insert(alerts_t)
+            .values(
+                rule_id=rule["id"],
+                device_id=device,
+                site_id="cs-ls",
+                status="resolved",
+                severity="warning",
+                started_at=at,
+                fired_at=at,
+                last_violation_at=at,
+                evaluated_until=at,
+                last_value=160.0,
+                peak_value=160.0,
+                message="pm10 1h mean 160 µg/m³ (warning: > 150 µg/m³)",
+                resolved_at=at + timedelta(hours=1),
+                resolved_by="li.ming",
+            )
+            .returning(alerts_t.c.id)
+        ).scalar_one()
+    return alert_id, dict(rule)
+
+
 def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browser: Browser) -> None:
     alert = web.alerts["d-ls"]
     stored = httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()
     assert stored["message"] == "pm10 310 µg/m³ (alarm: > 250 µg/m³)"  # the engine's English
+    default_alert, default_rule = default_rule_alert(web, "dust-pm10-1h", "d-ls2")
+    zh_rule = RULES_ZH["dust-pm10-1h"]
     shown = {}
     for locale in ("zh-CN", "en-US"):
         ctx = context_for(browser, web, locale)
         page = ctx.new_page()
         sign_in(page, web.inspector)
+        # a default rule in the page's language: its description and basis, and its title in
+        # the list; the rule the test created through the API reads as it was written
+        page.goto(f"/alerts/{default_alert}")
+        description = page.inner_text("#rule-description")
+        basis = page.inner_text("#alert-basis")
+        page.goto("/alerts")
+        listed = page.inner_text(f"#alert-{default_alert} td.rule")
+        own = page.inner_text(f"#alert-{alert} td.rule")
+        if locale == "zh-CN":
+            assert (description, basis) == (zh_rule.description, zh_rule.basis)
+            assert listed.split() == [*zh_rule.title.split(), "dust-pm10-1h"]
+            assert "GB 3095-2012 二级 24 小时 150 [S]" in basis
+        else:
+            assert (description, basis) == (default_rule["description"], default_rule["basis"])
+            assert listed == "dust-pm10-1h"
+        assert own == "pm10-raw"
         page.goto(f"/alerts/{alert}")
+        assert page.inner_text("#alert-basis") == "GB 3095-2012 test thresholds"
         shown[locale] = page.inner_text("#alert-message")
         wait_js(page, "!!window.envmon.charts['alert-chart']")
         labels = page.evaluate("window.envmon.charts['alert-chart'].series.map(s => s.label)")
