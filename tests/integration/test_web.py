@@ -25,7 +25,7 @@ from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor import auth
 from monitor.api.app import create_app
-from monitor.core.models import Alert, ApiKey, Device, Rule, Site, table
+from monitor.core.models import Alert, ApiKey, Device, DmaDay, Rule, Site, table
 from monitor.core.settings import Settings
 from monitor.web.rules_zh import RULES_ZH
 from tests.conftest import bearer, make_key, register, serve
@@ -249,6 +249,45 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     csv = ctx.request.get(href)
     assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
     assert "cs-hd" not in csv.text() and "cs-hd" not in page.content()
+    # DMA leakage (GET /v1/reports/leakage) as a table with its CSV: a DMA in each district,
+    # a day of figures each; the inspector sees Lanshan's
+    day = datetime.now(UTC).date() - timedelta(days=2)  # inside the page's default 7 days
+    with web.engine.begin() as conn:
+        for dma, district, leaked in (("dma-ls", "Lanshan", 12.0), ("dma-hd", "Hedong", 99.0)):
+            conn.execute(
+                insert(table(Site)).values(
+                    id=dma, name=dma, district=district, kind="dma", created_at=T0
+                )
+            )
+            conn.execute(
+                insert(table(DmaDay)).values(
+                    site_id=dma,
+                    day=day,
+                    valid=True,
+                    coverage=1.0,
+                    night_coverage=1.0,
+                    night_use_m3h=0.5,
+                    inlet_m3=1000.0,
+                    inlet_source="slots",
+                    mnf_m3h=2.0,
+                    net_night_flow_m3h=1.5,
+                    ndf_h=leaked / 1.5,
+                    leakage_m3=leaked,
+                    leakage_pct=leaked / 10,
+                )
+            )
+    page.goto("/reports")
+    leakage = page.locator("#leakage tbody tr")
+    assert leakage.count() == 1
+    cells = leakage.first.locator("td").all_inner_texts()
+    assert cells[:3] == ["dma-ls", "Lanshan", day.isoformat()]
+    assert cells[6:] == ["12.0", "1.2%", "是"]
+    assert "dma-hd" not in page.content()
+    href = page.get_attribute("#leakage-csv", "href") or ""
+    assert href.startswith("/v1/reports/leakage")
+    csv = ctx.request.get(href)
+    assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "dma-ls" in csv.text() and "dma-hd" not in csv.text()
     shoot(page, "reports")
 
     # the other district's objects are absent, on pages and through the page's API
