@@ -475,7 +475,7 @@ def render(r: dict[str, Any]) -> str:
         add("")
     g = r.get("goals", [])
     if g:
-        add("GOALS (issues 6, 11, 12 and 13)")
+        add("GOALS (issues 6, 11, 12, 13 and 14)")
         for goal in g:
             state = "met   " if goal["met"] else "MISSED"
             gap = f"  ({goal['gap']})" if goal["gap"] else ""
