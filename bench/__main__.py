@@ -43,6 +43,7 @@ STAGES = (
     "live",
     "live-sustainable",
     "api",
+    "api-open",  # right after api: it reuses api's dataset when api ran
     "web",
     "leakage",
 )
@@ -67,6 +68,8 @@ differ; goal 0); scaling
 or --profile); live (publish->commit and publish->alert-in-API latency at a fixed rate,
 --rate); live-sustainable (the same at half the rate envmon drained at in this run);
 api (p50/p99 of the alert list and a 30-day hourly query, 20 clients, big database);
+api-open (the same endpoints in an open loop: Poisson arrivals at 100 requests/s, latency
+from the scheduled send time; the api stage's database, built again if api was skipped);
 web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in, 4 clients,
 100k alerts); hj212 (`envmon hj212` under N logger connections from client processes:
 memory per idle connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in
@@ -136,6 +139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--api-clients", type=int, help="concurrent API clients [20]")
     g.add_argument("--api-workers", type=int, help="`envmon api --workers` [2, one per core]")
     g.add_argument("--api-seconds", type=float, help="measured seconds per API endpoint")
+    g.add_argument(
+        "--api-open-rate", type=float, help="requests/s of the api-open stage's open loop [100]"
+    )
     g.add_argument("--web-alerts", type=int, help="alerts in the web stage's database")
     g.add_argument("--web-clients", type=int, help="concurrent signed-in page clients [4]")
     g.add_argument("--web-seconds", type=float, help="measured seconds per page")
@@ -190,6 +196,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ("api_clients", "api_clients"),
         ("api_workers", "api_workers"),
         ("api_seconds", "api_seconds"),
+        ("api_open_rate", "api_open_rate"),
         ("web_alerts", "web_alerts"),
         ("web_clients", "web_clients"),
         ("web_seconds", "web_seconds"),
@@ -324,6 +331,7 @@ def _run(plan: Plan, args: argparse.Namespace, skip: set[str], results: dict[str
             ("live", lambda: _live(ctx, results)),
             ("live-sustainable", lambda: _live_sustainable(ctx, results)),
             ("api", lambda: _api(ctx, results)),
+            ("api-open", lambda: _api_open(ctx, results)),
             ("web", lambda: _web(ctx, results)),
             ("leakage", lambda: _leakage(ctx, results)),
         ]
@@ -514,8 +522,13 @@ def _soak(ctx: Context, args: argparse.Namespace, results: dict[str, Any]) -> No
     results["soak"] = soak.run(ctx, args.soak, args.soak_rate, args.soak_sample)
 
 
-def _api(ctx: Context, results: dict[str, Any]) -> None:
+# the api stage's dataset while it is still in the database (api-open comes right after api)
+_api_dataset: dict[str, dataset.Dataset] = {}
+
+
+def _build_api_dataset(ctx: Context) -> dataset.Dataset:
     plan = ctx.plan
+    _api_dataset.clear()
     ctx.db.reset_data()
     ds = dataset.build(
         ctx.db,
@@ -529,6 +542,26 @@ def _api(ctx: Context, results: dict[str, Any]) -> None:
         f"api dataset: {ds.readings:,} readings of {len(ds.devices)} devices, {ds.rollups:,} "
         f"rollups, {ds.alerts:,} alerts in {ds.seconds:.0f} s"
     )
+    _api_dataset["ds"] = ds
+    return ds
+
+
+def _api_dataset_dict(ds: dataset.Dataset, plan: Plan, hourly_items: int) -> dict[str, Any]:
+    return {
+        "readings": ds.readings,
+        "devices": len(ds.devices),
+        "rollups": ds.rollups,
+        "alerts": ds.alerts,
+        "days": plan.api_days,
+        "step_s": plan.api_step_s,
+        "build_s": ds.seconds,
+        "hourly_items_per_answer": hourly_items,
+    }
+
+
+def _api(ctx: Context, results: dict[str, Any]) -> None:
+    plan = ctx.plan
+    ds = _build_api_dataset(ctx)
     api = ctx.api()
     api.start()
     api.wait_ready()
@@ -541,18 +574,36 @@ def _api(ctx: Context, results: dict[str, Any]) -> None:
         "clients": plan.api_clients,
         "workers": plan.api_workers,
         "reduced": plan.api_reduced,
-        "dataset": {
-            "readings": ds.readings,
-            "devices": len(ds.devices),
-            "rollups": ds.rollups,
-            "alerts": ds.alerts,
-            "days": plan.api_days,
-            "step_s": plan.api_step_s,
-            "build_s": ds.seconds,
-            "hourly_items_per_answer": hourly_items,
-        },
+        "dataset": _api_dataset_dict(ds, plan, hourly_items),
         "endpoints": endpoints,
     }
+
+
+def _api_open(ctx: Context, results: dict[str, Any]) -> None:
+    """The api stage's endpoints in an open loop at a fixed rate (issue 14's latency goal)."""
+    plan = ctx.plan
+    ds = _api_dataset.pop("ds", None) or _build_api_dataset(ctx)
+    api = ctx.api()
+    api.start()
+    api.wait_ready()
+    try:
+        hourly_items = apiload.check_hourly(api, ctx.db.api_token, ds)
+        endpoints = apiload.run_open(
+            ctx.db, api, ds, rate=plan.api_open_rate, seconds=plan.api_open_seconds
+        )
+    finally:
+        api.stop()
+    results["api_open"] = {
+        "rate_per_s": plan.api_open_rate,
+        "seconds": plan.api_open_seconds,
+        "arrivals": "poisson",
+        "workers": plan.api_workers,
+        "reduced": plan.api_reduced,
+        "dataset": _api_dataset_dict(ds, plan, hourly_items),
+        "endpoints": endpoints,
+    }
+    for name, e in endpoints.items():
+        say(f"api-open {name}: p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms")
 
 
 def _leakage(ctx: Context, results: dict[str, Any]) -> None:

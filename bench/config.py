@@ -33,6 +33,9 @@ class Plan:
     api_clients: int = 20
     api_workers: int = 2  # `envmon api --workers`: one per core of this machine
     api_seconds: float = 5.0
+    # api-open: the same endpoints at a fixed offered rate (issue 14: 100 requests/s, p99 goal)
+    api_open_rate: float = 100.0
+    api_open_seconds: float = 10.0
     # web: the inspectors' pages, a few signed-in clients, many alerts (issue 13: 100k)
     web_readings: int = 1_000_000
     web_alerts: int = 100_000
@@ -82,6 +85,8 @@ PRESETS: dict[str, Plan] = {
         api_readings=100_000,
         api_alerts=1_000,
         api_seconds=1.5,
+        api_open_rate=50.0,
+        api_open_seconds=1.5,
         web_readings=50_000,
         web_alerts=1_000,
         web_seconds=1.5,
@@ -132,6 +137,7 @@ PRESETS: dict[str, Plan] = {
         api_readings=10_000_000,
         api_alerts=100_000,
         api_seconds=20.0,
+        api_open_seconds=30.0,
         profile=True,
         profile_messages=40_000,
         production_readings=20_000_000,

@@ -88,6 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.sqlalchemy_url)
         app.state.settings = settings
         app.state.sessionmaker = make_sessionmaker(engine)
+        # reads on PostgreSQL in autocommit (deps.get_session)
+        app.state.read_sessionmaker = (
+            make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         app.state.principals = PrincipalCache()
         try:
             yield

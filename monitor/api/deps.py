@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import contextmanager_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -22,7 +24,8 @@ from monitor.core.models import Role
 from monitor.core.settings import Environment, Settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+@contextmanager
+def _transaction(request: Request) -> Iterator[Session]:
     factory = request.app.state.sessionmaker
     with factory() as session:
         with session.begin():
@@ -35,7 +38,31 @@ def get_session(request: Request) -> Iterator[Session]:
             hook()
 
 
-def get_settings(request: Request) -> Settings:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request: a transaction, committed before the answer is sent.
+
+    A read (GET, HEAD, OPTIONS) on PostgreSQL runs in autocommit instead: no BEGIN and no
+    COMMIT round trip, and nothing left to send at the end, so opening and closing its
+    session stay on the event loop rather than a thread-pool hand-off each way (the API's
+    profile, docs/benchmarks.md). What it reads is the same: at PostgreSQL's READ COMMITTED
+    each statement takes its own snapshot inside a transaction as well, and no read route
+    writes. SQLite keeps its transaction (its BEGIN recipe, monitor/core/db.py)."""
+    reads = getattr(request.app.state, "read_sessionmaker", None)
+    if reads is not None and request.method in SAFE_METHODS:
+        session = reads()
+        try:
+            yield session
+        finally:
+            session.close()  # the connection back to the pool: no statement in autocommit
+        return
+    async with contextmanager_in_threadpool(_transaction(request)) as session:
+        yield session
+
+
+# `async def`: FastAPI runs a plain `def` dependency in its thread pool, a hand-off to a
+# worker thread and back for each one (docs/benchmarks.md: the API's profile); what does no
+# I/O runs on the event loop instead
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -84,7 +111,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def _role(*roles: Role) -> object:
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:  # no I/O: on the event loop
         principal.require(*roles)
         return principal
 

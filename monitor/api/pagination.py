@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Query, Response
 from pydantic import BaseModel
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
 
 from monitor.core.exceptions import InvalidInput
 
@@ -36,6 +39,21 @@ def page_json(items: list[dict[str, Any]], next_cursor: str | None) -> Response:
         option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC,
     )
     return Response(body, media_type="application/json")
+
+
+def plain_rows(session: Session, q: Select[Any]) -> Sequence[Any]:
+    """The rows of a hot list as the driver hands them out: tuples in the select's column
+    order. On PostgreSQL that skips SQLAlchemy's row objects and per-value processing, which
+    would give back the same values (times already come in UTC, monitor/core/db.py) and cost
+    about as much as the rest of a 720-row answer (the API's profile, docs/benchmarks.md);
+    elsewhere the rows go through SQLAlchemy, which also makes SQLite's naive times aware."""
+    result = session.execute(q)
+    if session.get_bind().dialect.name != "postgresql":
+        return [tuple(r) for r in result]
+    try:
+        return result.cursor.fetchall()  # type: ignore[attr-defined,no-any-return]
+    finally:
+        result.close()
 
 
 def encode_cursor(key: list[Any]) -> str:

@@ -40,7 +40,7 @@ from monitor.core.catalogue import DeviceKind, metrics_for
 from monitor.core.exceptions import EnvmonError, InvalidInput, NotFound
 from monitor.core.models import AlertStatus, Role, Severity, User, table
 from monitor.core.settings import Environment, MapDatum, Settings
-from monitor.web import geo, messages
+from monitor.web import geo, messages, rules_zh
 from monitor.web.i18n import LANG_COOKIE, WORDS, language
 
 router = APIRouter(include_in_schema=False)
@@ -393,6 +393,17 @@ def _alert_rows(
     return rows[:LIST_PAGE], (rows[LIST_PAGE - 1]["id"] if more else None)
 
 
+def _rule_texts(session: Any, rows: list[Any], lang: str) -> dict[int, rules_zh.RuleText]:
+    """The rules of these alert rows in the page's language, by rule id (a handful of rows
+    of the rules table: the list shows each alert's rule by its title)."""
+    r = alert_routes.rules
+    ids = {row["rule_id"] for row in rows}
+    if not ids:
+        return {}
+    q = select(r.c.id, r.c.name, r.c.description, r.c.basis).where(r.c.id.in_(ids))
+    return {row.id: rules_zh.rule_text(row._mapping, lang) for row in session.execute(q)}
+
+
 def _districts(session: Any, p: Principal) -> list[str]:
     s = alert_routes.sites
     q = select(s.c.district).distinct().where(district_clause(p, s.c.district))
@@ -417,6 +428,7 @@ def alert_list(
         settings,
         user,
         rows=rows,
+        rules=_rule_texts(session, rows, language(request)),
         f=f,
         districts=_districts(session, user.principal),
         statuses=list(AlertStatus),
@@ -479,6 +491,9 @@ def _render_alert(
         user,
         a=detail,
         message=messages.alert_message(detail, fields, lang),
+        rule=rules_zh.rule_text(fields, lang)
+        if fields is not None
+        else rules_zh.RuleText(detail.rule_name, "", detail.basis),
         note=lambda event: messages.event_note(event, fields, lang),
         chart=_alert_chart(detail, rule, WORDS[lang]),
         assignees=_assignees(session, detail.district) if user.can_act else [],
@@ -558,7 +573,8 @@ def alert_action(
     if form.get("row"):
         q = alert_routes._select(p).where(alert_routes.alerts.c.id == alert_id)
         rows = [r._mapping for r in session.execute(q)]
-        return render(request, "alert_rows.html", settings, user, rows=rows)
+        rules = _rule_texts(session, rows, language(request))
+        return render(request, "alert_rows.html", settings, user, rows=rows, rules=rules)
     # only the alert's body: htmx swaps it in place
     return _render_alert(request, session, settings, user, alert_id, "alert_body.html")
 
@@ -699,7 +715,8 @@ def _layout(placed: list[Any], worst: dict[str, int]) -> dict[str, Any]:
 def reports_page(
     request: Request, session: SessionDep, settings: SettingsDep, user: UserDep
 ) -> HTMLResponse:
-    """The dust and water compliance reports, as tables with their CSV downloads."""
+    """The dust and water compliance reports and the DMA leakage figures, as tables with
+    their CSV downloads (each the API's own report, so the key's scope holds)."""
     today = datetime.now(ZoneInfo(settings.timezone)).date()
     start = _day(request.query_params.get("start"), today - timedelta(days=6))
     end = _day(request.query_params.get("end"), today)
@@ -716,6 +733,13 @@ def reports_page(
             tables[name] = getattr(report(session, settings, p, start, end), "items", [])
         except EnvmonError as exc:  # e.g. no rule to judge by: say so, show the other one
             tables[name], problems[name] = [], str(exc)
+    leakage: Any = None
+    try:
+        leakage = report_routes.leakage(
+            session, settings, p, start, end, None, None, report_routes.ReportFormat.json
+        )
+    except EnvmonError as exc:
+        problems["leakage"] = str(exc)
     span = {"start": start.isoformat(), "end": end.isoformat()}
     return render(
         request,
@@ -729,6 +753,8 @@ def reports_page(
         problems=problems,
         dust_csv="/v1/reports/dust-compliance?" + urlencode({**span, "format": "csv"}),
         water_csv="/v1/reports/water-compliance?" + urlencode({**span, "format": "csv"}),
+        leakage=leakage,
+        leakage_csv="/v1/reports/leakage?" + urlencode({**span, "format": "csv"}),
     )
 
 

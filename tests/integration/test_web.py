@@ -25,8 +25,9 @@ from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor import auth
 from monitor.api.app import create_app
-from monitor.core.models import Alert, ApiKey, Device, Rule, Site, table
+from monitor.core.models import Alert, ApiKey, Device, DmaDay, Rule, Site, table
 from monitor.core.settings import Settings
+from monitor.web.rules_zh import RULES_ZH
 from tests.conftest import bearer, make_key, register, serve
 
 CHROMIUM = "/usr/bin/chromium"
@@ -248,6 +249,45 @@ def test_inspector_works_alerts_of_own_district_only_offline(web: Web, browser: 
     csv = ctx.request.get(href)
     assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
     assert "cs-hd" not in csv.text() and "cs-hd" not in page.content()
+    # DMA leakage (GET /v1/reports/leakage) as a table with its CSV: a DMA in each district,
+    # a day of figures each; the inspector sees Lanshan's
+    day = datetime.now(UTC).date() - timedelta(days=2)  # inside the page's default 7 days
+    with web.engine.begin() as conn:
+        for dma, district, leaked in (("dma-ls", "Lanshan", 12.0), ("dma-hd", "Hedong", 99.0)):
+            conn.execute(
+                insert(table(Site)).values(
+                    id=dma, name=dma, district=district, kind="dma", created_at=T0
+                )
+            )
+            conn.execute(
+                insert(table(DmaDay)).values(
+                    site_id=dma,
+                    day=day,
+                    valid=True,
+                    coverage=1.0,
+                    night_coverage=1.0,
+                    night_use_m3h=0.5,
+                    inlet_m3=1000.0,
+                    inlet_source="slots",
+                    mnf_m3h=2.0,
+                    net_night_flow_m3h=1.5,
+                    ndf_h=leaked / 1.5,
+                    leakage_m3=leaked,
+                    leakage_pct=leaked / 10,
+                )
+            )
+    page.goto("/reports")
+    leakage = page.locator("#leakage tbody tr")
+    assert leakage.count() == 1
+    cells = leakage.first.locator("td").all_inner_texts()
+    assert cells[:3] == ["dma-ls", "Lanshan", day.isoformat()]
+    assert cells[6:] == ["12.0", "1.2%", "是"]
+    assert "dma-hd" not in page.content()
+    href = page.get_attribute("#leakage-csv", "href") or ""
+    assert href.startswith("/v1/reports/leakage")
+    csv = ctx.request.get(href)
+    assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "dma-ls" in csv.text() and "dma-hd" not in csv.text()
     shoot(page, "reports")
 
     # the other district's objects are absent, on pages and through the page's API
@@ -481,16 +521,65 @@ def test_assign_to_a_person_who_can_act_in_the_district(web: Web, browser: Brows
     ctx.close()
 
 
+def default_rule_alert(web: Web, rule_name: str, device: str) -> tuple[int, dict[str, Any]]:
+    """A resolved alert of one of the default rules (the fixture's alerts are its own rule's),
+    and that rule's row."""
+    rules_t, alerts_t = table(Rule), table(Alert)
+    with web.engine.begin() as conn:
+        rule = conn.execute(select(rules_t).where(rules_t.c.name == rule_name)).one()._mapping
+        at = T0 + timedelta(minutes=30)
+        alert_id = conn.execute(
+            insert(alerts_t)
+            .values(
+                rule_id=rule["id"],
+                device_id=device,
+                site_id="cs-ls",
+                status="resolved",
+                severity="warning",
+                started_at=at,
+                fired_at=at,
+                last_violation_at=at,
+                evaluated_until=at,
+                last_value=160.0,
+                peak_value=160.0,
+                message="pm10 1h mean 160 µg/m³ (warning: > 150 µg/m³)",
+                resolved_at=at + timedelta(hours=1),
+                resolved_by="li.ming",
+            )
+            .returning(alerts_t.c.id)
+        ).scalar_one()
+    return alert_id, dict(rule)
+
+
 def test_alert_message_in_the_page_language_stored_english_kept(web: Web, browser: Browser) -> None:
     alert = web.alerts["d-ls"]
     stored = httpx.get(f"{web.base}/v1/alerts/{alert}", headers=bearer(web.admin)).json()
     assert stored["message"] == "pm10 310 µg/m³ (alarm: > 250 µg/m³)"  # the engine's English
+    default_alert, default_rule = default_rule_alert(web, "dust-pm10-1h", "d-ls2")
+    zh_rule = RULES_ZH["dust-pm10-1h"]
     shown = {}
     for locale in ("zh-CN", "en-US"):
         ctx = context_for(browser, web, locale)
         page = ctx.new_page()
         sign_in(page, web.inspector)
+        # a default rule in the page's language: its description and basis, and its title in
+        # the list; the rule the test created through the API reads as it was written
+        page.goto(f"/alerts/{default_alert}")
+        description = page.inner_text("#rule-description")
+        basis = page.inner_text("#alert-basis")
+        page.goto("/alerts")
+        listed = page.inner_text(f"#alert-{default_alert} td.rule")
+        own = page.inner_text(f"#alert-{alert} td.rule")
+        if locale == "zh-CN":
+            assert (description, basis) == (zh_rule.description, zh_rule.basis)
+            assert listed.split() == [*zh_rule.title.split(), "dust-pm10-1h"]
+            assert "GB 3095-2012 二级 24 小时 150 [S]" in basis
+        else:
+            assert (description, basis) == (default_rule["description"], default_rule["basis"])
+            assert listed == "dust-pm10-1h"
+        assert own == "pm10-raw"
         page.goto(f"/alerts/{alert}")
+        assert page.inner_text("#alert-basis") == "GB 3095-2012 test thresholds"
         shown[locale] = page.inner_text("#alert-message")
         wait_js(page, "!!window.envmon.charts['alert-chart']")
         labels = page.evaluate("window.envmon.charts['alert-chart'].series.map(s => s.label)")

@@ -9,7 +9,15 @@ from sqlalchemy import bindparam, select, tuple_
 
 from monitor.api.deps import PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District, End, Kind, SiteId, Start, check_range
-from monitor.api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor, page_json
+from monitor.api.pagination import (
+    Cursor,
+    Limit,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    page_json,
+    plain_rows,
+)
 from monitor.api.schemas import BucketRead, ReadingRead
 from monitor.api.scope import devices_in_scope
 from monitor.core.catalogue import SERIES
@@ -53,7 +61,8 @@ def list_readings(
     table = readings if bucket == Bucket.raw else rollups
     time_col = table.c.ts if bucket == Bucket.raw else table.c.hour
     key = (time_col, table.c.device_id, table.c.metric)
-    q = select(table).order_by(*(k.desc() for k in key)).limit(limit + 1)
+    columns = table.c if bucket == Bucket.raw else BUCKET_COLUMNS
+    q = select(*columns).order_by(*(k.desc() for k in key)).limit(limit + 1)
     if principal.district is not None:
         q = q.where(table.c.device_id.in_(devices_in_scope(principal)))
     if device_id:
@@ -79,30 +88,42 @@ def list_readings(
         except (TypeError, ValueError) as exc:
             raise InvalidInput("cursor is not one this API issued", field="query.cursor") from exc
         q = q.where(tuple_(*key) < tuple_(bindparam(None, after, type_=time_col.type), dev, met))
+    if bucket == Bucket.hour:
+        hours = plain_rows(session, q)
+        page_h, nxt = hours[:limit], None
+        if len(hours) > limit:
+            device, metric_, hour = page_h[-1][:3]
+            nxt = encode_cursor([hour.isoformat(), device, metric_])
+        return page_json([_bucket(*r) for r in page_h], nxt)  # type: ignore[return-value]
     rows = [r._mapping for r in session.execute(q).all()]
     page = rows[:limit]
     nxt = None
     if len(rows) > limit:
         last = page[-1]
-        t = last["ts"] if bucket == Bucket.raw else last["hour"]
-        nxt = encode_cursor([t.isoformat(), last["device_id"], last["metric"]])
-    if bucket == Bucket.raw:
-        return Page[ReadingRead](
-            items=[ReadingRead(**r, unit=SERIES[r["metric"]].unit) for r in page],
-            next_cursor=nxt,
-        )
-    return page_json([_bucket(r) for r in page], nxt)  # type: ignore[return-value]
+        nxt = encode_cursor([last["ts"].isoformat(), last["device_id"], last["metric"]])
+    return Page[ReadingRead](
+        items=[ReadingRead(**r, unit=SERIES[r["metric"]].unit) for r in page],
+        next_cursor=nxt,
+    )
 
 
-def _bucket(r: Any) -> dict[str, Any]:
+# in the order _bucket takes them
+BUCKET_COLUMNS = [
+    rollups.c[name] for name in ("device_id", "metric", "hour", "count", "sum", "min", "max")
+]
+
+
+def _bucket(
+    device_id: str, metric: str, hour: datetime, count: int, sum_: float, min_: float, max_: float
+) -> dict[str, Any]:
     """A `BucketRead`, as the dict page_json writes."""
     return {
-        "device_id": r["device_id"],
-        "metric": r["metric"],
-        "hour": r["hour"],
-        "unit": SERIES[r["metric"]].unit,
-        "mean": r["sum"] / r["count"],
-        "min": r["min"],
-        "max": r["max"],
-        "count": r["count"],
+        "device_id": device_id,
+        "metric": metric,
+        "hour": hour,
+        "unit": SERIES[metric].unit,
+        "mean": sum_ / count,
+        "min": min_,
+        "max": max_,
+        "count": count,
     }
