@@ -581,6 +581,7 @@ def _evaluate_cached(
                 state is None
                 or points is None
                 or (points and state.until is not None and points[0].ts <= state.until)
+                or not kind.takes(state.feeder, points)
             ):
                 # late, repeated or first seen: rebuilt (and kept) by the reference path
                 cache.discard(rule.id, device_id)
@@ -591,12 +592,8 @@ def _evaluate_cached(
                 continue
             found: list[Episode] = []
             fold = state.fold
-            feed = state.feeder.feed
-            for p in points:
-                step = feed(p)
-                if step is None or (
-                    windowed and not in_window(_hhmm(step.ts, tz), r["active_from"], r["active_to"])
-                ):
+            for step in kind.fold(state.feeder, points, device, cache.fresh):
+                if windowed and not in_window(_hhmm(step.ts, tz), r["active_from"], r["active_to"]):
                     continue
                 ended = fold.feed(step)
                 if ended is not None:

@@ -55,7 +55,7 @@ class Fresh:
     rebuilt), the metrics each device had readings of (any flag), and each device's
     evaluation version before the batch."""
 
-    __slots__ = ("_points", "_rows", "metrics", "versions")
+    __slots__ = ("_newest", "_points", "_rows", "metrics", "versions")
 
     def __init__(
         self,
@@ -65,12 +65,16 @@ class Fresh:
     ) -> None:
         points: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
         by_device: defaultdict[str, list[Any]] = defaultdict(list)
+        newest: dict[str, datetime] = {}
         for r in rows:
             by_device[r.device_id].append(r)
+            if r.device_id not in newest or r.ts > newest[r.device_id]:
+                newest[r.device_id] = r.ts
             if r.quality == "N":
                 points[(r.device_id, r.metric)].append(Point(r.ts, r.value))
         self._points: dict[tuple[str, str], list[Point] | None] = dict(points)
         self._rows = dict(by_device)
+        self._newest = newest
         metrics: defaultdict[str, set[str]] = defaultdict(set)
         for d, m in touched:
             metrics[d].add(m)
@@ -88,6 +92,10 @@ class Fresh:
                 self._points[key] = None
                 return None
         return got
+
+    def newest(self, device_id: str) -> datetime | None:
+        """The event time of the device's newest reading in the batch (any metric)."""
+        return self._newest.get(device_id)
 
     def rows(self, device_id: str, metric: str) -> list[Any] | None:
         """Every reading the batch stored of the device (of `metric`; "*": of any), whatever

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from bisect import bisect_left
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -35,7 +35,6 @@ from alerts.evaluation import (
     Timed,
     differences,
     exceeding_hours_per_day,
-    hourly_window_means,
     level_of,
     period_means,
     steps_of,
@@ -134,6 +133,17 @@ class Kind:
         """For an `incremental` kind: what a batch stored of the device, as its feeder takes
         it (None: the batch cannot be folded in, e.g. two readings at one time)."""
         return fresh.points(device_id, self.metric)  # type: ignore[return-value]
+
+    def takes(self, feeder: Any, items: list[Any]) -> bool:
+        """For an `incremental` kind: whether the kept feeder can take these new items (they
+        are newer than what it folded; a kind may ask more)."""
+        return True
+
+    def fold(self, feeder: Any, items: list[Any], device: Row[Any], fresh: Fresh) -> list[Step]:
+        """For an `incremental` kind: the steps of a batch's new items, folded into the kept
+        feeder."""
+        feed = feeder.feed
+        return [s for item in items if (s := feed(item)) is not None]
 
     def fed(
         self, src: Sources, starts: Mapping[str, datetime]
@@ -256,12 +266,95 @@ class PeriodMean(Threshold):
         return out
 
 
+class HourlyFeeder:
+    """An hourly-mean rule's state: each hour not yet judged as (count, sum) of its N-flagged
+    readings (the rollups' arithmetic: a batch's part of an hour is summed, then added), the
+    valid hourly means of the window, and the runs. `newest_hour` is the start of the newest
+    hour with data (an hour before it is over)."""
+
+    __slots__ = (
+        "expected",
+        "hours",
+        "judged",
+        "min_hours",
+        "newest_hour",
+        "open",
+        "runs",
+        "total",
+        "window",
+    )
+
+    def __init__(self, rule: Row[Any], expected: float) -> None:
+        r = rule._mapping
+        self.window = timedelta(seconds=int(r["window_s"]))
+        self.min_hours = int(r["min_samples"])
+        self.expected = expected
+        self.open: dict[datetime, list[float]] = {}
+        self.hours: deque[Point] = deque()
+        self.total = 0.0
+        self.newest_hour: datetime | None = None
+        self.judged: datetime | None = None  # the end of the newest hour judged
+        self.runs = Runs(rule)
+
+    def takes(self, points: Iterable[Point]) -> bool:
+        """Whether none of these readings falls in an hour already judged (then the hour's
+        mean changes: the pair is rebuilt)."""
+        judged = self.judged
+        return judged is None or all(p.ts >= judged for p in points)
+
+    def add(self, points: Iterable[Point]) -> None:
+        """A batch's new readings of the metric."""
+        part: dict[datetime, list[float]] = {}
+        for p in points:
+            hour = p.ts.replace(minute=0, second=0, microsecond=0)
+            got = part.get(hour)
+            if got is None:
+                part[hour] = [1, p.value]
+            else:
+                got[0] += 1
+                got[1] += p.value
+        for hour, (count, total) in part.items():
+            got = self.open.get(hour)
+            if got is None:
+                self.open[hour] = [count, total]
+            else:
+                got[0] += count
+                got[1] += total
+            if self.newest_hour is None or hour > self.newest_hour:
+                self.newest_hour = hour
+
+    def judge(self, until: datetime, since: datetime | None = None) -> list[Step]:
+        """Steps of the hours over by `until`, oldest first (`hourly_window_means`); means
+        before `since` only fill the window."""
+        out: list[Step] = []
+        for hour in sorted(h for h in self.open if h + HOUR <= until):
+            count, total = self.open.pop(hour)
+            end = hour + HOUR
+            self.judged = end
+            # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
+            if count < MIN_COVERAGE * self.expected:
+                continue
+            win = self.hours
+            win.append(Point(end, total / count))
+            self.total += total / count
+            while win[0].ts <= end - self.window:
+                self.total -= win.popleft().value
+            if len(win) >= self.min_hours and (since is None or end >= since):
+                out.append(self.runs.feed(Point(end, self.total / len(win))))
+        return out
+
+    def complete(self, newest: datetime, interval_s: int) -> datetime:
+        """Up to when hours are over: `repository.complete_until` for one device."""
+        by_reading = newest + timedelta(seconds=interval_s)
+        return max(by_reading, self.newest_hour) if self.newest_hour else by_reading
+
+
 class HourlyMean(Threshold):
     """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
     of its expected valid readings; `min_samples` hours make a window), judged at each
     hour's end."""
 
-    incremental = False
+    incremental = True
 
     def lookback(self) -> timedelta:
         # and back to the start of the hour the earliest new reading is in
@@ -273,7 +366,9 @@ class HourlyMean(Threshold):
     def bounded_by_extremes(self) -> bool:
         return False
 
-    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+    def fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
         ids = list(starts)
         lo = min(starts.values()) - HOUR
         counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
@@ -283,19 +378,32 @@ class HourlyMean(Threshold):
         window = timedelta(seconds=int(self.r["window_s"]))
         out = {}
         for d in ids:
-            # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
-            expected = 3600 / max(1, int(src.devices[d].interval_s))
-            valid = [
-                Point(end, mean)
-                for end, mean, count in counted.get(d, [])
-                if count >= MIN_COVERAGE * expected
-            ]
-            means = hourly_window_means(
-                valid, int(self.r["window_s"]), int(self.r["min_samples"]), until[d]
-            )
+            device = src.devices[d]
+            f = HourlyFeeder(self.rule, 3600 / max(1, int(device.interval_s)))
+            rows = counted.get(d, [])
+            for end, _, count, total in rows:
+                f.open[end - HOUR] = [count, total]
+            if rows:
+                f.newest_hour = rows[-1][0] - HOUR
             # only windows wholly inside the hours read
-            out[d] = steps_of(self.rule, [p for p in means if p.ts >= lo + window])
+            steps = f.judge(until[d], since=lo + window)
+            # newer than any reading stored of the device (the rollups do not say when in
+            # its hour the newest reading was)
+            newest = [t for t in (device.watermark_at, src.latest.get(d)) if t]
+            out[d] = (steps, cast(Feeder, f), max(newest, default=None))
         return out
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return {d: got[0] for d, got in self.fed(src, starts).items()}
+
+    def takes(self, feeder: Any, items: list[Any]) -> bool:
+        return bool(feeder.takes(items))
+
+    def fold(self, feeder: Any, items: list[Any], device: Row[Any], fresh: Fresh) -> list[Step]:
+        newest = fresh.newest(device.id)
+        assert newest is not None  # the device had readings in the batch
+        feeder.add(items)
+        return list(feeder.judge(feeder.complete(newest, int(device.interval_s))))
 
 
 class RateFeeder:
@@ -433,7 +541,7 @@ class _Daily(Kind):
         day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
         lo = day.astimezone(UTC) - timedelta(days=1)
         counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
-        hourly = {d: [Point(end, mean) for end, mean, _ in rows] for d, rows in counted.items()}
+        hourly = {d: [Point(end, mean) for end, mean, _, _ in rows] for d, rows in counted.items()}
         until = repository.complete_until(
             src.conn, self.metric, counted, src.devices, src.latest, lo
         )

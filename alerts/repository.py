@@ -196,10 +196,10 @@ def fetch_readings(
 
 def hourly_counted(
     conn: Connection, metric: str, device_ids: list[str], lo: datetime
-) -> dict[str, list[tuple[datetime, float, int]]]:
-    """Hourly (end of the hour, mean, count) of N-flagged readings from the rollups, per
+) -> dict[str, list[tuple[datetime, float, int, float]]]:
+    """Hourly (end of the hour, mean, count, sum) of N-flagged readings from the rollups, per
     device, for the hours starting at or after `lo`, in time order."""
-    out: dict[str, list[tuple[datetime, float, int]]] = defaultdict(list)
+    out: dict[str, list[tuple[datetime, float, int, float]]] = defaultdict(list)
     for row in conn.execute(
         select(rollups_t)
         .where(
@@ -210,14 +210,14 @@ def hourly_counted(
         .order_by(rollups_t.c.device_id, rollups_t.c.hour)
     ):
         count = int(row._mapping["count"])  # (`row.count` is also tuple.count to mypy)
-        out[row.device_id].append((row.hour + HOUR, row.sum / count, count))
+        out[row.device_id].append((row.hour + HOUR, row.sum / count, count, row.sum))
     return out
 
 
 def complete_until(
     conn: Connection,
     metric: str,
-    hourly: Mapping[str, list[tuple[datetime, float, int]]],
+    hourly: Mapping[str, list[tuple[datetime, float, int, float]]],
     devices: Mapping[str, Row[Any]],
     latest: Mapping[str, datetime | None],
     lo: datetime,

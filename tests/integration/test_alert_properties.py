@@ -85,6 +85,19 @@ RULES = [
         quiet_s=60,
         basis="test",
     ),
+    # a mean of whole hours from the rollups (an hour counts with 75% of its readings)
+    RuleSpec(
+        name="noise-hourly",
+        device_kind="dust_monitor",
+        metric="noise",
+        aggregate="hourly_mean",
+        window_s=7200,
+        min_samples=1,
+        warn_above=70,
+        alarm_above=80,
+        quiet_s=0,
+        basis="test",
+    ),
     # a fault flag held: minutes of readings flagged D on any metric
     RuleSpec(
         name="fault-held",
@@ -331,6 +344,78 @@ def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: E
         folded += kept.folded
 
     check()
+    assert folded, "no pair was folded from kept state"
+
+
+@st.composite
+def hours(draw: st.DrawFn) -> list[list[tuple[int, float]]]:
+    """Hours of 5-minute readings (runs of one level, gaps), cut into chunks and shuffled a
+    little: what the hourly-mean rule judges."""
+    minutes: list[tuple[int, float]] = []
+    t = 0
+    for level, length in draw(
+        st.lists(
+            st.tuples(st.sampled_from((60.0, 75.0, 85.0, None)), st.integers(3, 30)), max_size=8
+        )
+    ):
+        for _ in range(length):
+            if level is not None:
+                minutes.append((t, level))
+            t += 5
+    if not minutes:
+        minutes = [(0, 60.0)]
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(minutes) - 1)), max_size=12)))
+    chunks = [minutes[a:b] for a, b in zip([0, *cuts], [*cuts, len(minutes)], strict=True)]
+    chunks = [c for c in chunks if c]
+    swaps = draw(st.lists(st.integers(0, max(0, len(chunks) - 2)), max_size=3))
+    for i in swaps:  # a late chunk here and there
+        if i + 1 < len(chunks):
+            chunks[i], chunks[i + 1] = chunks[i + 1], chunks[i]
+    return chunks
+
+
+def test_hourly_means_from_kept_state_equal_the_rebuild_after_every_delivery(
+    engine: Engine,
+) -> None:
+    """The hourly-mean rule keeps each open hour's count and sum (as the rollups do) and the
+    window of valid hours: delivery by delivery, the alerts equal a rebuild's from the
+    rollups, for readings every 5 minutes (a device reporting at that interval)."""
+    url = engine.url.render_as_string(hide_password=False)
+    with engine.begin() as conn:
+        conn.execute(update(table(Device)).values(interval_s=300))
+    folded = 0
+
+    @settings(
+        max_examples=max(10, EXAMPLES // 2),
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(hours())
+    def check(chunks: list[list[tuple[int, float]]]) -> None:
+        nonlocal folded
+        seen: list[list[tuple[Any, ...]]] = []
+        _empty(engine)
+        rebuild = Ingestor(url, cache=False)
+        for chunk in chunks:
+            rebuild.deliver(chunk)
+            seen.append(_alerts(engine))
+        rebuild.close()
+        _empty(engine)
+        kept = Ingestor(url)
+        try:
+            for i, chunk in enumerate(chunks):
+                kept.deliver(chunk)
+                assert _alerts(engine) == seen[i], (i, chunks)
+        finally:
+            kept.close()
+        folded += kept.folded
+
+    try:
+        check()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(update(table(Device)).values(interval_s=60))
     assert folded, "no pair was folded from kept state"
 
 
