@@ -315,15 +315,25 @@ def _throughput(lines: list[str], r: dict[str, Any]) -> None:
     add("")
 
 
-def _scaling(lines: list[str], scaling: dict[str, Any]) -> None:
+def _folded(d: dict[str, Any]) -> str:
+    """The share of (rule, device) pairs a drain folded from kept state."""
+    x = d.get("extra", {})
+    hit, miss = x.get("eval_pairs_hit", 0), x.get("eval_pairs_miss", 0)
+    return f"{hit / (hit + miss):.0%}" if hit + miss else "-"
+
+
+def _scaling(lines: list[str], scaling: dict[str, Any], title: str) -> None:
     add = lines.append
-    add("SCALING: envmon ingest processes sharing one subscription ($share/...)")
-    add(f"  {'processes':<12}{'msg/s':>9}{'readings/s':>12}{'cores busy':>12}  nothing lost?")
+    add(title)
+    add(
+        f"  {'processes':<12}{'msg/s':>9}{'readings/s':>12}{'cores busy':>12}"
+        f"{'pairs folded':>14}  nothing lost?"
+    )
     for d in scaling.values():
         ok = "yes" if d["lost"] == 0 else f"NO: {d['lost']:,} missing"
         add(
             f"  {d['processes']:<12}{_n(d['msg_per_s']):>9}{_n(d['readings_per_s']):>12}"
-            f"{_n(d['machine_cores'], 2):>12}  {ok} ({d['stored']:,} stored)"
+            f"{_n(d['machine_cores'], 2):>12}{_folded(d):>14}  {ok} ({d['stored']:,} stored)"
         )
     add("")
 
@@ -471,7 +481,17 @@ def render(r: dict[str, Any]) -> str:
     if r.get("throughput"):
         _throughput(lines, r)
     if r.get("scaling"):
-        _scaling(lines, r["scaling"])
+        _scaling(
+            lines,
+            r["scaling"],
+            "SCALING: envmon ingest processes sharing one subscription ($share/..., round robin)",
+        )
+    if r.get("scaling_sticky"):
+        _scaling(
+            lines,
+            r["scaling_sticky"],
+            "SCALING, sticky split: each device to one ingestor (one topic prefix each)",
+        )
     for key, title in (("live", "LIVE"), ("live_sustainable", "LIVE, SUSTAINABLE LOAD")):
         if r.get(key):
             _live(lines, r[key], title)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from bench.services import (
     machine_busy_cores,
     python_module,
 )
+from ingest.contract import telemetry_topic
 from monitor.core.settings import Settings
 
 PREFIX = "envmon"
@@ -218,19 +220,30 @@ def envmon(
     profile_to: Path | None = None,
     fresh: bool = True,
     env: dict[str, str] | None = None,
+    prefixes: list[str] | None = None,
 ) -> Drain:
     """`processes` envmon ingestors (sharing one subscription when more than one) draining
     `backlog` into an empty readings table (`fresh`), or into what the database holds
-    (`env`: settings for the ingestors)."""
+    (`env`: settings for the ingestors). With `prefixes`, one ingestor per topic prefix and
+    no shared subscription: each sees only the devices published under its prefix (a sticky
+    split, as a broker that routes by topic would make; see `sticky_backlog`)."""
     if fresh:
         ctx.db.reset_data()
     before = 0 if fresh else ctx.db.scalar("SELECT count(*) FROM readings")
     group = f"bench-{ctx.next_id('share')}" if processes > 1 or label.startswith("scale") else None
-    ingestors = [ctx.ingestor("ingest", shared_group=group, env=env) for _ in range(processes)]
-    for ing in ingestors:
-        prepare_session(
-            ctx.broker.host, ctx.broker.port, ing.client_id, ingest_topics(PREFIX, group)
+    roots = prefixes or [PREFIX] * processes
+    if prefixes:
+        group = None
+    ingestors = [
+        ctx.ingestor(
+            "ingest",
+            shared_group=group,
+            env={**(env or {}), "ENVMON_MQTT_TOPIC_PREFIX": root} if prefixes else env,
         )
+        for root in roots
+    ]
+    for ing, root in zip(ingestors, roots, strict=True):
+        prepare_session(ctx.broker.host, ctx.broker.port, ing.client_id, ingest_topics(root, group))
     for ing in ingestors:
         ing.start()
     try:
@@ -311,6 +324,19 @@ def envmon(
     if dead:
         raise BenchError(f"{label}: {dead} dead letters from a valid fleet")
     return drain
+
+
+def sticky_backlog(backlog: Backlog, n: int) -> tuple[Backlog, list[str]]:
+    """The backlog re-addressed for a sticky split over n ingestors: each device's messages
+    under one of n topic prefixes, chosen by a stable hash of its id (as EMQX's `hash_topic`
+    strategy picks a shared subscriber by topic)."""
+    prefixes = [f"{PREFIX}-{i}" for i in range(n)]
+    messages = []
+    for topic, payload in backlog.messages:
+        device_id = topic.split("/")[-2]
+        root = prefixes[zlib.crc32(device_id.encode()) % n]
+        messages.append((telemetry_topic(root, device_id), payload))
+    return Backlog(messages, backlog.readings, backlog.reading_sets), prefixes
 
 
 def _wait_committed(ingestors: list[Ingestor], expected: int, label: str) -> float:
