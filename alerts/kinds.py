@@ -13,11 +13,11 @@ import math
 import statistics
 from bisect import bisect_left
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row
@@ -369,6 +369,11 @@ class HourlyMean(Threshold):
     def fed(
         self, src: Sources, starts: Mapping[str, datetime]
     ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
+        return per_group(self._fed, src, starts)
+
+    def _fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
         ids = list(starts)
         lo = min(starts.values()) - HOUR
         counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
@@ -554,6 +559,9 @@ class DailyCount(_Daily):
     kind = RuleKind.daily_count
 
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return per_group(self._series, src, starts)
+
+    def _series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
         hourly, until = self._hours(src, list(starts), starts)
         above = float(self.params["hour_above"])
         out = {}
@@ -577,6 +585,9 @@ class ReferenceDiff(_Daily):
         return list(self.params.get("reference_device_ids", []))
 
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return per_group(self._series, src, starts)
+
+    def _series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
         refs = self.references()
         hourly, until = self._hours(src, list(starts) + refs, starts)
         per_hour: dict[datetime, list[float]] = defaultdict(list)
@@ -902,6 +913,23 @@ THRESHOLDS: dict[Aggregate, type[Threshold]] = {
     Aggregate.period_mean: PeriodMean,
     Aggregate.hourly_mean: HourlyMean,
 }
+
+
+T = TypeVar("T")
+
+
+def per_group(
+    part: Callable[[Sources, Mapping[str, datetime]], dict[str, T]],
+    src: Sources,
+    starts: Mapping[str, datetime],
+) -> dict[str, T]:
+    """`part` per group of devices whose starts are close (`repository.start_groups`), so
+    that a device whose series reaches back days reads alone instead of stretching every
+    device's read."""
+    out: dict[str, T] = {}
+    for group in repository.start_groups(starts):
+        out.update(part(src, group))
+    return out
 
 
 def kind_of(rule: Row[Any]) -> Kind:

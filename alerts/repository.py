@@ -124,27 +124,52 @@ def earliest_by(
     return need
 
 
+# Devices whose starts lie within this of each other are read by one query from the earliest
+# of them: a device whose series reaches back days (an old open alert) gets a query of its own
+# instead of stretching everyone's.
+GROUP_SLACK = timedelta(hours=2)
+
+
+def start_groups(begin: Mapping[str, datetime]) -> list[dict[str, datetime]]:
+    """The devices of `begin` in groups of starts at most GROUP_SLACK apart, oldest first."""
+    groups: list[dict[str, datetime]] = []
+    first: datetime | None = None
+    for d, ts in sorted(begin.items(), key=lambda kv: kv[1]):
+        if first is None or ts - first > GROUP_SLACK:
+            groups.append({})
+            first = ts
+        groups[-1][d] = ts
+    return groups
+
+
 def extremes(
     conn: Connection, need: Mapping[str, Mapping[str, datetime]]
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Per metric, per device: (min, max) of its N-flagged readings from its start. One
-    aggregate query per metric: a row per device comes back, not its readings."""
+    aggregate query per metric (and group of starts): a row per device comes back, not its
+    readings."""
     out: dict[str, dict[str, tuple[float, float]]] = {}
-    for metric, begin in need.items():
-        rows = conn.execute(
-            select(
-                readings_t.c.device_id, func.min(readings_t.c.value), func.max(readings_t.c.value)
-            )
-            .where(
-                one_of(conn, readings_t.c.device_id, begin),
-                readings_t.c.metric == metric,
-                readings_t.c.ts >= min(begin.values()),
-                readings_t.c.quality == "N",
-            )
-            .group_by(readings_t.c.device_id)
-        )
-        out[metric] = {d: (lo, hi) for d, lo, hi in rows}
+    for metric, wanted in need.items():
+        out[metric] = {}
+        for begin in start_groups(wanted):
+            out[metric].update(_extremes(conn, metric, begin))
     return out
+
+
+def _extremes(
+    conn: Connection, metric: str, begin: Mapping[str, datetime]
+) -> dict[str, tuple[float, float]]:
+    rows = conn.execute(
+        select(readings_t.c.device_id, func.min(readings_t.c.value), func.max(readings_t.c.value))
+        .where(
+            one_of(conn, readings_t.c.device_id, begin),
+            readings_t.c.metric == metric,
+            readings_t.c.ts >= min(begin.values()),
+            readings_t.c.quality == "N",
+        )
+        .group_by(readings_t.c.device_id)
+    )
+    return {d: (lo, hi) for d, lo, hi in rows}
 
 
 def flagged(
@@ -152,44 +177,49 @@ def flagged(
 ) -> set[str]:
     """The devices with a reading of `metric` ("*": any) carrying one of `flags` since
     their start."""
-    if not begin:
-        return set()
-    q = (
-        select(readings_t.c.device_id)
-        .where(
-            one_of(conn, readings_t.c.device_id, begin),
-            readings_t.c.ts >= min(begin.values()),
-            readings_t.c.quality.in_(list(flags)),
+    out: set[str] = set()
+    for group in start_groups(begin):
+        q = (
+            select(readings_t.c.device_id)
+            .where(
+                one_of(conn, readings_t.c.device_id, group),
+                readings_t.c.ts >= min(group.values()),
+                readings_t.c.quality.in_(list(flags)),
+            )
+            .distinct()
         )
-        .distinct()
-    )
-    if metric != "*":
-        q = q.where(readings_t.c.metric == metric)
-    return set(conn.execute(q).scalars())
+        if metric != "*":
+            q = q.where(readings_t.c.metric == metric)
+        out.update(conn.execute(q).scalars())
+    return out
 
 
 def fetch_readings(
     conn: Connection, need: Mapping[tuple[str, bool], Mapping[str, datetime]]
 ) -> Fetched:
-    """One query per (metric, every flag?) for every rule that reads raw readings of it,
-    from the earliest start any of them needs, per device, in time order. Without every
-    flag, only N-flagged (valid) readings."""
+    """One query per (metric, every flag?) and group of starts, for every rule that reads raw
+    readings of it, from the earliest start any of them needs, per device, in time order.
+    Without every flag, only N-flagged (valid) readings."""
     out: Fetched = {}
-    for (metric, all_flags), begin in need.items():
-        q = select(
-            readings_t.c.device_id,
-            readings_t.c.metric,
-            readings_t.c.ts,
-            readings_t.c.value,
-            readings_t.c.quality,
-        ).where(one_of(conn, readings_t.c.device_id, begin), readings_t.c.ts >= min(begin.values()))
-        if metric != "*":
-            q = q.where(readings_t.c.metric == metric)
-        if not all_flags:
-            q = q.where(readings_t.c.quality == "N")
+    for (metric, all_flags), wanted in need.items():
         by_device: dict[str, list[Any]] = defaultdict(list)
-        for row in conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)):
-            by_device[row.device_id].append(row)
+        for begin in start_groups(wanted):
+            q = select(
+                readings_t.c.device_id,
+                readings_t.c.metric,
+                readings_t.c.ts,
+                readings_t.c.value,
+                readings_t.c.quality,
+            ).where(
+                one_of(conn, readings_t.c.device_id, begin),
+                readings_t.c.ts >= min(begin.values()),
+            )
+            if metric != "*":
+                q = q.where(readings_t.c.metric == metric)
+            if not all_flags:
+                q = q.where(readings_t.c.quality == "N")
+            for row in conn.execute(q.order_by(readings_t.c.device_id, readings_t.c.ts)):
+                by_device[row.device_id].append(row)
         out[(metric, all_flags)] = by_device
     return out
 

@@ -306,12 +306,34 @@ def test_alerts_are_the_same_in_any_delivery_order_restart_and_evaluator(engine:
     assert folded, "no pair was folded from kept state: the incremental path was not exercised"
 
 
+def _kept_equals_rebuild(engine: Engine, chunks: list[list[tuple[int, float]]]) -> int:
+    """Deliver the chunks in this order to an ingestor that rebuilds every pair, then to one
+    with kept state: the alerts must be the same after each chunk. Returns the pairs the
+    second one folded from kept state."""
+    url = engine.url.render_as_string(hide_password=False)
+    seen: list[list[tuple[Any, ...]]] = []
+    _empty(engine)
+    rebuild = Ingestor(url, cache=False)
+    for chunk in chunks:
+        rebuild.deliver(chunk)
+        seen.append(_alerts(engine))
+    rebuild.close()
+    _empty(engine)
+    kept = Ingestor(url)
+    try:
+        for i, chunk in enumerate(chunks):
+            kept.deliver(chunk)
+            assert _alerts(engine) == seen[i], (i, chunks)
+    finally:
+        kept.close()
+    return kept.folded
+
+
 def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: Engine) -> None:
     """Incremental == rebuild, delivery by delivery: the same chunks in the same (shuffled)
     order to one ingestor with kept state and to one that rebuilds every pair give the same
     alerts after each chunk, not only at the end (a redelivery or a restart would heal a wrong
     state; here nothing does)."""
-    url = engine.url.render_as_string(hide_password=False)
     folded = 0
 
     @settings(
@@ -325,23 +347,7 @@ def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: E
         nonlocal folded
         _, chunks = case
         # one minute at a time for the in-order part, so most batches are folded
-        steps = [[m] for m in chunks[0]] + chunks[1:]
-        seen: list[list[tuple[Any, ...]]] = []
-        _empty(engine)
-        rebuild = Ingestor(url, cache=False)
-        for chunk in steps:
-            rebuild.deliver(chunk)
-            seen.append(_alerts(engine))
-        rebuild.close()
-        _empty(engine)
-        kept = Ingestor(url)
-        try:
-            for i, chunk in enumerate(steps):
-                kept.deliver(chunk)
-                assert _alerts(engine) == seen[i], (i, steps)
-        finally:
-            kept.close()
-        folded += kept.folded
+        folded += _kept_equals_rebuild(engine, [[m] for m in chunks[0]] + chunks[1:])
 
     check()
     assert folded, "no pair was folded from kept state"
@@ -380,7 +386,6 @@ def test_hourly_means_from_kept_state_equal_the_rebuild_after_every_delivery(
     """The hourly-mean rule keeps each open hour's count and sum (as the rollups do) and the
     window of valid hours: delivery by delivery, the alerts equal a rebuild's from the
     rollups, for readings every 5 minutes (a device reporting at that interval)."""
-    url = engine.url.render_as_string(hide_password=False)
     with engine.begin() as conn:
         conn.execute(update(table(Device)).values(interval_s=300))
     folded = 0
@@ -394,22 +399,7 @@ def test_hourly_means_from_kept_state_equal_the_rebuild_after_every_delivery(
     @given(hours())
     def check(chunks: list[list[tuple[int, float]]]) -> None:
         nonlocal folded
-        seen: list[list[tuple[Any, ...]]] = []
-        _empty(engine)
-        rebuild = Ingestor(url, cache=False)
-        for chunk in chunks:
-            rebuild.deliver(chunk)
-            seen.append(_alerts(engine))
-        rebuild.close()
-        _empty(engine)
-        kept = Ingestor(url)
-        try:
-            for i, chunk in enumerate(chunks):
-                kept.deliver(chunk)
-                assert _alerts(engine) == seen[i], (i, chunks)
-        finally:
-            kept.close()
-        folded += kept.folded
+        folded += _kept_equals_rebuild(engine, chunks)
 
     try:
         check()

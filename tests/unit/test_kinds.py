@@ -4,6 +4,8 @@ holds (the extremes shortcut never skips a window that could pass a tier)."""
 
 from __future__ import annotations
 
+import itertools
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 from alerts.evaluation import level_of
 from alerts.kinds import KINDS, HourlyMean, Kind, PeriodMean, Threshold, kind_of
 from alerts.packs import load_packs
+from alerts.repository import GROUP_SLACK, start_groups
 from alerts.schemas import RuleSpec
 from monitor.core.models import Aggregate, RuleKind, Severity
 
@@ -132,3 +135,24 @@ def test_the_extremes_shortcut_never_skips_a_value_that_passes_a_tier(
     value = lo + at * width
     if not kind.may_pass((lo, hi)):
         assert level_of(rule, min(max(value, lo), hi)) is None
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=4), st.integers(0, 20 * 24 * 60), max_size=40))
+def test_start_groups_cover_every_device_once_and_span_at_most_the_slack(
+    minutes: dict[str, int],
+) -> None:
+    """One query per group reads from the group's earliest start: every device is in exactly
+    one group, with its own start, and no group over-reads a device by more than the slack."""
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    begin = {d: t0 + timedelta(minutes=m) for d, m in minutes.items()}
+    groups = start_groups(begin)
+    merged = {d: ts for g in groups for d, ts in g.items()}
+    assert merged == begin
+    assert sum(len(g) for g in groups) == len(begin)
+    for g in groups:
+        assert g and max(g.values()) - min(g.values()) <= GROUP_SLACK
+    firsts = [min(g.values()) for g in groups]
+    assert firsts == sorted(firsts)
+    # and groups are not split needlessly: the next group starts beyond the slack
+    for a, b in itertools.pairwise(groups):
+        assert min(b.values()) - min(a.values()) > GROUP_SLACK
