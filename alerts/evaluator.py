@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row, delete, insert, or_, select
@@ -81,9 +81,10 @@ FOREVER = datetime.max.replace(tzinfo=UTC)
 LATE_TAG = "[from late data] "
 
 
-@dataclass(frozen=True, slots=True)
-class Touched:
-    """Earliest (and, if known, latest) event time a batch added for one (device, metric)."""
+class Touched(NamedTuple):
+    """Earliest (and, if known, latest) event time a batch added for one (device, metric).
+    (A tuple: a batch makes one per device and metric, and frozen dataclasses are slow to
+    make.)"""
 
     device_id: str
     metric: str

@@ -378,7 +378,7 @@ class HourlyMean(Threshold):
         lo = min(starts.values()) - HOUR
         counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
         until = repository.complete_until(
-            src.conn, self.metric, counted, src.devices, src.latest, lo
+            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
         )
         window = timedelta(seconds=int(self.r["window_s"]))
         out = {}
@@ -548,7 +548,7 @@ class _Daily(Kind):
         counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
         hourly = {d: [Point(end, mean) for end, mean, _, _ in rows] for d, rows in counted.items()}
         until = repository.complete_until(
-            src.conn, self.metric, counted, src.devices, src.latest, lo
+            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
         )
         return hourly, until
 

@@ -251,11 +251,13 @@ def complete_until(
     devices: Mapping[str, Row[Any]],
     latest: Mapping[str, datetime | None],
     lo: datetime,
+    wanted: Iterable[str],
 ) -> dict[str, datetime]:
-    """Per device, up to when its hours are over by its data: an hour before the newest hour
-    it has data in is over, and so is an hour its newest reading (plus one reporting interval)
-    reaches the end of. The newest reading comes from the batch where known."""
-    ids = [d for d in hourly.keys() | latest.keys() if d in devices]
+    """Per device of `wanted`, up to when its hours are over by its data: an hour before the
+    newest hour it has data in is over, and so is an hour its newest reading (plus one
+    reporting interval) reaches the end of. The newest reading comes from the batch where
+    known."""
+    ids = [d for d in wanted if d in devices]
     unknown = [d for d in ids if latest.get(d) is None]
     newest: dict[str, datetime] = {d: ts for d in ids if (ts := latest.get(d)) is not None}
     if unknown:
@@ -271,7 +273,7 @@ def complete_until(
             ).all()
         )
     out: dict[str, datetime] = {}
-    for d in devices:
+    for d in ids:
         by_reading = newest.get(d, lo) + timedelta(seconds=int(devices[d].interval_s))
         rows = hourly.get(d)
         by_hours = rows[-1][0] - HOUR if rows else lo
