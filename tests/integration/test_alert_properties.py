@@ -207,21 +207,30 @@ runs = st.lists(
 )
 
 
-@st.composite
-def deliveries(draw: st.DrawFn) -> tuple[list[tuple[int, float]], list[list[tuple[int, float]]]]:
+def _series(levels: list[tuple[float | None, int]], step: int) -> list[tuple[int, float]]:
+    """(minute, value) every `step` minutes: runs of one level (None: a gap)."""
     minutes: list[tuple[int, float]] = []
     t = 0
-    for level, length in draw(runs):
+    for level, length in levels:
         for _ in range(length):
             if level is not None:
                 minutes.append((t, level))
-            t += 1
-    if not minutes:
-        minutes = [(0, 60.0)]
-    # cut into chunks, shuffle them (late uploads), redeliver some
-    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(minutes) - 1)), max_size=6)))
+            t += step
+    return minutes or [(0, 60.0)]
+
+
+def _cut(draw: st.DrawFn, minutes: list[tuple[int, float]], most: int) -> list[list[Any]]:
+    """The readings in order, cut at up to `most` random places."""
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(minutes) - 1)), max_size=most)))
     chunks = [minutes[a:b] for a, b in zip([0, *cuts], [*cuts, len(minutes)], strict=True)]
-    chunks = [c for c in chunks if c]
+    return [c for c in chunks if c]
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[int, float]], list[list[tuple[int, float]]]]:
+    minutes = _series(draw(runs), 1)
+    # cut into chunks, shuffle them (late uploads), redeliver some
+    chunks = _cut(draw, minutes, 6)
     order = draw(st.permutations(chunks))
     again = draw(st.lists(st.sampled_from(chunks), max_size=2))
     return minutes, [*order, *again]
@@ -357,22 +366,8 @@ def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: E
 def hours(draw: st.DrawFn) -> list[list[tuple[int, float]]]:
     """Hours of 5-minute readings (runs of one level, gaps), cut into chunks and shuffled a
     little: what the hourly-mean rule judges."""
-    minutes: list[tuple[int, float]] = []
-    t = 0
-    for level, length in draw(
-        st.lists(
-            st.tuples(st.sampled_from((60.0, 75.0, 85.0, None)), st.integers(3, 30)), max_size=8
-        )
-    ):
-        for _ in range(length):
-            if level is not None:
-                minutes.append((t, level))
-            t += 5
-    if not minutes:
-        minutes = [(0, 60.0)]
-    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(minutes) - 1)), max_size=12)))
-    chunks = [minutes[a:b] for a, b in zip([0, *cuts], [*cuts, len(minutes)], strict=True)]
-    chunks = [c for c in chunks if c]
+    levels = st.tuples(st.sampled_from((60.0, 75.0, 85.0, None)), st.integers(3, 30))
+    chunks = _cut(draw, _series(draw(st.lists(levels, max_size=8)), 5), 12)
     swaps = draw(st.lists(st.integers(0, max(0, len(chunks) - 2)), max_size=3))
     for i in swaps:  # a late chunk here and there
         if i + 1 < len(chunks):
