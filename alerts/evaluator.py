@@ -44,6 +44,7 @@ from alerts.kinds import (
     Sources,
     describe,
     kind_of,
+    newest_stored,
 )
 from alerts.schemas import SITE_RULE_KINDS
 from alerts.service import SYSTEM_ACTOR, StaleAlert, record_event, save
@@ -498,12 +499,11 @@ def _evaluate_rules(
             elif kind.starts_empty and not existing:
                 # left out as having nothing to judge: its state is an empty one, as of the
                 # newest reading stored of it (before or in this batch)
-                newest = [t for t in (device.watermark_at, latest.get(device_id)) if t]
                 gap = timedelta(seconds=GAP_INTERVALS * int(device.interval_s))
                 empty: tuple[list[Step], Feeder, datetime | None] = (
                     [],
                     kind.feeder(gap),
-                    max(newest, default=None),
+                    newest_stored(device, latest.get(device_id)),
                 )
                 _keep(cache, rule, kind, device, empty, found, still_open)
 

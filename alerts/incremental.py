@@ -123,9 +123,6 @@ class Cache:
         self.hits = 0
         self.misses = 0
 
-    def __len__(self) -> int:
-        return sum(len(p) for p in self._pairs.values())
-
     # --- one transaction ----------------------------------------------------------------
     def begin(self, fresh: Fresh) -> None:
         self._fresh = fresh
@@ -199,6 +196,3 @@ class Cache:
         every state it touched."""
         self.undo()
         self._fresh = None
-
-    def clear(self) -> None:
-        self._pairs.clear()

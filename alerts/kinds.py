@@ -392,10 +392,8 @@ class HourlyMean(Threshold):
                 f.newest_hour = rows[-1][0] - HOUR
             # only windows wholly inside the hours read
             steps = f.judge(until[d], since=lo + window)
-            # newer than any reading stored of the device (the rollups do not say when in
-            # its hour the newest reading was)
-            newest = [t for t in (device.watermark_at, src.latest.get(d)) if t]
-            out[d] = (steps, cast(Feeder, f), max(newest, default=None))
+            # (the rollups do not say when in its hour the newest reading was)
+            out[d] = (steps, cast(Feeder, f), newest_stored(device, src.latest.get(d)))
         return out
 
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
@@ -916,6 +914,12 @@ THRESHOLDS: dict[Aggregate, type[Threshold]] = {
 
 
 T = TypeVar("T")
+
+
+def newest_stored(device: Any, in_batch: datetime | None) -> datetime | None:
+    """The event time of the newest reading stored of a device, before (its watermark) or in
+    this batch: what a state built without reading the device's readings is as of."""
+    return max((t for t in (device.watermark_at, in_batch) if t), default=None)
 
 
 def per_group(

@@ -572,37 +572,35 @@ class Writer:
         cache = self._cache
         hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
         try:
-            if self._shadow and cache is not None:
-                opened = self._retrying(
-                    conn,
-                    "rule evaluation",
-                    lambda: evaluate_batch(
-                        conn, touched, self._tz, page_ended=self._page_ended, cache=cache
-                    ),
-                )
-                try:
-                    mismatches = shadow_mismatches(conn, touched, self._tz)
-                except OperationalError:
-                    raise
-                except Exception:
-                    log.exception("shadow check failed")
-                    mismatches = 0
-                if mismatches:
-                    log.error("shadow check: %d alert(s) differ from a rebuild", mismatches)
-                    metrics.EVAL_SHADOW_MISMATCHES.inc(mismatches)
-                return opened
-            return self._retrying(
+            opened = self._retrying(
                 conn,
                 "rule evaluation",
                 lambda: evaluate_batch(
-                    conn, touched, self._tz, page_ended=self._page_ended, cache=self._cache
+                    conn, touched, self._tz, page_ended=self._page_ended, cache=cache
                 ),
             )
+            if self._shadow and cache is not None:
+                self._shadow_check(conn, touched)
+            return opened
         finally:
             metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
             if cache is not None:
                 metrics.EVAL_PAIRS.labels("hit").inc(cache.hits - hits)
                 metrics.EVAL_PAIRS.labels("miss").inc(cache.misses - misses)
+
+    def _shadow_check(self, conn: Connection, touched: list[Touched]) -> None:
+        """ENVMON_EVAL_SHADOW: count the alerts a rebuild without kept state would store
+        differently (alerts.evaluator.shadow_mismatches)."""
+        try:
+            mismatches = shadow_mismatches(conn, touched, self._tz)
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("shadow check failed")
+            return
+        if mismatches:
+            log.error("shadow check: %d alert(s) differ from a rebuild", mismatches)
+            metrics.EVAL_SHADOW_MISMATCHES.inc(mismatches)
 
     def _retrying(self, conn: Connection, what: str, evaluate: Callable[[], Outcome]) -> int:
         """Run an evaluation in a savepoint, again when an alert changed meanwhile (an

@@ -49,6 +49,13 @@ T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 DEVICE = "dust-p"
 EXAMPLES = int(os.environ.get("ENVMON_PROPERTY_EXAMPLES", "40"))
+# derandomised, so CI sees the same cases; the database fixtures live across examples
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 RULES = [
     # the issue's example: a raw rule with a "for" and a quiet period
     RuleSpec(
@@ -241,12 +248,7 @@ def test_alerts_are_the_same_in_any_delivery_order_restart_and_evaluator(engine:
     seen = 0
     folded = 0
 
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @PROPERTY
     @given(deliveries(), st.lists(st.sampled_from(("a", "b", "restart", "both")), min_size=12))
     def check(
         case: tuple[list[tuple[int, float]], list[list[tuple[int, float]]]], how: list[str]
@@ -345,12 +347,7 @@ def test_kept_state_gives_the_alerts_of_a_rebuild_after_every_delivery(engine: E
     state; here nothing does)."""
     folded = 0
 
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @PROPERTY
     @given(deliveries())
     def check(case: tuple[list[tuple[int, float]], list[list[tuple[int, float]]]]) -> None:
         nonlocal folded
@@ -385,12 +382,7 @@ def test_hourly_means_from_kept_state_equal_the_rebuild_after_every_delivery(
         conn.execute(update(table(Device)).values(interval_s=300))
     folded = 0
 
-    @settings(
-        max_examples=max(10, EXAMPLES // 2),
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    @settings(PROPERTY, max_examples=max(10, EXAMPLES // 2))
     @given(hours())
     def check(chunks: list[list[tuple[int, float]]]) -> None:
         nonlocal folded
