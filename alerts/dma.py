@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -46,7 +46,7 @@ from alerts.leakage import (
     zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
-from monitor.core.db import pg_array
+from monitor.core.db import one_of, pg_array
 from monitor.core.models import (
     Consumption,
     Device,
@@ -555,57 +555,67 @@ def _registered(bills: Iterable[Any], start: date, end: date) -> tuple[float, fl
 
 def rolling_rates(
     conn: Connection,
-    site: Any,
-    days: Iterable[date],
+    sites: Mapping[str, Any],
+    days: Mapping[str, Iterable[date]],
     *,
     outlet_pressure_mpa: float | None,
     frost_depth_m: float | None,
-) -> dict[date, Cjj92Rates]:
-    """The CJJ 92 rates of one DMA over the 365 days ending on each of `days` (the leakage
-    rate rule's series): the rolling_12m row of `periods` for each day, from one query for
-    the daily volumes and one for the consumption. A day whose year registered consumption
-    does not cover whole has no rates (r_wl None)."""
-    wanted = sorted(set(days))
+) -> dict[str, dict[date, Cjj92Rates]]:
+    """The CJJ 92 rates of DMAs over the 365 days ending on each of `days[site]` (the
+    leakage rate rule's series): the rolling_12m row of `periods` for each day, from one query
+    for the daily volumes and one for the consumption, whatever the number of DMAs. A day
+    whose year registered consumption does not cover whole has no rates (r_wl None)."""
+    wanted = {s: sorted(set(d)) for s, d in days.items()}
+    wanted = {s: d for s, d in wanted.items() if d}
     if not wanted:
         return {}
-    lo, hi = wanted[0] - timedelta(days=364), wanted[-1]
-    inlet: dict[date, float] = {
-        d: float(v)
-        for d, v in conn.execute(
-            select(dma_days.c.day, dma_days.c.inlet_m3).where(
-                dma_days.c.site_id == site.id,
-                dma_days.c.day >= lo,
-                dma_days.c.day <= hi,
-                dma_days.c.inlet_m3.is_not(None),
-            )
+    lo = min(d[0] for d in wanted.values()) - timedelta(days=364)
+    hi = max(d[-1] for d in wanted.values())
+    ids = sorted(wanted)
+    inlet: dict[str, dict[date, float]] = defaultdict(dict)
+    for s, d, v in conn.execute(
+        select(dma_days.c.site_id, dma_days.c.day, dma_days.c.inlet_m3).where(
+            one_of(conn, dma_days.c.site_id, ids),
+            dma_days.c.day >= lo,
+            dma_days.c.day <= hi,
+            dma_days.c.inlet_m3.is_not(None),
         )
-    }
-    bills = conn.execute(
-        select(consumption).where(
-            consumption.c.site_id == site.id,
+    ):
+        inlet[s][d] = float(v)
+    bills: dict[str, list[Any]] = defaultdict(list)
+    for c in conn.execute(
+        select(consumption)
+        .where(
+            one_of(conn, consumption.c.site_id, ids),
             consumption.c.period_start <= hi,
             consumption.c.period_end >= lo,
         )
-    ).all()
-    out: dict[date, Cjj92Rates] = {}
-    for end in wanted:
-        start = end - timedelta(days=364)
-        registered, residential, covered = _registered(bills, start, end)
-        if covered < 365:
-            out[end] = Cjj92Rates(r_wl=None)
-            continue
-        supply = math.fsum(v for d, v in inlet.items() if start <= d <= end)
-        out[end] = cjj92(
-            Cjj92Inputs(
-                supply_m3=supply,
-                registered_m3=registered,
-                annual=True,
-                residential_metered_m3=residential,
-                mains_km=site.mains_km,
-                outlet_pressure_mpa=outlet_pressure_mpa,
-                frost_depth_m=frost_depth_m,
+        .order_by(consumption.c.site_id, consumption.c.period_start)
+    ):
+        bills[c.site_id].append(c)
+    out: dict[str, dict[date, Cjj92Rates]] = {}
+    for s, ends in wanted.items():
+        site, mine = sites[s], inlet.get(s, {})
+        rates: dict[date, Cjj92Rates] = {}
+        for end in ends:
+            start = end - timedelta(days=364)
+            registered, residential, covered = _registered(bills.get(s, ()), start, end)
+            if covered < 365:
+                rates[end] = Cjj92Rates(r_wl=None)
+                continue
+            supply = math.fsum(v for d, v in mine.items() if start <= d <= end)
+            rates[end] = cjj92(
+                Cjj92Inputs(
+                    supply_m3=supply,
+                    registered_m3=registered,
+                    annual=True,
+                    residential_metered_m3=residential,
+                    mains_km=site.mains_km,
+                    outlet_pressure_mpa=outlet_pressure_mpa,
+                    frost_depth_m=frost_depth_m,
+                )
             )
-        )
+        out[s] = rates
     return out
 
 

@@ -862,24 +862,26 @@ class LeakageRate(DmaKind):
     def site_series(
         self, src: SiteSources, starts: Mapping[str, datetime]
     ) -> dict[str, list[Step]]:
-        out: dict[str, list[Step]] = {}
+        wanted: dict[str, list[date]] = {}
         for s, rows in self._days(src, starts, timedelta(days=1)).items():
             first = starts[s].astimezone(src.tz).date()
-            days = [r.day for r in rows if r.day >= first]
-            rates = dma.rolling_rates(
-                src.conn,
-                src.sites[s],
-                days,
-                outlet_pressure_mpa=src.outlet_pressure_mpa,
-                frost_depth_m=src.frost_depth_m,
-            )
+            wanted[s] = [r.day for r in rows if r.day >= first]
+        rates = dma.rolling_rates(
+            src.conn,
+            src.sites,
+            wanted,
+            outlet_pressure_mpa=src.outlet_pressure_mpa,
+            frost_depth_m=src.frost_depth_m,
+        )
+        out: dict[str, list[Step]] = {}
+        for s, days in wanted.items():
             points = [
                 Point(
                     datetime.combine(d + timedelta(days=1), time(0), tzinfo=src.tz).astimezone(UTC),
                     r_bl,
                 )
                 for d in days
-                if (r_bl := rates[d].r_bl) is not None
+                if (r_bl := rates[s][d].r_bl) is not None
             ]
             out[s] = steps_of(self.rule, points)
         return out

@@ -60,6 +60,7 @@ from ingest.validate import (
     parse_message,
 )
 from monitor.core.db import WRITING, lock_devices
+from monitor.core.gcpace import GcPacer
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class Writer:
         # the batch taken from the queue and not yet acknowledged (or spooled): kept across
         # a failed step, so that it is retried, never dropped un-acknowledged
         self._pending: Batch | None = None
+        # the kept rule state is a large long-lived heap: collections paced around it
+        self._gc = GcPacer()
 
     @property
     def spool_depth(self) -> int:
@@ -264,6 +267,8 @@ class Writer:
         """The batch is acknowledged (stored or spooled): forget its validation."""
         for m in batch.messages:
             self._validated.pop(id(m), None)
+        if batch.messages:
+            self._gc.after_batch()
 
     def _run(self) -> None:
         while True:
