@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -209,16 +209,20 @@ def dead_letter_digest(r: DeadLetterRecord) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-# Per device: last seen, clock skew and connection state, in one statement. The devices are
-# locked in id order first, as every ingestor does, so two batches never deadlock. A message
-# older than what is stored (a redelivery, a batch that lost a race) moves nothing back: not
-# last_seen_at, and not the skew or status it carries (GREATEST ignores NULL).
+# Per device, in one statement: last seen, clock skew and connection state and, for the
+# devices the batch stored readings of, the watermark and the evaluation version. One new row
+# version per device a batch, not two. The devices are locked in id order first, as every
+# ingestor does, so two batches never deadlock. A message older than what is stored (a
+# redelivery, a batch that lost a race) moves nothing back: not last_seen_at, and not the
+# skew or status it carries (GREATEST ignores NULL); a device with no new reading (ts NULL)
+# keeps its watermark and version.
 _PG_TOUCH = text(
     """
     WITH u AS (
         SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:at AS timestamptz[]),
-                             CAST(:skew AS float8[]), CAST(:conn AS text[]))
-            AS u(id, at, skew, conn)
+                             CAST(:skew AS float8[]), CAST(:conn AS text[]),
+                             CAST(:ts AS timestamptz[]))
+            AS u(id, at, skew, conn, ts)
     ), locked AS (
         SELECT d.id FROM devices d JOIN u ON u.id = d.id ORDER BY d.id FOR UPDATE OF d
     )
@@ -227,7 +231,9 @@ _PG_TOUCH = text(
         clock_skew_s = CASE WHEN d.last_seen_at > u.at THEN d.clock_skew_s
                             ELSE COALESCE(u.skew, d.clock_skew_s) END,
         connection = CASE WHEN d.last_seen_at > u.at THEN d.connection
-                          ELSE COALESCE(u.conn, d.connection) END
+                          ELSE COALESCE(u.conn, d.connection) END,
+        watermark_at = GREATEST(d.watermark_at, u.ts),
+        eval_version = d.eval_version + CASE WHEN u.ts IS NULL THEN 0 ELSE 1 END
     FROM u, locked
     WHERE d.id = u.id AND locked.id = u.id
     """
@@ -235,24 +241,40 @@ _PG_TOUCH = text(
 
 
 def touch_devices(
-    conn: Connection, seen: dict[str, tuple[datetime, float | None, str | None]]
+    conn: Connection,
+    seen: Mapping[str, tuple[datetime, float | None, str | None]],
+    newest: Mapping[str, datetime] | None = None,
 ) -> None:
     """Per device: last seen (arrival), clock skew (arrival - newest event time) and the
-    connection state from its status topic, where the batch says anything about them."""
-    if not seen:
+    connection state from its status topic, where the batch says anything about them; and
+    for the devices in `newest` (the batch stored readings of them) what `advance_watermarks`
+    does, in the same statement on PostgreSQL."""
+    newest = newest or {}
+    if not seen and not newest:
         return
     if conn.dialect.name == "postgresql":
-        ordered = sorted(seen.items())
+        ids = sorted(seen.keys() | newest.keys())
+        none: tuple[None, None, None] = (None, None, None)
+        told = [seen.get(d, none) for d in ids]
         conn.execute(
             _PG_TOUCH,
             {
-                "ids": pg_array([d for d, _ in ordered]),
-                "at": pg_array([at for _, (at, _, _) in ordered]),
-                "skew": pg_array([skew for _, (_, skew, _) in ordered]),
-                "conn": pg_array([status for _, (_, _, status) in ordered]),
+                "ids": pg_array(ids),
+                "at": pg_array([at for at, _, _ in told]),
+                "skew": pg_array([skew for _, skew, _ in told]),
+                "conn": pg_array([status for _, _, status in told]),
+                "ts": pg_array([newest.get(d) for d in ids]),
             },
         )
         return
+    if seen:
+        _touch_sqlite(conn, seen)
+    advance_watermarks(conn, newest)
+
+
+def _touch_sqlite(
+    conn: Connection, seen: Mapping[str, tuple[datetime, float | None, str | None]]
+) -> None:
     params = [
         {"b_id": d, "b_at": at, "b_skew": skew, "b_conn": status}
         for d, (at, skew, status) in sorted(seen.items())
@@ -294,7 +316,7 @@ def watermarks(
 
 
 # One statement for the batch's devices (executemany cost ~8% of the writer thread with a
-# few thousand devices a batch); their rows are locked already, by touch_devices, in id order.
+# few thousand devices a batch). The writer has this done by touch_devices' statement.
 _PG_ADVANCE = text(
     """
     UPDATE devices AS d SET watermark_at = GREATEST(d.watermark_at, u.ts),
@@ -305,7 +327,7 @@ _PG_ADVANCE = text(
 )
 
 
-def advance_watermarks(conn: Connection, newest: dict[str, datetime]) -> None:
+def advance_watermarks(conn: Connection, newest: Mapping[str, datetime]) -> None:
     """After a batch stored readings of these devices: move each one's watermark forward to
     the batch's newest event time, and its evaluation version on (so that other ingestors'
     cached rule state for it is known to be out of date)."""

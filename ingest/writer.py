@@ -42,7 +42,6 @@ from ingest.contract import marker_topic
 from ingest.hj212.convert import Facts, decode_dead, decode_facts
 from ingest.mqtt import Message
 from ingest.repository import (
-    advance_watermarks,
     insert_dead_letters,
     insert_readings,
     record_hj212_facts,
@@ -534,10 +533,9 @@ class Writer:
                 skew if skew is not None else old_skew,
                 p.status or old_status,
             )
-        touch_devices(conn, seen)
         opened = 0
+        marks: dict[str, datetime] = {}
         if inserted:
-            marks: dict[str, datetime] = {}
             for r in rows:
                 if r.ts > marks.get(r.device_id, r.ts - self._horizon):
                     marks[r.device_id] = r.ts
@@ -555,8 +553,9 @@ class Writer:
             if self._cache is not None:
                 self._cache.begin(Fresh(rows, span, versions))
             opened = self._evaluate(conn, span)
-            advance_watermarks(conn, marks)
             self._dma_days(conn, rows)
+        # after the evaluation, which reads the watermarks as they were before the batch
+        touch_devices(conn, seen, marks)
         return Summary(
             len(messages),
             inserted,
