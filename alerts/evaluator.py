@@ -213,13 +213,19 @@ def evaluate_batch(
         any_metric[d] = min(ts, any_metric.get(d, ts))
     everyone: dict[str, Any] | None = None
     plans: list[tuple[Row[Any], dict[str, datetime]]] = []
+    of_kind: dict[str, dict[str, Any]] = defaultdict(dict)  # a rule takes one kind of device
+    for d, device in devices.items():
+        of_kind[device.kind][d] = device
     for rule in rules:
         if rule.kind == RuleKind.composite:
             continue
         selector = _Selector.of(rule)
         candidates = any_metric if rule.metric == "*" else by_metric.get(rule.metric, {})
+        mine = of_kind.get(selector.device_kind, {})
         targets = {
-            d: ts for d, ts in candidates.items() if d in devices and selector.takes(devices[d])
+            d: ts
+            for d, ts in candidates.items()
+            if (device := mine.get(d)) is not None and selector.takes(device)
         }
         refs = set((rule.params or {}).get("reference_device_ids", []))
         late_refs = [ts for d, ts in by_metric.get(rule.metric, {}).items() if d in refs]
@@ -541,7 +547,7 @@ def _keep(
     if found and found[-1].resolved_at is None:
         fold.cur = found[-1]
     state = PairState(
-        _signature(tuple(rule), device),
+        _signature(cache.as_read(rule), device),
         kind.metric,
         0,
         newest,
@@ -573,7 +579,7 @@ def _evaluate_cached(
         r = rule._mapping
         windowed = r["active_from"] is not None and r["active_to"] is not None
         rebuild: dict[str, datetime] = {}
-        as_read = tuple(rule)  # (once per rule, not per device)
+        as_read = cache.as_read(rule)  # (once per rule, not per device)
         for device_id, since in targets.items():
             device = devices[device_id]
             state = cache.get(rule.id, device_id, _signature(as_read, device))
