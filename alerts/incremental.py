@@ -26,7 +26,6 @@ evaluation is retried on rebuilt state.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,15 +56,13 @@ class Fresh:
 
     __slots__ = ("_newest", "_points", "_rows", "metrics", "versions")
 
-    def __init__(
-        self,
-        rows: Iterable[Any],
-        touched: Iterable[tuple[str, str]],
-        versions: Mapping[str, int],
-    ) -> None:
+    def __init__(self, rows: Iterable[Any], versions: Mapping[str, int] | None = None) -> None:
+        """`versions` may be set later (the writer builds this before its transaction reads
+        them)."""
         points: dict[tuple[str, str], list[Point]] = {}
         by_device: dict[str, list[Any]] = {}
         newest: dict[str, datetime] = {}
+        metrics: dict[str, set[str]] = {}
         new_point = Point._make
         for r in rows:  # (a hot loop: ~10,000 rows a batch)
             d, m, ts, value, quality = r[:5]
@@ -73,10 +70,12 @@ class Fresh:
             if mine is None:
                 by_device[d] = [r]
                 newest[d] = ts
+                metrics[d] = {m}
             else:
                 mine.append(r)
                 if ts > newest[d]:
                     newest[d] = ts
+                metrics[d].add(m)
             if quality == "N":
                 key = (d, m)
                 got = points.get(key)
@@ -87,11 +86,8 @@ class Fresh:
         self._points: dict[tuple[str, str], list[Point] | None] = dict(points)
         self._rows = by_device
         self._newest = newest
-        metrics: defaultdict[str, set[str]] = defaultdict(set)
-        for d, m in touched:
-            metrics[d].add(m)
-        self.metrics = dict(metrics)
-        self.versions = dict(versions)
+        self.metrics = metrics
+        self.versions: dict[str, int] = dict(versions or {})
 
     def points(self, device_id: str, metric: str) -> list[Point] | None:
         key = (device_id, metric)

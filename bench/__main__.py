@@ -464,6 +464,8 @@ def _scaling(ctx: Context, results: dict[str, Any]) -> None:
     backlog = ctx.backlog
     if ctx.plan.scale_messages < len(backlog.messages):
         backlog = backlog.head(ctx.plan.scale_messages)
+    # arrivals interleaved as a live fleet's are, so that the round robin scatters devices
+    backlog = backlog.each_round_shuffled(len(ctx.fleet))
     out: dict[str, Any] = {}
     results["scaling"] = out
     for n in ctx.plan.scale:
@@ -474,7 +476,8 @@ def _scaling(ctx: Context, results: dict[str, Any]) -> None:
         say(f"scaling: {n} process(es): {drain.msg_rate:,.0f} msg/s")
     # the same with a sticky split (each device to one ingestor, as EMQX's hash_topic
     # strategy routes), emulated with one topic prefix per ingestor: kept rule state stays
-    # warm, where the round robin above makes most pairs rebuild
+    # warm, where the round robin above makes a device's pairs rebuild whenever its message
+    # lands on another ingestor than its last one
     sticky: dict[str, Any] = {}
     results["scaling_sticky"] = sticky
     for n in ctx.plan.scale:

@@ -4,6 +4,7 @@ and the payloads they publish (the contract's JSON, values from `devices.simulat
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,19 @@ class Backlog:
         readings = sum(_count_values(p) for _, p in part)
         sets = sum(_count_sets(p) for _, p in part)
         return Backlog(part, readings, sets)
+
+    def each_round_shuffled(self, devices: int, *, seed: int = 7) -> Backlog:
+        """The same messages with each round's (`devices` messages, one per device) order
+        shuffled, as a live fleet's arrivals interleave: a device's own messages stay in
+        order. (Published round by round in one fixed order, a round-robin split over an
+        ingestor count that divides the fleet would send each device to one ingestor.)"""
+        rng = random.Random(seed)
+        out: list[tuple[str, bytes]] = []
+        for i in range(0, len(self.messages), devices):
+            chunk = self.messages[i : i + devices]
+            rng.shuffle(chunk)
+            out += chunk
+        return Backlog(out, self.readings, self.reading_sets)
 
 
 def _count_values(payload: bytes) -> int:

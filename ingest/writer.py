@@ -110,6 +110,20 @@ class Summary:
 
 
 @dataclass(slots=True)
+class Prepared:
+    """A batch before any database work (`Writer._prepare`)."""
+
+    messages: list[Message]  # without the markers and HJ 212 facts
+    markers: list[Message]
+    facts: list[Message]
+    rows: list[Row]
+    dead: list[DeadLetterRecord]
+    dead_at: list[datetime]
+    seen: dict[str, tuple[datetime, float | None, str | None]]
+    fresh: Fresh | None
+
+
+@dataclass(slots=True)
 class Batch:
     messages: list[Message] = field(default_factory=list)
     size_bytes: int = 0
@@ -158,6 +172,8 @@ class Writer:
         # validation done ahead by the collector, by message (the message is kept with its
         # result, so its id cannot be reused while the entry lives)
         self._validated: dict[int, tuple[Message, Parsed]] = {}
+        # and the batch prepared ahead (`_prepare`), by its list of messages
+        self._ahead: dict[int, tuple[list[Message], Prepared]] = {}
         # Timer rules judge the whole fleet: on their own thread and transaction, so a
         # fleet-wide "no data" wave does not stop batches from being stored meanwhile.
         self._timer = threading.Thread(target=self._timers, name="envmon-timers", daemon=True)
@@ -230,6 +246,10 @@ class Writer:
             if batch.messages:
                 try:
                     self._validate_ahead(batch.messages)
+                    self._ahead[id(batch.messages)] = (
+                        batch.messages,
+                        self._prepare(batch.messages),
+                    )
                 except Exception:
                     # never lose the batch: the committer validates what was not done here
                     log.exception("validating a batch ahead failed; the committer will")
@@ -266,6 +286,7 @@ class Writer:
         """The batch is acknowledged (stored or spooled): forget its validation."""
         for m in batch.messages:
             self._validated.pop(id(m), None)
+        self._ahead.pop(id(batch.messages), None)
         if batch.messages:
             self._gc.after_batch()
 
@@ -502,25 +523,22 @@ class Writer:
             return True
         return self._caught_up_at is not None and self._caught_up_at == self._generation()
 
-    def _store(self, conn: Connection, messages: list[Message]) -> Summary:
+    def _prepare(self, messages: list[Message]) -> Prepared:
+        """What a batch is, before any database work: validated, its readings and dead
+        letters gathered, what it says of each device, and its readings as the kept rule
+        state takes them. The collector does this ahead, while the batch before commits."""
         markers = [m for m in messages if m.topic == self._marker]
         if markers:
             messages = [m for m in messages if m.topic != self._marker]
         facts = [m for m in messages if m.topic == HJ212_FACTS_TOPIC]
         if facts:
             messages = [m for m in messages if m.topic != HJ212_FACTS_TOPIC]
-            record_hj212_facts(conn, [f for f in map(_facts, facts) if f is not None])
         parsed = [self._validation(m) for m in messages]
         rows: list[Row] = [r for p in parsed for r in p.rows]
         dead = [d for p in parsed for d in p.dead]
         # a dead letter is stamped with its message's receipt, not this commit: a batch
         # replayed from the spool or retried after a fault keeps the time it arrived
         dead_at = [m.received_at for p, m in zip(parsed, messages, strict=True) for _ in p.dead]
-        batch_devices = {r.device_id for r in rows}
-        lock_devices(conn, batch_devices)
-        known, versions = watermarks(conn, batch_devices)
-        inserted = insert_readings(conn, rows, copy=self._copy)
-        insert_dead_letters(conn, dead, dead_at)
         seen: dict[str, tuple[datetime, float | None, str | None]] = {}
         for p, m in zip(parsed, messages, strict=True):
             if p.device_id is None or not (p.rows or p.status):
@@ -533,6 +551,25 @@ class Writer:
                 skew if skew is not None else old_skew,
                 p.status or old_status,
             )
+        fresh = Fresh(rows) if self._cache is not None else None
+        return Prepared(messages, markers, facts, rows, dead, dead_at, seen, fresh)
+
+    def _prepared(self, messages: list[Message]) -> Prepared:
+        done = self._ahead.get(id(messages))
+        if done is not None and done[0] is messages:
+            return done[1]
+        return self._prepare(messages)
+
+    def _store(self, conn: Connection, batch: list[Message]) -> Summary:
+        prep = self._prepared(batch)
+        messages, rows, seen = prep.messages, prep.rows, prep.seen
+        if prep.facts:
+            record_hj212_facts(conn, [f for f in map(_facts, prep.facts) if f is not None])
+        batch_devices = {r.device_id for r in rows}
+        lock_devices(conn, batch_devices)
+        known, versions = watermarks(conn, batch_devices)
+        inserted = insert_readings(conn, rows, copy=self._copy)
+        insert_dead_letters(conn, prep.dead, prep.dead_at)
         opened = 0
         marks: dict[str, datetime] = {}
         if inserted:
@@ -551,7 +588,9 @@ class Writer:
                 lo, hi = span.get(key, (ts, r.ts))
                 span[key] = (min(lo, ts), max(hi, r.ts))
             if self._cache is not None:
-                self._cache.begin(Fresh(rows, span, versions))
+                fresh = prep.fresh if prep.fresh is not None else Fresh(rows)
+                fresh.versions = versions
+                self._cache.begin(fresh)
             opened = self._evaluate(conn, span)
             self._dma_days(conn, rows)
         # after the evaluation, which reads the watermarks as they were before the batch
@@ -560,10 +599,10 @@ class Writer:
             len(messages),
             inserted,
             len(rows) - inserted,
-            dead,
+            prep.dead,
             opened,
             seen,
-            [_marker_generation(m) for m in markers],
+            [_marker_generation(m) for m in prep.markers],
         )
 
     def _evaluate(
