@@ -1,10 +1,13 @@
 """The HJ 212 gateway end to end: real TCP server, real writer, real PostgreSQL.
 
-Field frames come from public code, found with the search tool. Each is cited by repository
-and path where the index could resolve the file to them; otherwise by what identifies the
-file (package, class, method) and the index's file id (`read_file` with that id shows it).
-Each frame is used exactly as published, CRC included (each CRC was checked: Appendix A gives
-the printed one, except BAD_CRC's).
+Field frames come from public code, found with the search tool. Each is cited by repository,
+path and the commit that holds it; where the index could not resolve the file to a repository,
+by what identifies the file (package, class, method), the index's file id (`read_file` with that
+id shows it) and what was tried. Each was checked byte for byte against its source (2026-12-02):
+it is the source's string literal with `\r\n` appended where the literal lacks it (all but the
+two water frames, whose literals carry it), nothing else changed, CRC included (each CRC was
+checked: Appendix A gives the printed one, except BAD_CRC's). docs/hj212.md lists the same
+frames (tests/unit/test_hj212_docs.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -39,26 +42,45 @@ WORKED = encode_frame(
     "CP=&&RtdInterval=30&&"
 )
 # Source: github.com/Lancer-Ming/factory, app/Http/Controllers/HomeController.php,
-# HomeController::gateway() in an earlier version of the file (index id 6808325978; the
-# version at 092c5efe no longer holds it). A Laravel dust platform: ST=39, Flag=4 (no answer
-# asked), every dust code of §1.9.
+# HomeController::gateway(), at commit d5445edc340231b744debbd1fdd0f95d36850b34 (2018-08-31,
+# the version index id 6808325978 holds). The literal is there from 069ec2cc (2018-08-22) and
+# gone at f947dc00 (2018-09-04). A Laravel dust platform: ST=39, Flag=4 (no answer asked),
+# every dust code of §1.9.
 PHP_DUST = (
     b"##0239QN=20180821142509000;ST=39;CN=2011;PW=123456;MN=690000D5800028F889221AC0;Flag=4;"
     b"CP=&&DataTime=20180821142509;a34004-Rtd=0.0;a34002-Rtd=0.0;a34001-Rtd=0.0;LA-Rtd=0.0;"
     b"a01001-Rtd=0.0;a01002-Rtd=0.0;a01006-Rtd=0.0;a01007-Rtd=0.0;a01008-Rtd=0&&E541\r\n"
 )
-# Source: a Java "212国标解析器", class iot.plugin.NationalStandard212, main() (author Liu
-# Siyuan; index id 16097490640; its repository is not resolvable from the index). No Flag,
-# i.e. 2005 style, no answer asked.
+# Source: not resolved to a repository. A Java "212国标解析器", class
+# iot.plugin.NationalStandard212, main() (author Liu Siyuan, 2018; index id 16097490640, a
+# later version id 16512781219); the index names no repository or path for either. Tried
+# (2026-12-02): find_string on its MN, on `package iot.plugin;`, on the packages it imports
+# (app.iot.process.*) and on the author's HJ 212 sender tool (com.iss.iotdatamonitor.*): file
+# ids only; find_files on src/main/java/iot/plugin/NationalStandard212.java,
+# src/iot/plugin/NationalStandard212.java, src/main/java/app/iot/process/plugins/AbsProcessing.java,
+# src/app/iot/process/plugins/AbsProcessing.java and the sender's IOTSenderMainFrame.java under
+# src/ and src/main/java/: none; find_repos on iot-process, iot_process, iotprocess, iot-plugin,
+# iotdatamonitor, iot-data-monitor: none of its code; the code search on its class and package
+# names: other files. No public 2005 frame of mapped dust codes was found to replace it (the
+# flagless ones of chenqi92/alltobs-hj212's README and tonyxia2016/HJ212Receiver's rx.log carry
+# no code the gateway maps). No Flag, i.e. 2005 style, no answer asked.
 JAVA_2005 = (
     b"##0249QN=20180507000558;ST=39;CN=2011;PW=123456;MN=010000A00000000000A00654;"
     b"CP=&&DataTime=20180507000558;a01001-Rtd=26.0,a01001-Flag=N;a01002-Rtd=30.4,"
     b"a01002-Flag=N;a34001-Rtd=0.0,a34001-Flag=N;a34002-Rtd=24.0,a34002-Flag=N;"
     b"a34004-Rtd=23.0,a34004-Flag=N&&D801\r\n"
 )
-# Source: a Java dust TCP parser, class com.ep.yc.yctcpanalysis.test.T1, main() (author WQY,
-# 2019-10-18; index id 4827346603; repository not resolvable from the index). ST=22 dust,
-# Flag=5.
+# Source: not resolved to a repository. A Java dust TCP parser, class
+# com.ep.yc.yctcpanalysis.test.T1, main() (author WQY, 2019-10-18; index id 4827346603); the
+# index names no repository or path for it. Tried (2026-12-02): find_string on its MN (this file
+# only) and on its package (ten files of the same Spring Cloud service: YcTcpAnalysisApplication,
+# Feign clients of "ep-yc-tcp-client" and "ep-yc-tcp-gateway-company"; file ids only);
+# find_files on com/ep/yc/yctcpanalysis/test/T1.java under src/main/java/ and src/test/java/ and
+# on YcTcpAnalysisApplication.java under src/main/java/ of the root, yc-tcp-analysis/,
+# yctcpanalysis/, yc-tcpanalysis/ and ep-yc-tcp-analysis/: none; find_repos on yctcp, ep-yc,
+# tcp-analysis, tcpanalysis: none of its code; the code search on its package and class names:
+# other files. Kept, as it is: the docs' real-time example, the retry and durability tests'
+# frame. ST=22 dust, Flag=5.
 YC_DUST = (
     b"##0317QN=20191018104952418;ST=22;CN=2011;PW=123456;MN=ZX00001;Flag=5;"
     b"CP=&&DataTime=20191018104900;a34002-Rtd=30,a34002-Flag=N;a34004-Rtd=25,a34004-Flag=N;"
@@ -66,11 +88,13 @@ YC_DUST = (
     b"a01008-Flag=N;a01007-Rtd=3.5,a01007-Flag=N;a34001-Rtd=132,a34001-Flag=N;"
     b"LA-Rtd=66.8,LA-Flag=N&&AF01\r\n"
 )
-# Source: a Python water-quality platform (FastAPI, module app.services.hj212), its parser
-# tests: REALTIME_SAMPLE and HOURLY_SAMPLE beside test_parse_realtime_hj212_message (index id
-# 67129704497; the real-time frame again as RAW_PACKET in its API tests, id 67575497151);
-# repository not resolvable from the index. 2025 (Flag=9), real-time and hourly; w01017 and
-# w01019 are not mapped codes.
+# Source: github.com/664618924qq-ops/Farm-Management-Platform, backend/tests/test_hj212.py,
+# REALTIME_SAMPLE and HOURLY_SAMPLE beside test_parse_realtime_hj212_message, at commit
+# 4302b1fc37d9d9de982e74358ee48520506a8c12 (index id 67129704497); the real-time frame again as
+# RAW_PACKET in backend/tests/test_protocol_upload.py at bed24a0e968ccbd46801298c30c11c89f5a2d9c0
+# (id 67575497151). A FastAPI aquaculture platform (module app.services.hj212); its samples are
+# its own test data, not said to be captured from a device. 2025 (Flag=9), real-time and
+# hourly; w01017 and w01019 are not mapped codes.
 WATER_2025_RTD = (
     b"##0247QN=20260706103512345;ST=21;CN=2011;PW=123456;MN=A110000_0001;Flag=9;"
     b"CP=&&DataTime=20260706103000;w01010-Rtd=28.6,w01010-Flag=N;w01014-Rtd=7.8,"
@@ -83,9 +107,11 @@ WATER_2025_HOUR = (
     b"w01014-Flag=N;w01001-Avg=6.6,w01001-Flag=N;w01017-Avg=15.0,w01017-Flag=N;"
     b"w01019-Avg=1.022,w01019-Flag=N&&5280\r\n"
 )
-# Source: a Java dust platform, class com.osen.cloud.system.socket.utils.DataSegmentParseUtil,
-# main() beside parseDataTOMap (author PangYi, 2019-09-06; index id 11528012558; repository
-# not resolvable from the index). ST=43 with a vendor code H01 among standard ones.
+# Source: github.com/PangyiGo/lampblack-admin,
+# lampblack-system/src/main/java/com/osen/cloud/system/socket/utils/DataSegmentParseUtil.java,
+# main() beside parseDataTOMap (author PangYi, 2019-09-06), at commit
+# 99c640d92cf581c2a52beaff3676e1d7de97f1d8 (2019-09-07, the one version with this main(); index
+# id 11528012558). ST=43 with a vendor code H01 among standard ones.
 H01_DUST = (
     b"##0325QN=20190816173300001;ST=43;CN=2011;PW=123456;MN=2019051703100020;Flag=5;"
     b"CP=&&DataTime=20190816173300;a34004-Rtd=26.0,a34004-Flag=N;a34002-Rtd=27.0,"
@@ -94,8 +120,9 @@ H01_DUST = (
     b"a01006-Flag=N&&4980\r\n"
 )
 # Source: github.com/sayakawayiyo/kawayi, src/test/java/com/madolche/kawayi/TestSample.java,
-# testSocket() (index id 6912331125, an earlier version of the file). `LA-Rtd-Rtd`, and a CRC
-# (48C0) that the Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
+# testSocket(), at commit 263d0fdfe1eb5ec827387c021a442c6d47b50367 (2019-09-23, on branch deve;
+# master's version has no testSocket(); index id 6912331125). `LA-Rtd-Rtd`, and a CRC (48C0)
+# that the Appendix A algorithm does not give (BC81): a hand-edited sample, §1.11.
 BAD_CRC = (
     b"##0187QN=20190923154847375;ST=39;CN=2011;PW=123456;MN=190720099;Flag=5;"
     b"CP=&&DataTime=20190923154847;a34004-Rtd=12000,a34004-Flag=D;a34002-Rtd=16000,"
