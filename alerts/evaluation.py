@@ -328,30 +328,6 @@ def cleared(
     return not (clear_below is not None and value < clear_below)
 
 
-def period_means(
-    points: Sequence[Point],
-    period_s: int,
-    expected: float,
-    period_of: Callable[[datetime], datetime],
-    until: datetime,
-) -> list[Point]:
-    """Calendar-period means (15 min, hour, day in the city's time zone), stamped at the end
-    of their period, for complete periods (ending by `until`) that are valid: at least 75% of
-    the `expected` samples present (only N-flagged readings are passed in)."""
-    sums: dict[datetime, list[float]] = {}
-    for p in points:
-        acc = sums.setdefault(period_of(p.ts), [0, 0.0])
-        acc[0] += 1
-        acc[1] += p.value
-    out = []
-    for start in sorted(sums):
-        end = start + timedelta(seconds=period_s)
-        count, total = sums[start]
-        if end <= until and count >= MIN_COVERAGE * expected:
-            out.append(Point(end, total / count))
-    return out
-
-
 def hourly_window_means(
     hours: Sequence[Point], window_s: int, min_hours: int, complete_until: datetime
 ) -> list[Point]:

@@ -163,22 +163,28 @@ class _Selector:
         )
 
 
-def evaluate_batch(
+@dataclass(slots=True)
+class Planned:
+    """What a batch's evaluation reads before it judges anything: the rules, the devices,
+    and which (rule, device) pairs to judge (`plan_batch`)."""
+
+    plans: list[tuple[Row[Any], dict[str, datetime]]]
+    composites: list[Row[Any]]
+    devices: dict[str, Any]
+    latest: dict[str, datetime | None]
+    ctx: _Context
+
+
+def plan_batch(
     conn: Connection,
     touched: Iterable[Touched],
-    tz: ZoneInfo = DEFAULT_TZ,
     *,
     page_ended: bool = False,
     rule_ids: Collection[int] | None = None,
-    cache: Cache | None = None,
-) -> Outcome:
-    """Apply every enabled reading-driven rule to what a stored batch touched, then the
-    composite rules over their results.
-
-    The work is shared between rules: the open alerts and resolved watermarks of every (rule,
-    device) pair come in one query each, and the readings of one metric in one query for all
-    the rules on that metric, so a batch costs a few queries per metric, not per rule and
-    device."""
+) -> Planned | None:
+    """The first part of `evaluate_batch`: read the rules and devices a batch touched and
+    plan the pairs to judge (None: nothing to judge). Reads only: the readings of the batch
+    need not be stored yet."""
     earliest: dict[tuple[str, str], datetime] = {}
     latest: dict[str, datetime | None] = {}
     for t in touched:
@@ -189,9 +195,8 @@ def evaluate_batch(
         # is looked up where needed)
         known = latest.get(t.device_id, t.latest)
         latest[t.device_id] = None if known is None or t.latest is None else max(known, t.latest)
-    outcome = Outcome()
     if not earliest:
-        return outcome
+        return None
     # one evaluation of a device at a time (the writer holds these locks already)
     lock_devices(conn, latest)
     by_metric: dict[str, dict[str, datetime]] = defaultdict(dict)
@@ -206,7 +211,7 @@ def evaluate_batch(
         q = q.where(rules_t.c.id.in_(list(rule_ids)))
     rules = conn.execute(q.order_by(rules_t.c.id)).all()
     if not rules:
-        return outcome
+        return None
     devices = repository.devices(conn, latest)
     any_metric: dict[str, datetime] = {}
     for (d, _), ts in earliest.items():
@@ -238,12 +243,51 @@ def evaluate_batch(
                     devices = {**devices, d: device}
         if targets:
             plans.append((rule, targets))
-    if plans:
-        ctx = _Context({d: row.watermark_at for d, row in devices.items()}, page_ended)
-        _evaluate_rules(conn, plans, devices, latest, outcome, tz, ctx, cache)
+    ctx = _Context({d: row.watermark_at for d, row in devices.items()}, page_ended)
     composites = [rule for rule in rules if rule.kind == RuleKind.composite]
-    if composites:
-        _evaluate_composites(conn, composites, latest, devices, outcome)
+    return Planned(plans, composites, devices, latest, ctx)
+
+
+def evaluate_batch(
+    conn: Connection,
+    touched: Iterable[Touched],
+    tz: ZoneInfo = DEFAULT_TZ,
+    *,
+    page_ended: bool = False,
+    rule_ids: Collection[int] | None = None,
+    cache: Cache | None = None,
+    planned: Planned | None = None,
+    folded: Folded | None = None,
+) -> Outcome:
+    """Apply every enabled reading-driven rule to what a stored batch touched, then the
+    composite rules over their results.
+
+    The work is shared between rules: the open alerts and resolved watermarks of every (rule,
+    device) pair come in one query each, and the readings of one metric in one query for all
+    the rules on that metric, so a batch costs a few queries per metric, not per rule and
+    device.
+
+    `planned` and `folded` are the batch's `plan_batch` and `fold_cached`, when the caller
+    ran them already (the writer folds kept state while the batch's insert runs)."""
+    outcome = Outcome()
+    if planned is None:
+        planned = plan_batch(conn, touched, page_ended=page_ended, rule_ids=rule_ids)
+    if planned is None:
+        return outcome
+    if planned.plans:
+        _evaluate_rules(
+            conn,
+            planned.plans,
+            planned.devices,
+            planned.latest,
+            outcome,
+            tz,
+            planned.ctx,
+            cache,
+            folded,
+        )
+    if planned.composites:
+        _evaluate_composites(conn, planned.composites, planned.latest, planned.devices, outcome)
     return outcome
 
 
@@ -417,6 +461,7 @@ def _evaluate_rules(
     tz: ZoneInfo,
     ctx: _Context,
     cache: Cache | None = None,
+    folded: Folded | None = None,
 ) -> None:
     """Rebuild each rule's episodes over each device's series from a point where nothing was
     in progress, and reconcile them with every alert of the pair from there on.
@@ -429,10 +474,12 @@ def _evaluate_rules(
     alerts in-order data gives, within the lateness horizon.
 
     With a `cache`, the pairs whose state it holds for this batch fold only the batch's new
-    readings into it (`_evaluate_cached`); the others are rebuilt here and leave their state
-    in the cache."""
+    readings into it (`fold_cached`, or `folded` when the caller ran it); the others are
+    rebuilt here and leave their state in the cache."""
     if cache is not None:
-        plans = _evaluate_cached(conn, plans, devices, outcome, tz, ctx, cache)
+        if folded is None:
+            folded = fold_cached(plans, devices, tz, cache)
+        plans = _reconcile_folded(conn, folded, outcome, ctx)
         if not plans:
             return
     kinds = [kind_of(rule) for rule, _ in plans]
@@ -558,19 +605,27 @@ def _keep(
     cache.put(rule.id, device.id, state)
 
 
-def _evaluate_cached(
-    conn: Connection,
+@dataclass(slots=True)
+class Folded:
+    """The kept-state part of a batch's evaluation (`fold_cached`): the pairs whose episodes
+    changed, to be reconciled with their alerts, and the plans of the pairs left to rebuild."""
+
+    judged: list[tuple[Row[Any], Subject, PairState, list[Episode]]]
+    rest: list[tuple[Row[Any], dict[str, datetime]]]
+
+
+def fold_cached(
     plans: list[tuple[Row[Any], dict[str, datetime]]],
     devices: Mapping[str, Row[Any]],
-    outcome: Outcome,
     tz: ZoneInfo,
-    ctx: _Context,
     cache: Cache,
-) -> list[tuple[Row[Any], dict[str, datetime]]]:
+) -> Folded:
     """Fold the batch's new readings into the cached state of every pair the cache holds and
-    can take them (see alerts/incremental.py); returns the plans of the pairs left to
-    rebuild."""
+    can take them (see alerts/incremental.py). No database work: the writer runs this while
+    the batch's insert runs. Its states count as changed by the open transaction."""
+    judged: list[tuple[Row[Any], Subject, PairState, list[Episode]]] = []
     rest: list[tuple[Row[Any], dict[str, datetime]]] = []
+    fresh = cache.fresh
     for rule, targets in plans:
         kind = kind_of(rule)
         if not kind.incremental:
@@ -583,7 +638,7 @@ def _evaluate_cached(
         for device_id, since in targets.items():
             device = devices[device_id]
             state = cache.get(rule.id, device_id, _signature(as_read, device))
-            points = kind.fresh_items(cache.fresh, device_id) if state is not None else None
+            points = kind.fresh_items(fresh, device_id) if state is not None else None
             if (
                 state is None
                 or points is None
@@ -599,7 +654,7 @@ def _evaluate_cached(
                 continue
             found: list[Episode] = []
             fold = state.fold
-            for step in kind.fold(state.feeder, points, device, cache.fresh):
+            for step in kind.fold(state.feeder, points, device, fresh):
                 if windowed and not in_window(_hhmm(step.ts, tz), r["active_from"], r["active_to"]):
                     continue
                 ended = fold.feed(step)
@@ -608,14 +663,21 @@ def _evaluate_cached(
             state.until = points[-1].ts
             if fold.cur is not None:
                 found.append(fold.cur)
-            if not found and state.alert is None:
-                continue
-            subject = Subject(device.site_id, device_id)
-            existing = [state.alert] if state.alert is not None else []
-            state.alert = _reconcile(conn, rule, subject, existing, found, outcome, ctx)
+            if found or state.alert is not None:
+                judged.append((rule, Subject(device.site_id, device_id), state, found))
         if rebuild:
             rest.append((rule, rebuild))
-    return rest
+    return Folded(judged, rest)
+
+
+def _reconcile_folded(
+    conn: Connection, folded: Folded, outcome: Outcome, ctx: _Context
+) -> list[tuple[Row[Any], dict[str, datetime]]]:
+    """Store what the kept states judged; returns the plans of the pairs left to rebuild."""
+    for rule, subject, state, found in folded.judged:
+        existing = [state.alert] if state.alert is not None else []
+        state.alert = _reconcile(conn, rule, subject, existing, found, outcome, ctx)
+    return folded.rest
 
 
 def _episodes(rule: Row[Any], series: list[Step], start: datetime, tz: ZoneInfo) -> list[Episode]:

@@ -36,7 +36,6 @@ from alerts.evaluation import (
     differences,
     exceeding_hours_per_day,
     level_of,
-    period_means,
     steps_of,
 )
 from monitor.core.catalogue import METRICS
@@ -238,32 +237,74 @@ class Threshold(Kind):
         return f" {int(self.r['window_s']) // 60}-min mean"
 
 
+class PeriodFeeder:
+    """A calendar-period mean rule's state: each period not yet over as (count, sum) of its
+    N-flagged readings, the newest reading's time (a period is over once a reading at or
+    after its end is in), and the runs."""
+
+    __slots__ = ("expected", "newest", "open", "period", "runs", "start_of")
+
+    def __init__(
+        self, rule: Row[Any], expected: float, start_of: Callable[[datetime], datetime]
+    ) -> None:
+        self.period = timedelta(seconds=int(rule._mapping["window_s"]))
+        self.expected = expected
+        self.start_of = start_of
+        self.open: dict[datetime, list[float]] = {}
+        self.newest: datetime | None = None
+        self.runs = Runs(rule)
+
+    def feed_all(self, points: Iterable[Point]) -> list[Step]:
+        """Add readings (in time order); the steps of the periods they end."""
+        for p in points:
+            start = self.start_of(p.ts)
+            acc = self.open.get(start)
+            if acc is None:
+                self.open[start] = [1, p.value]
+            else:
+                acc[0] += 1
+                acc[1] += p.value
+            if self.newest is None or p.ts > self.newest:
+                self.newest = p.ts
+        out: list[Step] = []
+        newest = self.newest
+        if newest is None:
+            return out
+        for start in sorted(s for s in self.open if s + self.period <= newest):
+            count, total = self.open.pop(start)
+            end = start + self.period
+            # valid with 75% of the period's expected N-flagged samples
+            if count >= MIN_COVERAGE * self.expected:
+                out.append(self.runs.feed(Point(end, total / count)))
+        return out
+
+
 class PeriodMean(Threshold):
     """The mean of a calendar period (15 min, hour or day in the city's time zone), valid with
     75% of the period's expected readings, passes a tier."""
-
-    incremental = False
 
     def lookback(self) -> timedelta:
         # back to the start of the period the earliest new reading is in
         return timedelta(seconds=2 * int(self.r["window_s"]) + int(self.r["for_s"]))
 
-    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+    def fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
         period = int(self.r["window_s"])
-        lo = min(starts.values())
+
+        def start_of(t: datetime, tz: ZoneInfo = src.tz) -> datetime:
+            return period_start(t, period, tz)
+
         out = {}
         for d, rows, _ in self._rows(src, starts):
-            points = [Point(row.ts, row.value) for row in rows]
-            expected = period / max(1, int(src.devices[d].interval_s))
-            means = period_means(
-                points,
-                period,
-                expected,
-                lambda t: period_start(t, period, src.tz),
-                until=max(p.ts for p in points) if points else lo,
-            )
-            out[d] = steps_of(self.rule, means)
+            f = PeriodFeeder(self.rule, period / max(1, int(src.devices[d].interval_s)), start_of)
+            steps = f.feed_all([Point(row.ts, row.value) for row in rows])
+            out[d] = (steps, cast(Feeder, f), rows[-1].ts if rows else None)
         return out
+
+    def fold(self, feeder: Any, items: list[Any], device: Row[Any], fresh: Fresh) -> list[Step]:
+        # (a new reading is newer than every one fed, so it is in no period judged yet)
+        return list(feeder.feed_all(items))
 
 
 class HourlyFeeder:

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -28,11 +29,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from alerts.dma import affected_days, recompute_days
 from alerts.evaluator import (
+    Folded,
     Outcome,
+    Planned,
     Touched,
     evaluate_batch,
     evaluate_sites,
     evaluate_timers,
+    fold_cached,
+    plan_batch,
     shadow_mismatches,
 )
 from alerts.incremental import Cache, Fresh
@@ -198,6 +203,8 @@ class Writer:
         self._pending: Batch | None = None
         # the kept rule state is a large long-lived heap: collections paced around it
         self._gc = GcPacer()
+        # folds kept rule state while the committer waits for the batch's insert
+        self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envmon-fold")
 
     @property
     def spool_depth(self) -> int:
@@ -214,6 +221,7 @@ class Writer:
         self._collector.join(timeout_s)
         self._thread.join(timeout_s)
         self._timer.join(timeout_s)
+        self._folder.shutdown(wait=True)
         self._spool.close()
 
     # --- batching ---------------------------------------------------------------------
@@ -568,33 +576,49 @@ class Writer:
         batch_devices = {r.device_id for r in rows}
         lock_devices(conn, batch_devices)
         known, versions = watermarks(conn, batch_devices)
-        inserted = insert_readings(conn, rows, copy=self._copy)
-        insert_dead_letters(conn, prep.dead, prep.dead_at)
-        opened = 0
         marks: dict[str, datetime] = {}
+        for r in rows:
+            if r.ts > marks.get(r.device_id, r.ts - self._horizon):
+                marks[r.device_id] = r.ts
+        for d, at in known.items():
+            if at is not None and at > marks.get(d, at):
+                marks[d] = at
+        span: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        for r in rows:
+            # beyond the lateness horizon (from the device's own marks event time, never
+            # the ingestor's clock) a reading is kept but re-opens no window
+            ts = max(r.ts, marks[r.device_id] - self._horizon)
+            key = (r.device_id, r.metric)
+            lo, hi = span.get(key, (ts, r.ts))
+            span[key] = (min(lo, ts), max(hi, r.ts))
+        touched = [Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()]
+        cache = self._cache
+        pairs_before = (cache.hits, cache.misses) if cache is not None else (0, 0)
+        planned: Planned | None = None
+        folding: Future[Folded] | None = None
+        if cache is not None and rows:
+            fresh = prep.fresh if prep.fresh is not None else Fresh(rows)
+            fresh.versions = versions
+            cache.begin(fresh)
+            planned = self._plan(conn, touched)
+            if planned is not None and planned.plans:
+                # kept state is folded on the side while the database stores the batch
+                folding = self._folder.submit(
+                    fold_cached, planned.plans, planned.devices, self._tz, cache
+                )
+        try:
+            inserted = insert_readings(conn, rows, copy=self._copy)
+            insert_dead_letters(conn, prep.dead, prep.dead_at)
+        finally:
+            folded = self._folded(folding)
+        opened = 0
         if inserted:
-            for r in rows:
-                if r.ts > marks.get(r.device_id, r.ts - self._horizon):
-                    marks[r.device_id] = r.ts
-            for d, at in known.items():
-                if at is not None and at > marks.get(d, at):
-                    marks[d] = at
-            span: dict[tuple[str, str], tuple[datetime, datetime]] = {}
-            for r in rows:
-                # beyond the lateness horizon (from the device's own marks event time, never
-                # the ingestor's clock) a reading is kept but re-opens no window
-                ts = max(r.ts, marks[r.device_id] - self._horizon)
-                key = (r.device_id, r.metric)
-                lo, hi = span.get(key, (ts, r.ts))
-                span[key] = (min(lo, ts), max(hi, r.ts))
-            if self._cache is not None:
-                fresh = prep.fresh if prep.fresh is not None else Fresh(rows)
-                fresh.versions = versions
-                self._cache.begin(fresh)
-            opened = self._evaluate(conn, span)
+            opened = self._evaluate(conn, touched, planned, folded, pairs_before)
             self._dma_days(conn, rows)
+        elif cache is not None:
+            cache.rollback()  # nothing new was stored: what was folded does not count
         # after the evaluation, which reads the watermarks as they were before the batch
-        touch_devices(conn, seen, marks)
+        touch_devices(conn, seen, marks if inserted else {})
         return Summary(
             len(messages),
             inserted,
@@ -605,31 +629,69 @@ class Writer:
             [_marker_generation(m) for m in prep.markers],
         )
 
+    def _plan(self, conn: Connection, touched: list[Touched]) -> Planned | None:
+        """The evaluation's reads, before the insert (in a savepoint: a bug in a rule must
+        cost the batch its alerts, never its readings; None then, and the evaluation plans
+        again after the insert)."""
+        try:
+            with conn.begin_nested():
+                return plan_batch(conn, touched, page_ended=self._page_ended)
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("planning the rule evaluation failed; planning again after the insert")
+            return None
+
+    def _folded(self, folding: Future[Folded] | None) -> Folded | None:
+        """Wait for the side fold (also when the insert failed: the states must be left
+        alone before the transaction's rollback drops them). A failed fold is done again,
+        by the evaluation, with the states it changed dropped."""
+        if folding is None:
+            return None
+        try:
+            return folding.result()
+        except Exception:
+            log.exception("folding kept rule state failed; the evaluation rebuilds")
+            self._undo_cache()
+            return None
+
     def _evaluate(
-        self, conn: Connection, span: dict[tuple[str, str], tuple[datetime, datetime]]
+        self,
+        conn: Connection,
+        touched: list[Touched],
+        planned: Planned | None = None,
+        folded: Folded | None = None,
+        pairs_before: tuple[int, int] = (0, 0),
     ) -> int:
         """Run the rules over what the batch touched, in a savepoint: a bug in a rule must
-        cost that batch its alerts (logged, counted), never its readings."""
+        cost that batch its alerts (logged, counted), never its readings. `planned` and
+        `folded`: what was done before and beside the insert (a retry after a stale alert
+        folds again from rebuilt state)."""
         started = time.perf_counter()
-        touched = [Touched(d, m, lo, hi) for (d, m), (lo, hi) in span.items()]
         cache = self._cache
-        hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
-        try:
-            opened = self._retrying(
+        side = [folded]
+
+        def evaluate() -> Outcome:
+            return evaluate_batch(
                 conn,
-                "rule evaluation",
-                lambda: evaluate_batch(
-                    conn, touched, self._tz, page_ended=self._page_ended, cache=cache
-                ),
+                touched,
+                self._tz,
+                page_ended=self._page_ended,
+                cache=cache,
+                planned=planned,
+                folded=side.pop() if side else None,
             )
+
+        try:
+            opened = self._retrying(conn, "rule evaluation", evaluate)
             if self._shadow and cache is not None:
                 self._shadow_check(conn, touched)
             return opened
         finally:
             metrics.EVALUATE_SECONDS.observe(time.perf_counter() - started)
             if cache is not None:
-                metrics.EVAL_PAIRS.labels("hit").inc(cache.hits - hits)
-                metrics.EVAL_PAIRS.labels("miss").inc(cache.misses - misses)
+                metrics.EVAL_PAIRS.labels("hit").inc(cache.hits - pairs_before[0])
+                metrics.EVAL_PAIRS.labels("miss").inc(cache.misses - pairs_before[1])
 
     def _shadow_check(self, conn: Connection, touched: list[Touched]) -> None:
         """ENVMON_EVAL_SHADOW: count the alerts a rebuild without kept state would store

@@ -105,6 +105,18 @@ RULES = [
         quiet_s=0,
         basis="test",
     ),
+    # a calendar-period mean: each whole quarter hour, valid with 75% of its readings
+    RuleSpec(
+        name="noise-quarter",
+        device_kind="dust_monitor",
+        metric="noise",
+        aggregate="period_mean",
+        window_s=900,
+        warn_above=74,
+        alarm_above=80,
+        quiet_s=0,
+        basis="test",
+    ),
     # a fault flag held: minutes of readings flagged D on any metric
     RuleSpec(
         name="fault-held",
