@@ -274,24 +274,6 @@ def flag_runs(points: Sequence[FlaggedPoint], flags: frozenset[str]) -> list[Poi
     return out
 
 
-def exceeding_hours_per_day(
-    hourly: Sequence[Point], above: float, day_of: Callable[[datetime], object]
-) -> list[Point]:
-    """For hourly means stamped at the end of their hour: how many hours of the same local
-    day so far had a mean above `above`."""
-    out: list[Point] = []
-    day: object = None
-    count = 0
-    for p in hourly:
-        d = day_of(p.ts - timedelta(seconds=1))  # an hour ending at midnight is yesterday's
-        if d != day:
-            day, count = d, 0
-        if p.value > above:
-            count += 1
-        out.append(Point(p.ts, float(count)))
-    return out
-
-
 def differences(
     site: Sequence[Point], reference: dict[datetime, float], cap: float | None
 ) -> list[Point]:

@@ -485,11 +485,11 @@ def _evaluate_rules(
     kinds = [kind_of(rule) for rule, _ in plans]
     keep = [cache is not None and k.incremental for k in kinds]
     lookbacks = [k.lookback() for k in kinds]
-    earliest = min(
-        ts - lookback
-        for (_, targets), lookback in zip(plans, lookbacks, strict=True)
-        for ts in targets.values()
-    )
+    froms = [
+        {d: kind.fold_from(since, devices[d]) for d, since in targets.items()}
+        for (_, targets), kind in zip(plans, kinds, strict=True)
+    ]
+    earliest = min(ts for f in froms for ts in f.values())
     by_pair = repository.pair_alerts(
         conn,
         [rule.id for rule, _ in plans],
@@ -498,11 +498,13 @@ def _evaluate_rules(
     )
     starts: list[dict[str, datetime]] = []
     folds: list[dict[str, tuple[datetime, list[Row[Any]]]]] = []
-    for (rule, targets), kind, lookback in zip(plans, kinds, lookbacks, strict=True):
+    for (rule, targets), kind, lookback, fold_from in zip(
+        plans, kinds, lookbacks, froms, strict=True
+    ):
         begin: dict[str, datetime] = {}
         fold: dict[str, tuple[datetime, list[Row[Any]]]] = {}
-        for device_id, since in targets.items():
-            start, mine = _fold_start(since - lookback, by_pair.get((rule.id, device_id), []))
+        for device_id in targets:
+            start, mine = _fold_start(fold_from[device_id], by_pair.get((rule.id, device_id), []))
             begin[device_id] = start - lookback
             fold[device_id] = (start, mine)
         worth = kind.worth_reading(conn, begin)

@@ -34,7 +34,6 @@ from alerts.evaluation import (
     Step,
     Timed,
     differences,
-    exceeding_hours_per_day,
     level_of,
     steps_of,
 )
@@ -93,6 +92,11 @@ class Kind:
         return timedelta(
             seconds=int(r["window_s"]) + int(r["for_s"]) + int(self.params.get("window_s", 0))
         )
+
+    def fold_from(self, since: datetime, device: Any) -> datetime:
+        """Where a pair's fold must start (before `_fold_start` moves it back to an alert
+        going on) for a batch whose earliest new reading of it is at `since`."""
+        return since - self.lookback()
 
     def raw_key(self) -> tuple[str, bool] | None:
         """Which raw readings the series is made of: (metric, every quality flag?); None
@@ -307,35 +311,26 @@ class PeriodMean(Threshold):
         return list(feeder.feed_all(items))
 
 
-class HourlyFeeder:
-    """An hourly-mean rule's state: each hour not yet judged as (count, sum) of its N-flagged
-    readings (the rollups' arithmetic: a batch's part of an hour is summed, then added), the
-    valid hourly means of the window, and the runs. `newest_hour` is the start of the newest
-    hour with data (an hour before it is over)."""
+class _Hours:
+    """What the kinds judged on hourly rollups keep of the hours not yet judged: each one's
+    (count, sum) of its N-flagged readings (the rollups' arithmetic: a batch's part of an
+    hour is summed, then added), and `newest_hour`, the start of the newest hour with data
+    (an hour before it is over)."""
 
-    __slots__ = (
-        "expected",
-        "hours",
-        "judged",
-        "min_hours",
-        "newest_hour",
-        "open",
-        "runs",
-        "total",
-        "window",
-    )
+    __slots__ = ("judged", "newest_hour", "open", "runs")
 
-    def __init__(self, rule: Row[Any], expected: float) -> None:
-        r = rule._mapping
-        self.window = timedelta(seconds=int(r["window_s"]))
-        self.min_hours = int(r["min_samples"])
-        self.expected = expected
+    def __init__(self, rule: Row[Any]) -> None:
         self.open: dict[datetime, list[float]] = {}
-        self.hours: deque[Point] = deque()
-        self.total = 0.0
         self.newest_hour: datetime | None = None
         self.judged: datetime | None = None  # the end of the newest hour judged
         self.runs = Runs(rule)
+
+    def load(self, counted: list[tuple[datetime, float, int, float]]) -> None:
+        """The hours read from the rollups (`repository.hourly_counted`)."""
+        for end, _, count, total in counted:
+            self.open[end - HOUR] = [count, total]
+        if counted:
+            self.newest_hour = counted[-1][0] - HOUR
 
     def takes(self, points: Iterable[Point]) -> bool:
         """Whether none of these readings falls in an hour already judged (then the hour's
@@ -364,14 +359,39 @@ class HourlyFeeder:
             if self.newest_hour is None or hour > self.newest_hour:
                 self.newest_hour = hour
 
+    def over(self, until: datetime) -> Iterator[tuple[datetime, float, float]]:
+        """The hours over by `until`, oldest first, as (end, count, sum), taken out."""
+        for hour in sorted(h for h in self.open if h + HOUR <= until):
+            count, total = self.open.pop(hour)
+            self.judged = hour + HOUR
+            yield hour + HOUR, count, total
+
+    def complete(self, newest: datetime, interval_s: int) -> datetime:
+        """Up to when hours are over: `repository.complete_until` for one device."""
+        by_reading = newest + timedelta(seconds=interval_s)
+        return max(by_reading, self.newest_hour) if self.newest_hour else by_reading
+
+
+class HourlyFeeder(_Hours):
+    """An hourly-mean rule's state: the hours not yet judged (`_Hours`), the valid hourly
+    means of the window, and the runs."""
+
+    __slots__ = ("expected", "hours", "min_hours", "total", "window")
+
+    def __init__(self, rule: Row[Any], expected: float) -> None:
+        super().__init__(rule)
+        r = rule._mapping
+        self.window = timedelta(seconds=int(r["window_s"]))
+        self.min_hours = int(r["min_samples"])
+        self.expected = expected
+        self.hours: deque[Point] = deque()
+        self.total = 0.0
+
     def judge(self, until: datetime, since: datetime | None = None) -> list[Step]:
         """Steps of the hours over by `until`, oldest first (`hourly_window_means`); means
         before `since` only fill the window."""
         out: list[Step] = []
-        for hour in sorted(h for h in self.open if h + HOUR <= until):
-            count, total = self.open.pop(hour)
-            end = hour + HOUR
-            self.judged = end
+        for end, count, total in self.over(until):
             # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
             if count < MIN_COVERAGE * self.expected:
                 continue
@@ -384,11 +404,6 @@ class HourlyFeeder:
                 out.append(self.runs.feed(Point(end, self.total / len(win))))
         return out
 
-    def complete(self, newest: datetime, interval_s: int) -> datetime:
-        """Up to when hours are over: `repository.complete_until` for one device."""
-        by_reading = newest + timedelta(seconds=interval_s)
-        return max(by_reading, self.newest_hour) if self.newest_hour else by_reading
-
 
 class HourlyMean(Threshold):
     """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
@@ -400,6 +415,16 @@ class HourlyMean(Threshold):
     def lookback(self) -> timedelta:
         # and back to the start of the hour the earliest new reading is in
         return super().lookback() + HOUR
+
+    def fold_from(self, since: datetime, device: Any) -> datetime:
+        # and back to the hour of the device's newest reading stored before the batch: a new
+        # reading after a gap is what shows that hour over, and its step (at the hour's end)
+        # is older than the new reading
+        start = since - self.lookback()
+        stored: datetime | None = device.watermark_at
+        if stored is None:
+            return start
+        return min(start, stored.replace(minute=0, second=0, microsecond=0))
 
     def raw_key(self) -> tuple[str, bool] | None:
         return None
@@ -426,11 +451,7 @@ class HourlyMean(Threshold):
         for d in ids:
             device = src.devices[d]
             f = HourlyFeeder(self.rule, 3600 / max(1, int(device.interval_s)))
-            rows = counted.get(d, [])
-            for end, _, count, total in rows:
-                f.open[end - HOUR] = [count, total]
-            if rows:
-                f.newest_hour = rows[-1][0] - HOUR
+            f.load(counted.get(d, []))
             # only windows wholly inside the hours read
             steps = f.judge(until[d], since=lo + window)
             # (the rollups do not say when in its hour the newest reading was)
@@ -574,6 +595,16 @@ class FlagHeld(Kind):
 class _Daily(Kind):
     """Kinds judged on the hourly rollups of whole local days."""
 
+    def fold_from(self, since: datetime, device: Any) -> datetime:
+        # and back to the hour of the device's newest reading stored before the batch: a new
+        # reading after a gap is what shows that hour over, and its step (at the hour's end)
+        # is older than the new reading
+        start = since - self.lookback()
+        stored: datetime | None = device.watermark_at
+        if stored is None:
+            return start
+        return min(start, stored.replace(minute=0, second=0, microsecond=0))
+
     def raw_key(self) -> tuple[str, bool] | None:
         return None
 
@@ -592,23 +623,77 @@ class _Daily(Kind):
         return hourly, until
 
 
+class DailyFeeder(_Hours):
+    """A daily-count rule's state: the hours not yet judged (`_Hours`), the local day of the
+    newest hour judged and how many of its hours so far had a mean above the limit, and the
+    runs."""
+
+    __slots__ = ("above", "count", "day", "tz")
+
+    def __init__(self, rule: Row[Any], above: float, tz: ZoneInfo) -> None:
+        super().__init__(rule)
+        self.above = above
+        self.tz = tz
+        self.day: date | None = None
+        self.count = 0
+
+    def judge(self, until: datetime) -> list[Step]:
+        """Steps of the hours over by `until`, oldest first: at each hour's end, how many hours
+        of its local day so far had a mean above the limit."""
+        out: list[Step] = []
+        for end, count, total in self.over(until):
+            day = (end - timedelta(seconds=1)).astimezone(self.tz).date()  # 24:00 is yesterday's
+            if day != self.day:
+                self.day, self.count = day, 0
+            if total / count > self.above:
+                self.count += 1
+            out.append(self.runs.feed(Point(end, float(self.count))))
+        return out
+
+
 class DailyCount(_Daily):
     """How many hours of the local day so far had a mean above `params.hour_above`."""
 
     kind = RuleKind.daily_count
+    incremental = True
 
-    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        return per_group(self._series, src, starts)
+    def fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
+        return per_group(self._fed, src, starts)
 
-    def _series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        hourly, until = self._hours(src, list(starts), starts)
+    def _fed(
+        self, src: Sources, starts: Mapping[str, datetime]
+    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
+        ids = list(starts)
+        # from the local day before the earliest start's, so that every day counts whole
+        day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
+        lo = day.astimezone(UTC) - timedelta(days=1)
+        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
+        until = repository.complete_until(
+            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
+        )
         above = float(self.params["hour_above"])
         out = {}
-        for d in starts:
-            complete = [p for p in hourly.get(d, []) if p.ts <= until[d]]
-            counts = exceeding_hours_per_day(complete, above, lambda t: t.astimezone(src.tz).date())
-            out[d] = steps_of(self.rule, counts)
+        for d in ids:
+            f = DailyFeeder(self.rule, above, src.tz)
+            f.load(counted.get(d, []))
+            steps = f.judge(until[d])
+            newest = newest_stored(src.devices[d], src.latest.get(d))
+            out[d] = (steps, cast(Feeder, f), newest)
         return out
+
+    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
+        return {d: got[0] for d, got in self.fed(src, starts).items()}
+
+    def takes(self, feeder: Any, items: list[Any]) -> bool:
+        return bool(feeder.takes(items))
+
+    def fold(self, feeder: Any, items: list[Any], device: Row[Any], fresh: Fresh) -> list[Step]:
+        newest = fresh.newest(device.id)
+        assert newest is not None  # the device had readings in the batch
+        feeder.add(items)
+        return list(feeder.judge(feeder.complete(newest, int(device.interval_s))))
 
     def describe(self, severity: str, value: float) -> str:
         return f"{value:.0f} exceeding hours today ({severity}: {self.limit(severity)})"

@@ -585,9 +585,11 @@ class Writer:
                 marks[d] = at
         span: dict[tuple[str, str], tuple[datetime, datetime]] = {}
         for r in rows:
-            # beyond the lateness horizon (from the device's own marks event time, never
-            # the ingestor's clock) a reading is kept but re-opens no window
-            ts = max(r.ts, marks[r.device_id] - self._horizon)
+            # beyond the lateness horizon, measured from the device's watermark before this
+            # batch (its own event time, never the ingestor's clock), a reading is kept but
+            # re-opens no window; a batch of buffered readings newer than that is judged whole
+            stored = known.get(r.device_id)
+            ts = r.ts if stored is None else max(r.ts, stored - self._horizon)
             key = (r.device_id, r.metric)
             lo, hi = span.get(key, (ts, r.ts))
             span[key] = (min(lo, ts), max(hi, r.ts))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from alerts.schemas import RuleSpec
 from ingest.mqtt import Message
@@ -117,6 +117,18 @@ RULES = [
         quiet_s=0,
         basis="test",
     ),
+    # hours of the local day whose mean was above a limit, from the rollups
+    RuleSpec(
+        name="noise-hours",
+        device_kind="dust_monitor",
+        kind="daily_count",
+        params={"hour_above": 72},
+        metric="noise",
+        warn_above=1,
+        alarm_above=3,
+        quiet_s=0,
+        basis="test",
+    ),
     # a fault flag held: minutes of readings flagged D on any metric
     RuleSpec(
         name="fault-held",
@@ -176,7 +188,7 @@ class Ingestor:
             lambda _m: None,
         )
 
-    def deliver(self, minutes: list[tuple[int, float]]) -> None:
+    def deliver(self, minutes: Sequence[tuple[float, float]]) -> None:
         """Minute m's noise reading v; a value of FAULT is a reading flagged D (fault)."""
         payload = orjson.dumps(
             {
@@ -439,6 +451,29 @@ def test_kept_state_is_dropped_when_another_ingestor_stored_readings_of_the_devi
         reference.deliver([(m, 60.0 if m < 2 else 85.0)])
     reference.close()
     assert got == _alerts(engine)
+
+
+def test_the_horizon_counts_from_the_watermark_before_the_batch(engine: Engine) -> None:
+    """A logger uploading three hours of buffered minutes in one message gets the alerts of
+    its first hour (the lateness horizon, 2 h, counts back from what the device had sent
+    before, not from the batch's own newest reading); a reading that arrives more than the
+    horizon behind the stored watermark is stored but opens no alert."""
+    url = engine.url.render_as_string(hide_password=False)
+    _empty(engine)
+    ing = Ingestor(url)
+    try:
+        ing.deliver([(m, 85.0 if m < 10 else 60.0) for m in range(180)])
+        raw = [a for a in _alerts(engine) if a[0] == 1]  # noise-raw
+        assert [(a[3], a[6]) for a in raw] == [(T0, "resolved")]
+        before = _alerts(engine)
+        # half minutes 30.5-39.5 above the tiers: 2 h 20 min behind the watermark (minute 179)
+        ing.deliver([(m + 0.5, 85.0) for m in range(30, 40)])
+        assert _alerts(engine) == before
+        with engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(table(Reading))).scalar_one()
+        assert stored == 190
+    finally:
+        ing.close()
 
 
 def test_the_issue_example_late_early_episode_gives_two_alerts(engine: Engine) -> None:
