@@ -31,6 +31,7 @@ from monitor.api.routes import (
 )
 from monitor.auth import PrincipalCache
 from monitor.core.db import make_engine, make_sessionmaker
+from monitor.core.gcpace import freeze_startup
 from monitor.core.settings import Settings, get_settings
 from monitor.web import routes as web
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         app.state.principals = PrincipalCache()
+        freeze_startup()
         try:
             yield
         finally:
