@@ -63,7 +63,7 @@ def test_startup_freeze_frees_garbage_first_and_hides_what_lives_from_collection
     assert later() is None, "a cycle made after start-up was not collected"
 
 
-def test_each_api_worker_freezes_its_startup_heap(sqlite_url: str) -> None:
+def test_each_api_worker_freezes_its_startup_heap_while_it_runs(sqlite_url: str) -> None:
     from fastapi.testclient import TestClient
 
     from monitor.api.app import create_app
@@ -73,3 +73,4 @@ def test_each_api_worker_freezes_its_startup_heap(sqlite_url: str) -> None:
     with TestClient(create_app(Settings(database_url=sqlite_url))) as client:
         assert client.get("/v1/health").status_code == 200
         assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0, "a stopped app left its heap frozen"
