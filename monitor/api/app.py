@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,7 @@ from monitor.api.routes import (
 )
 from monitor.auth import PrincipalCache
 from monitor.core.db import make_engine, make_sessionmaker
+from monitor.core.gcpace import freeze_startup
 from monitor.core.settings import Settings, get_settings
 from monitor.web import routes as web
 
@@ -95,10 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         app.state.principals = PrincipalCache()
+        freeze_startup()
         try:
             yield
         finally:
             engine.dispose()
+            # what was frozen is collectable again: an app that is stopped in a process that
+            # goes on (tests, `envmon up` stopping) leaves no cycles behind for good
+            gc.unfreeze()
 
     app = FastAPI(
         title="envmon",

@@ -266,10 +266,13 @@ def _device_health(session: Any, settings: Settings, p: Principal) -> dict[str, 
     d, s = device_routes.devices, device_routes.sites
     scope = district_clause(p, s.c.district)
     joined = d.join(s, s.c.id == d.c.site_id)
+    # the counts need the sites only to keep to a district (each join of the devices to the
+    # sites is a scan and hash of both: the overview's largest cost, docs/benchmarks.md)
+    in_scope = joined if p.district is not None else d
     now = datetime.now(UTC)
-    intervals = session.execute(
-        select(d.c.interval_s).select_from(joined).where(scope).distinct()
-    ).scalars()
+    # every device's intervals, not only those in scope: a bound no device in scope has
+    # matches nothing, and the devices alone are read without the sites
+    intervals = session.execute(select(d.c.interval_s).distinct()).scalars()
     stale = [
         (d.c.interval_s == i)
         & (d.c.last_seen_at < now - device_routes.offline_after(int(i), settings.offline_after_s))
@@ -277,7 +280,7 @@ def _device_health(session: Any, settings: Settings, p: Principal) -> dict[str, 
     ]
     offline_clause = or_(d.c.last_seen_at.is_(None), d.c.connection == "offline", *stale)
     counts = session.execute(
-        select(func.count(), func.count().filter(offline_clause)).select_from(joined).where(scope)
+        select(func.count(), func.count().filter(offline_clause)).select_from(in_scope).where(scope)
     ).one()
     columns = (
         d.c.id,

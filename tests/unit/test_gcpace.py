@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.core.gcpace import GcPacer
+from monitor.core.gcpace import GcPacer, freeze_startup
 
 
 class Node:
@@ -46,3 +46,31 @@ def test_a_batch_freezes_what_is_alive_and_the_full_collection_frees_frozen_cycl
     assert gone() is None, "the full collection did not free the frozen cycle"
     assert pacer.full_collections == 1
     assert gc.get_freeze_count() > 0  # and what is alive is frozen again
+
+
+def test_startup_freeze_frees_garbage_first_and_hides_what_lives_from_collections() -> None:
+    """An API worker's start-up: garbage made so far is freed (not frozen for good), what is
+    alive leaves the collector's view, and what the process makes later is collected."""
+    gc.unfreeze()
+    garbage = _cycle()
+    kept = Node()
+    freeze_startup()
+    assert garbage() is None, "start-up garbage was frozen instead of freed"
+    assert gc.get_freeze_count() > 0
+    assert not any(o is kept for o in gc.get_objects()), "a live start-up object not frozen"
+    later = _cycle()
+    gc.collect()
+    assert later() is None, "a cycle made after start-up was not collected"
+
+
+def test_each_api_worker_freezes_its_startup_heap_while_it_runs(sqlite_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from monitor.api.app import create_app
+    from monitor.core.settings import Settings
+
+    gc.unfreeze()
+    with TestClient(create_app(Settings(database_url=sqlite_url))) as client:
+        assert client.get("/v1/health").status_code == 200
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0, "a stopped app left its heap frozen"

@@ -52,8 +52,10 @@ def test_offline_and_stalest_devices_follow_the_api_online_rule(tmp_path: Path) 
                 )
     settings = Settings(database_url=url)
     inspector = Principal(1, "li.ming", Role.inspector, "Lanshan", 1)
+    city = Principal(2, "wang.fang", Role.inspector, None, 2)
     with make_sessionmaker(engine)() as session:
         health = routes._device_health(session, settings, inspector)
+        everywhere = routes._device_health(session, settings, city)
         api = {
             r.id: device_routes._read(r, settings.offline_after_s).online
             for r in session.execute(device_routes._select(inspector))
@@ -64,3 +66,7 @@ def test_offline_and_stalest_devices_follow_the_api_online_rule(tmp_path: Path) 
     assert health["offline_count"] == 3
     assert [d["id"] for d in health["offline"]] == ["Lanshan-0", "Lanshan-2", "Lanshan-4"]
     assert health["devices"][0]["id"] == "Lanshan-0"  # never seen comes first
+    # city-wide: both districts, counted without the sites
+    assert everywhere["device_count"] == 2 * len(fleet)
+    assert everywhere["offline_count"] == 6
+    assert {d["district"] for d in everywhere["offline"]} == {"Lanshan", "Hedong"}
