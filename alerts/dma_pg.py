@@ -278,9 +278,12 @@ ON CONFLICT (site_id, day) DO UPDATE SET
 """
 STATEMENT = text(_SQL)
 # for this statement only: its sorts and hashes in memory (on 1,000 DMAs x 30 days at the
-# default 4 MB they spilled 250 MB to disk), and hash joins: the planner cannot know how
-# many rows the arrays hold and merged 2.9M slots through sorts
-PLANNER = {"work_mem": "256MB", "enable_mergejoin": "off"}
+# default 4 MB they spilled 250 MB to disk; at 256 MB the 2.88M slots' hash aggregate still
+# spilled 93 MB in 5 batches and their sort for the insert 118 MB: EXPLAIN ANALYZE,
+# docs/benchmarks.md), and hash joins: the planner cannot know how many rows the arrays hold
+# and merged 2.9M slots through sorts. Only a call that large uses it; a batch's few days
+# take kilobytes.
+PLANNER = {"work_mem": "512MB", "enable_mergejoin": "off"}
 _GET = text("SELECT current_setting(:k)")
 _SET = text("SELECT set_config(:k, :v, true)")  # true: within this transaction at most
 # the asked days' slots go first, all of them: a slot that late data made undefined goes, and
