@@ -46,7 +46,7 @@ from alerts.leakage import (
     zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
-from monitor.core.db import one_of, pg_array
+from monitor.core.db import lock_sites, one_of, pg_array
 from monitor.core.models import (
     Consumption,
     Device,
@@ -150,6 +150,7 @@ def recompute_days(
     pairs = [(s, d) for s, d in pairs if s in site_rows]
     if not pairs:
         return 0
+    lock_sites(conn, site_rows)  # one recomputation of a DMA's days at a time
     meters: dict[str, list[tuple[str, DmaRole]]] = defaultdict(list)
     for r in conn.execute(
         select(devices.c.id, devices.c.site_id, devices.c.dma_role)
