@@ -195,3 +195,17 @@ def lock_devices(conn: Connection, device_ids: Iterable[str]) -> None:
     ids = sorted(set(device_ids))
     if ids and conn.dialect.name == "postgresql":
         conn.execute(_PG_LOCK_DEVICES, {"cls": DEVICE_LOCK_CLASS, "ids": pg_array(ids)})
+
+
+SITE_LOCK_CLASS = 0x656E7602
+
+
+def lock_sites(conn: Connection, site_ids: Iterable[str]) -> None:
+    """Serialise the recomputation of the same DMA sites' days until commit (PostgreSQL):
+    two ingestors storing readings of one DMA's meters (a round-robin `$share` splits them)
+    would each delete and rewrite its slots, and the second insert would collide with the
+    first's rows. A writer takes these after its device locks, both in hash order, so no two
+    transactions wait on each other in a cycle."""
+    ids = sorted(set(site_ids))
+    if ids and conn.dialect.name == "postgresql":
+        conn.execute(_PG_LOCK_DEVICES, {"cls": SITE_LOCK_CLASS, "ids": pg_array(ids)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -232,3 +233,34 @@ def test_a_stored_batch_names_the_dma_days_to_recompute(engine: Engine) -> None:
             tz=TZ,
         )
     assert pairs == {("dma-b", DAY), ("dma-b", DAY - timedelta(days=1))}
+
+
+def test_two_writers_recomputing_one_dma_day_at_once_both_succeed(pg_url: str) -> None:
+    """Two ingestors storing readings of one DMA's meters (a round-robin $share splits them)
+    recompute its day in two transactions at the same time: the second waits for the first
+    (a lock per site) instead of colliding with the slots the first has just written."""
+    engine = make_engine(pg_url)
+    try:
+        setup_dma(engine, "dma-c", {"c-in": "inlet"})
+        store(engine, "c-in", [(t, q) for t, q, _ in flows(3.0)])
+        errors: list[BaseException] = []
+        ready = threading.Barrier(2)
+
+        def recompute() -> None:
+            try:
+                with engine.begin() as conn:
+                    ready.wait(10)
+                    recompute_days(conn, [("dma-c", DAY)], tz=TZ)
+            except BaseException as exc:  # re-raised below, in the test's thread
+                errors.append(exc)
+
+        for _ in range(5):
+            threads = [threading.Thread(target=recompute) for _ in range(2)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            assert not errors, errors
+        assert read(engine, "dma-c")["valid"]
+    finally:
+        engine.dispose()
