@@ -32,11 +32,13 @@ from alerts.dma_pg import AskedDay
 from alerts.leakage import (
     MAX_TOTALISER_GAP_S,
     SLOT_S,
+    TRAILING_S,
     Cjj92Inputs,
     Cjj92Rates,
     DmaParams,
     MeterDay,
     TotaliserPoint,
+    TrailingMeans,
     area_rate,
     cjj92,
     day_figures,
@@ -121,6 +123,78 @@ def _between(points: list[tuple[float, float]], lo: float, hi: float) -> list[tu
     return points[bisect_left(points, (lo, -math.inf)) : bisect_left(points, (hi, -math.inf))]
 
 
+def dma_meters(conn: Connection, site_ids: Iterable[str]) -> dict[str, list[tuple[str, DmaRole]]]:
+    """Per DMA site, its active leak meters and their roles (inlet where none is set)."""
+    meters: dict[str, list[tuple[str, DmaRole]]] = defaultdict(list)
+    for r in conn.execute(
+        select(devices.c.id, devices.c.site_id, devices.c.dma_role)
+        .where(
+            devices.c.site_id.in_(list(site_ids)),
+            devices.c.kind == DeviceKind.leak_meter,
+            devices.c.status == DeviceStatus.active,
+        )
+        .order_by(devices.c.id)
+    ):
+        meters[r.site_id].append((r.id, DmaRole(r.dma_role or DmaRole.inlet)))
+    return meters
+
+
+def trailing_means(
+    conn: Connection, since: Mapping[str, datetime], history_days: int
+) -> dict[str, TrailingMeans]:
+    """Per DMA site, what its trailing 15-minute means are computed from (`TrailingMeans`):
+    its meters' N-flagged flow (inlets, outlets) and pressure (AZP) readings from
+    `since[site]` on, and those of the same times of day on each of the `history_days`
+    days before (24 h apart, as the slots' same slot on an earlier day). Sites with the same
+    start read together: one query for the day being judged, one for the windows before."""
+    meters = dma_meters(conn, since)
+    metric_of = {DmaRole.inlet: "flow", DmaRole.outlet: "flow", DmaRole.azp: "pressure"}
+    wanted = {(d, metric_of[role]) for ms in meters.values() for d, role in ms if role in metric_of}
+    window = timedelta(seconds=TRAILING_S)
+    day = timedelta(days=1)
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+
+    def read(ids: list[str], ranges: list[tuple[datetime, datetime | None]]) -> None:
+        q = select(readings.c.device_id, readings.c.metric, readings.c.ts, readings.c.value).where(
+            one_of(conn, readings.c.device_id, ids),
+            readings.c.metric.in_(["flow", "pressure"]),
+            readings.c.quality == QualityFlag.normal,
+            or_(
+                *(
+                    and_(readings.c.ts > lo, readings.c.ts <= hi)
+                    if hi is not None
+                    else readings.c.ts > lo
+                    for lo, hi in ranges
+                )
+            ),
+        )
+        for dev, metric, ts, value in conn.execute(q):
+            if (dev, metric) in wanted:
+                points[(dev, metric)].append((ts.timestamp(), float(value)))
+
+    groups: dict[datetime, list[str]] = defaultdict(list)
+    for s, start in since.items():
+        if meters.get(s):
+            groups[start].append(s)
+    for start, site_ids in groups.items():
+        ids = [d for s in site_ids for d, _ in meters[s]]
+        read(ids, [(start - window, None)])
+        mine = set(ids)
+        newest = max(
+            (t for (d, _), pts in points.items() if d in mine for t, _ in pts), default=None
+        )
+        if newest is None:
+            continue
+        until = datetime.fromtimestamp(newest, UTC)
+        read(ids, [(start - k * day - window, until - k * day) for k in range(1, history_days + 1)])
+    return {
+        s: TrailingMeans(
+            [(role, points.get((d, metric_of[role]), [])) for d, role in ms if role in metric_of]
+        )
+        for s, ms in meters.items()
+    }
+
+
 def recompute_days(
     conn: Connection,
     site_day_pairs: Iterable[tuple[str, date]],
@@ -151,17 +225,7 @@ def recompute_days(
     if not pairs:
         return 0
     lock_sites(conn, site_rows)  # one recomputation of a DMA's days at a time
-    meters: dict[str, list[tuple[str, DmaRole]]] = defaultdict(list)
-    for r in conn.execute(
-        select(devices.c.id, devices.c.site_id, devices.c.dma_role)
-        .where(
-            devices.c.site_id.in_(list(site_rows)),
-            devices.c.kind == DeviceKind.leak_meter,
-            devices.c.status == DeviceStatus.active,
-        )
-        .order_by(devices.c.id)
-    ):
-        meters[r.site_id].append((r.id, DmaRole(r.dma_role or DmaRole.inlet)))
+    meters = dma_meters(conn, site_rows)
     spans = {d: _span(d, tz) for _, d in pairs}
     if conn.dialect.name == "postgresql" and not in_python:
         params = {s: params_of(site_rows[s]) for s in {s for s, _ in pairs}}

@@ -910,11 +910,15 @@ class NightFlowRise(DmaKind):
 
 
 class Burst(DmaKind):
-    """A 15-minute slot's net inflow above the median of the same slot on the previous days,
-    in percent of the DMA's mean flow over those days (a burst of 10% of the mean flow is 10
-    whatever the hour: at the morning peak it is a smaller share of that slot's flow, at night
-    a larger one). A tier counts only with an excess of `params.min_m3h` and, where the DMA
-    has an AZP meter, its pressure below that slot's median (a burst lowers the pressure)."""
+    """The DMA's net inflow over the last 15 minutes, at each of its meters' reading times,
+    above the median of the same 15 minutes of the day on the previous days, in percent of
+    the DMA's mean flow over those days (a burst of 10% of the mean flow is 10 whatever the
+    hour: at the morning peak it is a smaller share of the flow, at night a larger one). A
+    tier counts only with an excess of `params.min_m3h` and, where the DMA has an AZP meter,
+    its pressure over the same 15 minutes below the median of the same windows (a burst
+    lowers the pressure). The means are trailing (`leakage.TrailingMeans`, over the
+    readings in (t - 15 min, t]): with 5-minute meters the third reading after a burst
+    starts has a window wholly in the burst, 15 minutes at most after it started."""
 
     kind = RuleKind.burst
 
@@ -927,54 +931,52 @@ class Burst(DmaKind):
         history = int(self.params.get("history_days", 14))
         least = int(self.params.get("min_days", 7))
         floor = float(self.params.get("min_m3h", 1.0))
+        day_s = 86400  # the same time of day k days before is k × 24 h earlier (as a slot's)
         lo = min(starts.values()) - timedelta(days=history)
-        out: dict[str, list[Step]] = {}
+        # each day's mean net inflow (of its defined slots), by UTC day number
+        day_mean: dict[str, dict[int, float]] = {}
         for s, slots in repository.dma_slots(src.conn, list(starts), lo).items():
-            # by slot number (epoch / 900): the same slot k days before is k × 96 earlier
-            net = {_slot_no(row.slot_at): row.net_m3h for row in slots}
-            azp = {_slot_no(row.slot_at): row.azp_mpa for row in slots}
-            # each day's mean net inflow, by day number (slot number // 96)
             by_day: dict[int, list[float]] = defaultdict(list)
-            for n, v in net.items():
-                by_day[n // SLOTS_PER_DAY].append(v)
-            day_mean = {d: math.fsum(v) / len(v) for d, v in by_day.items()}
+            for row in slots:
+                by_day[_slot_no(row.slot_at) // SLOTS_PER_DAY].append(row.net_m3h)
+            day_mean[s] = {d: math.fsum(v) / len(v) for d, v in by_day.items()}
+        out: dict[str, list[Step]] = {}
+        for s, means in dma.trailing_means(src.conn, starts, history).items():
+            days = day_mean.get(s, {})
             points: list[Point] = []
             confirmed: dict[datetime, bool] = {}
-            for row in slots:
-                if row.slot_at < starts[s]:
+            for t in means.reading_times(starts[s].timestamp()):
+                net = means.net(t)
+                if net is None:
                     continue
-                n = _slot_no(row.slot_at)
-                before = [n - k * SLOTS_PER_DAY for k in range(1, history + 1)]
-                same = [net[m] for m in before if m in net]
+                before = [t - k * day_s for k in range(1, history + 1)]
+                same = [v for b in before if (v := means.net(b)) is not None]
                 if len(same) < least:
                     continue
                 baseline = statistics.median(same)
-                day = n // SLOTS_PER_DAY
-                means = [m for k in range(1, history + 1) if (m := day_mean.get(day - k))]
-                mean_flow = math.fsum(means) / len(means) if means else 0.0
+                day = int(t) // day_s
+                flows = [m for k in range(1, history + 1) if (m := days.get(day - k)) is not None]
+                mean_flow = math.fsum(flows) / len(flows) if flows else 0.0
                 if mean_flow <= 0:
                     continue
-                pressures = [p for m in before if (p := azp.get(m)) is not None]
-                dropped = (
-                    row.azp_mpa is None
-                    or not pressures
-                    or row.azp_mpa < statistics.median(pressures)
-                )
-                ts = row.slot_at + SLOT  # judged when the slot is over
-                points.append(Point(ts, 100 * (row.net_m3h - baseline) / mean_flow))
-                confirmed[ts] = dropped and row.net_m3h - baseline >= floor
+                azp = means.azp(t)
+                pressures = [p for b in before if (p := means.azp(b)) is not None]
+                dropped = azp is None or not pressures or azp < statistics.median(pressures)
+                ts = datetime.fromtimestamp(t, UTC)
+                points.append(Point(ts, 100 * (net - baseline) / mean_flow))
+                confirmed[ts] = dropped and net - baseline >= floor
 
             def level(p: Point, ok: Mapping[datetime, bool] = confirmed) -> Severity | None:
                 return level_of(self.rule, p.value) if ok[p.ts] else None
 
-            # a missing slot breaks a run
+            # a missing reading (no net inflow for 1.5 slots) breaks a run
             out[s] = steps_of(self.rule, points, SLOT * 1.5, level=level)
         return out
 
     def describe(self, severity: str, value: float) -> str:
         return (
-            f"net inflow {value:+.0f}% of the mean flow over the same 15 minutes of the "
-            "previous days "
+            f"net inflow over 15 minutes {value:+.0f}% of the mean flow above the same 15 "
+            "minutes of the previous days "
             f"({severity}: {self.limit(severity)}%)"
         )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time
@@ -127,6 +128,65 @@ def minimum_night_flow(net: Mapping[int, float], night: range) -> tuple[float, i
         if best is None or mean < best[0]:
             best = (mean, first)
     return best
+
+
+# the burst rule's window: a trailing mean over the last 15 minutes of readings, (t - 15 min, t]
+TRAILING_S = 900
+
+
+class _Readings:
+    """One meter's readings of one metric, sorted by time, with prefix sums for window means."""
+
+    __slots__ = ("sums", "times")
+
+    def __init__(self, points: Sequence[tuple[float, float]]) -> None:
+        ordered = sorted(points)
+        self.times = [t for t, _ in ordered]
+        self.sums = [0.0, *itertools.accumulate(v for _, v in ordered)]
+
+    def mean(self, t: float) -> float | None:
+        """The mean of the readings in (t - TRAILING_S, t], None without one."""
+        lo = bisect_right(self.times, t - TRAILING_S)
+        hi = bisect_right(self.times, t)
+        return None if hi == lo else (self.sums[hi] - self.sums[lo]) / (hi - lo)
+
+
+class TrailingMeans:
+    """A DMA's trailing 15-minute means at any instant t (epoch seconds), from its meters'
+    N-flagged readings: net inflow = Σ inlets − Σ outlets of each meter's mean flow over
+    (t − 15 min, t], defined only when every inlet and outlet has a reading in it (as a
+    slot's); the zone pressure = the mean over the AZP meters with a reading in it.
+
+    `meters` holds each meter's role and its (time, value) readings: flow for inlets and
+    outlets, pressure for AZP points (others are ignored)."""
+
+    def __init__(self, meters: Sequence[tuple[DmaRole, Sequence[tuple[float, float]]]]) -> None:
+        self.flows = [
+            (_Readings(points), -1.0 if role == DmaRole.outlet else 1.0)
+            for role, points in meters
+            if role in (DmaRole.inlet, DmaRole.outlet)
+        ]
+        self.pressures = [_Readings(points) for role, points in meters if role == DmaRole.azp]
+
+    def reading_times(self, since: float) -> list[float]:
+        """Every inlet and outlet reading time from `since` on, sorted: where the rule judges."""
+        times = {t for r, _ in self.flows for t in r.times[bisect_left(r.times, since) :]}
+        return sorted(times)
+
+    def net(self, t: float) -> float | None:
+        if not self.flows:
+            return None
+        total = 0.0
+        for readings, sign in self.flows:
+            mean = readings.mean(t)
+            if mean is None:
+                return None
+            total += sign * mean
+        return total
+
+    def azp(self, t: float) -> float | None:
+        values = [m for r in self.pressures if (m := r.mean(t)) is not None]
+        return math.fsum(values) / len(values) if values else None
 
 
 def zone_pressure(meters: Sequence[MeterDay], slots: int = 96) -> dict[int, float]:
