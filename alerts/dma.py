@@ -183,7 +183,7 @@ def trailing_means(
         newest = max(
             (t for (d, _), pts in points.items() if d in mine for t, _ in pts), default=None
         )
-        if newest is None:
+        if newest is None or history_days < 1:
             continue
         until = datetime.fromtimestamp(newest, UTC)
         read(ids, [(start - k * day - window, until - k * day) for k in range(1, history_days + 1)])
