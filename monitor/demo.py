@@ -49,11 +49,18 @@ def seed_dma_history(
     simulators: Sequence[SimulatedDevice],
     until: datetime,
     settings: Settings,
+    *,
+    today: date | None = None,
 ) -> int:
     """Store the DMAs' history up to `until`; returns the readings stored. Idempotent: readings
     are stored once, and a DMA with registered consumption gets none added. The DMA rules judge
-    yesterday and today (each reads the history it needs)."""
+    yesterday and today (each reads the history it needs).
+
+    `today` (default: the local date now) names the days, not `until`: the live fleet's first
+    upload covers the hours after `until`, which may be past local midnight, and yesterday's
+    consumption must still be registered."""
     tz = ZoneInfo(settings.timezone)
+    today = today or datetime.now(tz).date()
     dmas = {str(s["id"]) for s in sites if s["kind"] == SiteKind.dma}
     site_of = {str(d["id"]): str(d["site_id"]) for d in devices}
     meters = [
@@ -61,7 +68,7 @@ def seed_dma_history(
     ]
     if not meters:
         return 0
-    first = datetime.combine(until.astimezone(tz).date() - timedelta(days=DAYS - 1), time(0), tz)
+    first = datetime.combine(today - timedelta(days=DAYS - 1), time(0), tz)
     days = [first.date() + timedelta(days=i) for i in range(DAYS)]
     recent = until - RECENT
     stored = 0

@@ -270,3 +270,47 @@ def test_demo_shows_all_kinds_and_an_alert_and_takes_mosquitto_pub(demo: Demo) -
     assert demo.proc.wait(30) == 0, demo.log.read_text()[-3000:]
     assert not port_open("127.0.0.1", demo.mqtt_port)
     assert "ingestor stopped" in demo.log.read_text()
+
+
+@pytest.mark.parametrize("hour", [0, 1, 13])
+def test_the_history_registers_yesterday_whenever_the_fleet_starts(
+    sqlite_url: str, hour: int
+) -> None:
+    """The history ends where the fleet's first upload starts (two hours back), which in the
+    first two hours of a local day is still the day before; yesterday's consumption is
+    registered all the same, so the rolling 12 months have rates (CI failed at 00:47 Shanghai
+    time when the seed named its days from the history's end)."""
+    from sqlalchemy import func, select
+
+    from devices.fleet import demo_fleet
+    from monitor.core.db import make_engine
+    from monitor.core.models import Consumption, table
+    from monitor.core.settings import Settings
+    from monitor.demo import seed_dma_history
+    from monitor.registry import import_fleet
+
+    settings = Settings(database_url=sqlite_url)
+    tz = ZoneInfo(settings.timezone)
+    now = datetime(2026, 12, 3, hour, 47, tzinfo=tz)
+    fleet = demo_fleet(now.astimezone(UTC))
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        import_fleet(conn, {"sites": fleet.sites, "devices": fleet.devices})
+    until = (now - timedelta(hours=2)).astimezone(UTC)
+    seed_dma_history(
+        engine, fleet.sites, fleet.devices, fleet.simulators, until, settings, today=now.date()
+    )
+    c = table(Consumption)
+    with engine.connect() as conn:
+        ends = dict(
+            conn.execute(select(c.c.site_id, func.max(c.c.period_end)).group_by(c.c.site_id)).all()
+        )
+        starts = dict(
+            conn.execute(
+                select(c.c.site_id, func.min(c.c.period_start)).group_by(c.c.site_id)
+            ).all()
+        )
+    engine.dispose()
+    yesterday = now.date() - timedelta(days=1)
+    assert ends and {str(e) for e in ends.values()} == {str(yesterday)}
+    assert {str(s) for s in starts.values()} == {str(yesterday - timedelta(days=364))}
