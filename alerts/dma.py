@@ -749,23 +749,42 @@ def periods(
     return out
 
 
-def affected_days(
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a batch of meter readings changes: the (DMA site, local day) pairs whose figures
+    to recompute, and each DMA's earliest reading time in the batch (from there on the rules
+    that read readings, the burst rule's trailing means, can judge differently)."""
+
+    days: set[tuple[str, date]]
+    since: dict[str, datetime]
+
+    def earliest_days(self) -> dict[str, date]:
+        """Each DMA's earliest changed day: what `evaluate_sites` takes."""
+        out: dict[str, date] = {}
+        for site, day in self.days:
+            out[site] = min(day, out.get(site, day))
+        return out
+
+
+def changes(
     conn: Connection,
     device_times: Iterable[tuple[str, datetime]],
     *,
     tz: ZoneInfo | None = None,
-) -> set[tuple[str, date]]:
-    """The (DMA site, local day) pairs a batch of readings changes: what to pass to
-    `recompute_days` after the batch is stored. A reading within an hour of local midnight
-    also touches the neighbouring day, whose totaliser it brackets."""
+) -> Changes:
+    """What a batch of readings (device, time) changes in the DMAs (`Changes`). A reading
+    within an hour of local midnight also touches the neighbouring day, whose totaliser it
+    brackets."""
     tz = tz or ZoneInfo(get_settings().timezone)
     by_device: dict[str, set[date]] = defaultdict(set)
+    first: dict[str, datetime] = {}
     pad = timedelta(seconds=MAX_TOTALISER_GAP_S)
     for device_id, ts in device_times:
         for t in (ts - pad, ts, ts + pad):
             by_device[device_id].add(t.astimezone(tz).date())
+        first[device_id] = min(ts, first.get(device_id, ts))
     if not by_device:
-        return set()
+        return Changes(set(), {})
     rows = conn.execute(
         select(devices.c.id, devices.c.site_id)
         .join(sites, sites.c.id == devices.c.site_id)
@@ -776,4 +795,20 @@ def affected_days(
         )
     )
     site_of = {device_id: site_id for device_id, site_id in rows}
-    return {(site_of[d], day) for d, days in by_device.items() if d in site_of for day in days}
+    since: dict[str, datetime] = {}
+    for device_id, ts in first.items():
+        if (site := site_of.get(device_id)) is not None:
+            since[site] = min(ts, since.get(site, ts))
+    days = {(site_of[d], day) for d, ds in by_device.items() if d in site_of for day in ds}
+    return Changes(days, since)
+
+
+def affected_days(
+    conn: Connection,
+    device_times: Iterable[tuple[str, datetime]],
+    *,
+    tz: ZoneInfo | None = None,
+) -> set[tuple[str, date]]:
+    """The (DMA site, local day) pairs a batch of readings changes: what to pass to
+    `recompute_days` after the batch is stored (`changes(...).days`)."""
+    return changes(conn, device_times, tz=tz).days

@@ -365,11 +365,15 @@ def evaluate_sites(
     rule_ids: Collection[int] | None = None,
     outlet_pressure_mpa: float | None = None,
     frost_depth_m: float | None = None,
+    readings_since: Mapping[str, datetime] | None = None,
 ) -> Outcome:
     """The rules whose subject is a DMA site (night flow, bursts, leakage rate) over the
     sites whose figures changed: `days` maps each site to the earliest local day whose
-    figures (or consumption) changed. The same rebuild and reconcile as the reading rules',
-    so late days and recomputed figures give the alerts in-order data gives."""
+    figures (or consumption) changed, `readings_since` (when readings changed them) to the
+    earliest changed reading, from which a rule that reads readings (the burst rule) judges
+    rather than from local midnight (`DmaKind.start_of`). The same rebuild and reconcile as
+    the reading rules', so late days and recomputed figures give the alerts in-order data
+    gives."""
     outcome = Outcome()
     if not days:
         return outcome
@@ -391,8 +395,9 @@ def evaluate_sites(
         kind = kind_of(rule)
         assert isinstance(kind, DmaKind)
         r = rule._mapping
+        changed = readings_since or {}
         targets = {
-            s: ts
+            s: kind.start_of(ts, changed.get(s))
             for s, ts in since.items()
             if (not r["site_ids"] or s in r["site_ids"])
             and (not r["site_districts"] or sites[s].district in r["site_districts"])

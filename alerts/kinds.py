@@ -813,6 +813,12 @@ class DmaKind(Kind):
         """The rule's steps per DMA site from `starts[site]` on."""
         raise NotImplementedError
 
+    def start_of(self, day_start: datetime, changed: datetime | None) -> datetime:
+        """From when a site's steps may have changed, given the local midnight of its earliest
+        changed day and its earliest changed reading (None: the change was not readings, e.g.
+        consumption): the midnight, as a rule on daily figures judges whole days."""
+        return day_start
+
     def _night_end(self, site: Any, day: date, tz: ZoneInfo) -> datetime:
         """When a day's night window ends (its figures are judged then), UTC."""
         params = dma.params_of(site)
@@ -924,6 +930,13 @@ class Burst(DmaKind):
 
     def lookback(self) -> timedelta:
         return timedelta(hours=1)
+
+    def start_of(self, day_start: datetime, changed: datetime | None) -> datetime:
+        # A reading at t changes the trailing means at t and after (its own window, and the
+        # same times of later days as their baseline) and its day's mean flow, which only
+        # later days use: nothing before t. So the rebuild starts there, not at midnight (a
+        # batch at 23:00 would re-read the whole day and 14 days of the same windows).
+        return changed if changed is not None else day_start
 
     def site_series(
         self, src: SiteSources, starts: Mapping[str, datetime]

@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from alerts.dma import affected_days, recompute_days
+from alerts.dma import changes, recompute_days
 from alerts.evaluator import (
     Folded,
     Outcome,
@@ -750,26 +750,24 @@ class Writer:
             return
         try:
             with conn.begin_nested():
-                pairs = affected_days(conn, hours, tz=self._tz)
-                recompute_days(conn, pairs, tz=self._tz)
+                changed = changes(conn, hours, tz=self._tz)
+                recompute_days(conn, changed.days, tz=self._tz)
         except OperationalError:
             raise
         except Exception:
             log.exception("DMA day figures failed; the batch's readings are stored regardless")
             return
-        earliest: dict[str, date] = {}
-        for site, day in pairs:
-            earliest[site] = min(day, earliest.get(site, day))
         self._retrying(
             conn,
             "site rules",
             lambda: evaluate_sites(
                 conn,
-                earliest,
+                changed.earliest_days(),
                 self._tz,
                 page_ended=self._page_ended,
                 outlet_pressure_mpa=self._outlet_pressure,
                 frost_depth_m=self._frost_depth,
+                readings_since=changed.since,
             ),
         )
 

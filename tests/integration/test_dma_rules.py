@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
-from alerts.dma import affected_days, recompute_days
+from alerts.dma import changes, recompute_days
 from alerts.evaluator import evaluate_sites
 from alerts.packs import install_default_rules
 from ingest.repository import insert_readings
@@ -130,6 +130,15 @@ def readings(day: int, injected: list[Burst], seed: int) -> list[Row]:
     return rows
 
 
+def deliver(engine: Engine, batch: list[Row]) -> None:
+    """Store a batch, recompute its DMA days and judge the site rules, as the writer does."""
+    with engine.begin() as conn:
+        insert_readings(conn, batch)
+        changed = changes(conn, {(r.device_id, r.ts) for r in batch}, tz=TZ)
+        recompute_days(conn, changed.days, tz=TZ)
+        evaluate_sites(conn, changed.earliest_days(), TZ, readings_since=changed.since)
+
+
 def _empty(engine: Engine) -> None:
     with engine.begin() as conn:
         for model in (AlertEvent, Alert, DmaSlot, DmaDay, Reading):
@@ -151,15 +160,7 @@ def test_bursts_on_30_days_are_found_and_nothing_else(engine: Engine) -> None:
             rows = readings(day, [b for b in injected if b.day == day], seed)
             for part in range(4):  # four 6-hour batches a day, in order
                 batch = rows[part * len(rows) // 4 : (part + 1) * len(rows) // 4]
-                with engine.begin() as conn:
-                    insert_readings(conn, batch)
-                    hours = {(r.device_id, r.ts) for r in batch}
-                    pairs = affected_days(conn, hours, tz=TZ)
-                    recompute_days(conn, pairs, tz=TZ)
-                    earliest: dict[str, date] = {}
-                    for s, d in pairs:
-                        earliest[s] = min(d, earliest.get(s, d))
-                    evaluate_sites(conn, earliest, TZ)
+                deliver(engine, batch)
         alerts, rules = table(Alert), table(Rule)
         with engine.connect() as conn:
             found = conn.execute(
@@ -197,3 +198,105 @@ def test_bursts_on_30_days_are_found_and_nothing_else(engine: Engine) -> None:
             assert hits, f"burst {b} not found by {deadline}"
 
     check()
+
+
+# The order property: the history before the judged days is stored once per backend, in order;
+# each example delivers the two judged days (bursts at random) hour by hour in order, then again
+# cut into chunks in any order with redeliveries, and the site rules' alerts must be the same.
+HISTORY_DAYS = 9  # days 0-8: the burst rule's 7 days of history and two spare
+JUDGED = (HISTORY_DAYS, HISTORY_DAYS + 1)
+ORDER_EXAMPLES = int(os.environ.get("ENVMON_PROPERTY_EXAMPLES", "6"))
+
+
+@st.composite
+def judged_bursts(draw: st.DrawFn) -> list[Burst]:
+    out = []
+    for d in draw(st.lists(st.sampled_from(JUDGED), max_size=2)):
+        day = FIRST + timedelta(days=d)
+        if draw(st.booleans()):  # daytime, from 10% of the mean flow, starting anywhere
+            start = datetime.combine(day, time(0), tzinfo=TZ) + timedelta(
+                seconds=draw(st.integers(6 * 3600, 22 * 3600))
+            )
+            out.append(Burst(d, start, draw(st.floats(0.3, 6)), draw(st.floats(3.5, 16))))
+        else:  # at night, small
+            start = datetime.combine(day, time(0), tzinfo=TZ) + timedelta(
+                minutes=draw(st.integers(30, 200))
+            )
+            out.append(Burst(d, start, draw(st.floats(0.5, 5)), draw(st.floats(2.5, 6))))
+    return out
+
+
+def _site_alerts(engine: Engine) -> list[tuple[object, ...]]:
+    alerts, rules = table(Alert), table(Rule)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                rules.c.name,
+                alerts.c.site_id,
+                alerts.c.device_id,
+                alerts.c.severity,
+                alerts.c.started_at,
+                alerts.c.fired_at,
+                alerts.c.resolved_at,
+                alerts.c.status,
+                alerts.c.violations,
+                alerts.c.peak_value,
+            )
+            .join(rules, rules.c.id == alerts.c.rule_id)
+            .where(alerts.c.status != "retracted")
+            .order_by(rules.c.name, alerts.c.started_at)
+        ).all()
+    return [tuple(round(v, 6) if isinstance(v, float) else v for v in r) for r in rows]
+
+
+def _forget_judged_days(engine: Engine) -> None:
+    """Back to the stored history: the judged days' readings, figures and every alert gone."""
+    first = datetime.combine(FIRST + timedelta(days=JUDGED[0]), time(0), tzinfo=TZ)
+    readings_t, slots, days = table(Reading), table(DmaSlot), table(DmaDay)
+    with engine.begin() as conn:
+        conn.execute(delete(table(AlertEvent)))
+        conn.execute(delete(table(Alert)))
+        conn.execute(delete(readings_t).where(readings_t.c.ts >= first.astimezone(UTC)))
+        conn.execute(delete(slots).where(slots.c.slot_at >= first.astimezone(UTC)))
+        conn.execute(delete(days).where(days.c.day >= first.date()))
+
+
+def test_site_alerts_are_the_same_in_any_delivery_order(engine: Engine) -> None:
+    """The site rules (burst, night flow rise, net night flow) judge a DMA the same whatever
+    order its readings arrive in: late chunks rebuild from their own earliest reading (the
+    burst rule) or their day (the daily rules), redeliveries change nothing."""
+    _empty(engine)
+    for day in range(HISTORY_DAYS):
+        rows = readings(day, [], seed=1)
+        for part in range(4):
+            deliver(engine, rows[part * len(rows) // 4 : (part + 1) * len(rows) // 4])
+    assert not _site_alerts(engine), "the history alone must raise nothing"
+    seen: set[str] = set()
+
+    @settings(
+        max_examples=ORDER_EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(judged_bursts(), st.data())
+    def check(injected: list[Burst], data: st.DataObject) -> None:
+        note(f"bursts: {injected}")
+        rows = [r for d in JUDGED for r in readings(d, [b for b in injected if b.day == d], 1)]
+        _forget_judged_days(engine)
+        for hour in range(0, len(rows), 24):  # in order, an hour (12 readings of 2) a batch
+            deliver(engine, rows[hour : hour + 24])
+        expected = _site_alerts(engine)
+        seen.update(a[0] for a in expected)  # type: ignore[misc]
+
+        cuts = sorted(data.draw(st.sets(st.integers(1, len(rows) - 1), max_size=6), "cuts"))
+        chunks = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+        order = data.draw(st.permutations(chunks), "order")
+        again = data.draw(st.lists(st.sampled_from(chunks), max_size=2), "again")
+        _forget_judged_days(engine)
+        for chunk in [*order, *again]:
+            deliver(engine, chunk)
+        assert _site_alerts(engine) == expected
+
+    check()
+    assert "dma-burst" in seen, "no example raised a burst alert: the property was not exercised"
