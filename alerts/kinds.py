@@ -405,32 +405,22 @@ class HourlyFeeder(_Hours):
         return out
 
 
-class HourlyMean(Threshold):
-    """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
-    of its expected valid readings; `min_samples` hours make a window), judged at each
-    hour's end."""
+class _KeptHours(Kind):
+    """A kind whose kept state is an `_Hours` feeder over the hourly rollups (the hourly
+    mean, the daily count): built from the rollups (`fed`), then folded a batch at a time."""
 
     incremental = True
 
-    def lookback(self) -> timedelta:
-        # and back to the start of the hour the earliest new reading is in
-        return super().lookback() + HOUR
+    def hours_from(self, src: Sources, starts: Mapping[str, datetime]) -> datetime:
+        """From which hour the feeders read the rollups."""
+        raise NotImplementedError
 
-    def fold_from(self, since: datetime, device: Any) -> datetime:
-        # and back to the hour of the device's newest reading stored before the batch: a new
-        # reading after a gap is what shows that hour over, and its step (at the hour's end)
-        # is older than the new reading
-        start = since - self.lookback()
-        stored: datetime | None = device.watermark_at
-        if stored is None:
-            return start
-        return min(start, stored.replace(minute=0, second=0, microsecond=0))
+    def hours_feeder(self, src: Sources, device: Row[Any]) -> _Hours:
+        raise NotImplementedError
 
-    def raw_key(self) -> tuple[str, bool] | None:
-        return None
-
-    def bounded_by_extremes(self) -> bool:
-        return False
+    def loaded_steps(self, feeder: Any, until: datetime, lo: datetime) -> list[Step]:
+        """The steps of a feeder just loaded from the hours from `lo`."""
+        return list(feeder.judge(until))
 
     def fed(
         self, src: Sources, starts: Mapping[str, datetime]
@@ -441,21 +431,16 @@ class HourlyMean(Threshold):
         self, src: Sources, starts: Mapping[str, datetime]
     ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
         ids = list(starts)
-        lo = min(starts.values()) - HOUR
-        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
-        until = repository.complete_until(
-            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
-        )
-        window = timedelta(seconds=int(self.r["window_s"]))
+        lo = self.hours_from(src, starts)
+        counted, until = counted_hours(src, self.metric, ids, lo)
         out = {}
         for d in ids:
             device = src.devices[d]
-            f = HourlyFeeder(self.rule, 3600 / max(1, int(device.interval_s)))
+            f = self.hours_feeder(src, device)
             f.load(counted.get(d, []))
-            # only windows wholly inside the hours read
-            steps = f.judge(until[d], since=lo + window)
             # (the rollups do not say when in its hour the newest reading was)
-            out[d] = (steps, cast(Feeder, f), newest_stored(device, src.latest.get(d)))
+            newest = newest_stored(device, src.latest.get(d))
+            out[d] = (self.loaded_steps(f, until[d], lo), cast(Feeder, f), newest)
         return out
 
     def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
@@ -469,6 +454,35 @@ class HourlyMean(Threshold):
         assert newest is not None  # the device had readings in the batch
         feeder.add(items)
         return list(feeder.judge(feeder.complete(newest, int(device.interval_s))))
+
+
+class HourlyMean(_KeptHours, Threshold):
+    """The mean of `window_s` whole hours from the hourly rollups (an hour counts with 75%
+    of its expected valid readings; `min_samples` hours make a window), judged at each
+    hour's end."""
+
+    def lookback(self) -> timedelta:
+        # and back to the start of the hour the earliest new reading is in
+        return super().lookback() + HOUR
+
+    def fold_from(self, since: datetime, device: Any) -> datetime:
+        return back_to_stored_hour(since - self.lookback(), device)
+
+    def raw_key(self) -> tuple[str, bool] | None:
+        return None
+
+    def bounded_by_extremes(self) -> bool:
+        return False
+
+    def hours_from(self, src: Sources, starts: Mapping[str, datetime]) -> datetime:
+        return min(starts.values()) - HOUR
+
+    def hours_feeder(self, src: Sources, device: Row[Any]) -> _Hours:
+        return HourlyFeeder(self.rule, 3600 / max(1, int(device.interval_s)))
+
+    def loaded_steps(self, feeder: Any, until: datetime, lo: datetime) -> list[Step]:
+        # only windows wholly inside the hours read
+        return list(feeder.judge(until, since=lo + timedelta(seconds=int(self.r["window_s"]))))
 
 
 class RateFeeder:
@@ -596,14 +610,7 @@ class _Daily(Kind):
     """Kinds judged on the hourly rollups of whole local days."""
 
     def fold_from(self, since: datetime, device: Any) -> datetime:
-        # and back to the hour of the device's newest reading stored before the batch: a new
-        # reading after a gap is what shows that hour over, and its step (at the hour's end)
-        # is older than the new reading
-        start = since - self.lookback()
-        stored: datetime | None = device.watermark_at
-        if stored is None:
-            return start
-        return min(start, stored.replace(minute=0, second=0, microsecond=0))
+        return back_to_stored_hour(since - self.lookback(), device)
 
     def raw_key(self) -> tuple[str, bool] | None:
         return None
@@ -613,13 +620,8 @@ class _Daily(Kind):
     ) -> tuple[dict[str, list[Point]], dict[str, datetime]]:
         """Hourly means of `ids` from the local day before the earliest start, and up to when
         each device's hours are over by its data (a half-uploaded hour is not judged)."""
-        day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
-        lo = day.astimezone(UTC) - timedelta(days=1)
-        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
+        counted, until = counted_hours(src, self.metric, ids, day_before(src, starts))
         hourly = {d: [Point(end, mean) for end, mean, _, _ in rows] for d, rows in counted.items()}
-        until = repository.complete_until(
-            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
-        )
         return hourly, until
 
 
@@ -651,49 +653,16 @@ class DailyFeeder(_Hours):
         return out
 
 
-class DailyCount(_Daily):
+class DailyCount(_KeptHours, _Daily):
     """How many hours of the local day so far had a mean above `params.hour_above`."""
 
     kind = RuleKind.daily_count
-    incremental = True
 
-    def fed(
-        self, src: Sources, starts: Mapping[str, datetime]
-    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
-        return per_group(self._fed, src, starts)
+    def hours_from(self, src: Sources, starts: Mapping[str, datetime]) -> datetime:
+        return day_before(src, starts)
 
-    def _fed(
-        self, src: Sources, starts: Mapping[str, datetime]
-    ) -> dict[str, tuple[list[Step], Feeder, datetime | None]]:
-        ids = list(starts)
-        # from the local day before the earliest start's, so that every day counts whole
-        day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
-        lo = day.astimezone(UTC) - timedelta(days=1)
-        counted = repository.hourly_counted(src.conn, self.metric, ids, lo)
-        until = repository.complete_until(
-            src.conn, self.metric, counted, src.devices, src.latest, lo, ids
-        )
-        above = float(self.params["hour_above"])
-        out = {}
-        for d in ids:
-            f = DailyFeeder(self.rule, above, src.tz)
-            f.load(counted.get(d, []))
-            steps = f.judge(until[d])
-            newest = newest_stored(src.devices[d], src.latest.get(d))
-            out[d] = (steps, cast(Feeder, f), newest)
-        return out
-
-    def series(self, src: Sources, starts: Mapping[str, datetime]) -> dict[str, list[Step]]:
-        return {d: got[0] for d, got in self.fed(src, starts).items()}
-
-    def takes(self, feeder: Any, items: list[Any]) -> bool:
-        return bool(feeder.takes(items))
-
-    def fold(self, feeder: Any, items: list[Any], device: Row[Any], fresh: Fresh) -> list[Step]:
-        newest = fresh.newest(device.id)
-        assert newest is not None  # the device had readings in the batch
-        feeder.add(items)
-        return list(feeder.judge(feeder.complete(newest, int(device.interval_s))))
+    def hours_feeder(self, src: Sources, device: Row[Any]) -> _Hours:
+        return DailyFeeder(self.rule, float(self.params["hour_above"]), src.tz)
 
     def describe(self, severity: str, value: float) -> str:
         return f"{value:.0f} exceeding hours today ({severity}: {self.limit(severity)})"
@@ -1057,6 +1026,33 @@ THRESHOLDS: dict[Aggregate, type[Threshold]] = {
 
 
 T = TypeVar("T")
+
+
+def back_to_stored_hour(start: datetime, device: Any) -> datetime:
+    """`start`, moved back to the hour of the device's newest reading stored before the
+    batch (the hourly kinds' fold start): a new reading after a gap is what shows that hour
+    over, and its step (at the hour's end) is older than the new reading."""
+    stored: datetime | None = device.watermark_at
+    if stored is None:
+        return start
+    return min(start, stored.replace(minute=0, second=0, microsecond=0))
+
+
+def day_before(src: Sources, starts: Mapping[str, datetime]) -> datetime:
+    """The start of the local day before the earliest start's (UTC), so that every day the
+    daily kinds judge counts whole."""
+    day = min(starts.values()).astimezone(src.tz).replace(hour=0, minute=0, second=0)
+    return day.astimezone(UTC) - timedelta(days=1)
+
+
+def counted_hours(
+    src: Sources, metric: str, ids: list[str], lo: datetime
+) -> tuple[dict[str, list[tuple[datetime, float, int, float]]], dict[str, datetime]]:
+    """The devices' hours from the rollups from `lo` (`repository.hourly_counted`), and up to
+    when each device's hours are over by its data (a half-uploaded hour is not judged)."""
+    counted = repository.hourly_counted(src.conn, metric, ids, lo)
+    until = repository.complete_until(src.conn, metric, counted, src.devices, src.latest, lo, ids)
+    return counted, until
 
 
 def newest_stored(device: Any, in_batch: datetime | None) -> datetime | None:
