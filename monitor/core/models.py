@@ -515,11 +515,12 @@ def table(model: type[Base]) -> Table:
 
 class DmaSlot(Base):
     """A DMA's 15-minute slot: net inflow (inlets - outlets, defined only when every meter
-    has a value) and the mean pressure of its AZP meters; the burst rule's series."""
+    has a value) and the mean pressure of its AZP meters; the burst rule's mean flow. Derived
+    data, rewritten from the readings: no foreign key to `sites` (migration 0015 says why)."""
 
     __tablename__ = "dma_slots"
 
-    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     slot_at: Mapped[datetime] = mapped_column(primary_key=True)  # the slot's start, UTC
     net_m3h: Mapped[float] = mapped_column(Float)
     azp_mpa: Mapped[float | None] = mapped_column(Float)
