@@ -8,8 +8,13 @@ drain, a fifth of the writer's time (docs/benchmarks.md, "Garbage collection").
 
 `GcPacer.after_batch()` freezes what is alive after each batch (`gc.freeze`: moved to the
 permanent generation, which collections skip; an object freed by its reference count is
-still freed at once). Only reference cycles among frozen objects wait: every `full_every_s`
-the pacer unfreezes and runs one full collection, which frees them.
+still freed at once). Only reference cycles among frozen objects wait: the pacer unfreezes
+and runs one full collection, which frees them, once the frozen objects have grown by
+`growth` (half) over what was alive after the last full collection (CPython's own rule
+for its oldest generation, which counts a quarter), and at least every `full_every_s`.
+The growth rule bounds the garbage kept to a share of the live heap whatever the message
+rate: a soak at 300 msg/s with the time rule alone grew the ingestor by 240 MiB in four
+minutes (docs/benchmarks.md, "Soak"), and a faster stream would keep more.
 """
 
 from __future__ import annotations
@@ -19,25 +24,44 @@ import time
 from collections.abc import Callable
 
 FULL_EVERY_S = 600.0
+GROWTH = 0.5
+MIN_GROWTH = 200_000  # objects: a small heap is not collected for a few thousand new ones
 
 
 class GcPacer:
     def __init__(
-        self, full_every_s: float = FULL_EVERY_S, clock: Callable[[], float] = time.monotonic
+        self,
+        full_every_s: float = FULL_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        growth: float = GROWTH,
+        min_growth: int = MIN_GROWTH,
     ) -> None:
         self._every = full_every_s
         self._clock = clock
+        self._growth = growth
+        self._min_growth = min_growth
         self._last_full = clock()
+        self._alive: int | None = None  # objects frozen just after the last full collection
         self.full_collections = 0
 
     def after_batch(self) -> None:
         """Call between batches, when what is alive is what the process keeps."""
         now = self._clock()
-        if now - self._last_full >= self._every:
+        if self._alive is None:  # the first batch: what is alive now is the baseline
+            gc.freeze()
+            self._alive = gc.get_freeze_count()
+            return
+        frozen = gc.get_freeze_count()
+        grown = frozen - self._alive > max(self._alive * self._growth, self._min_growth)
+        if grown or now - self._last_full >= self._every:
             gc.unfreeze()
             gc.collect()
             self._last_full = now
             self.full_collections += 1
+            gc.freeze()
+            self._alive = gc.get_freeze_count()
+            return
         gc.freeze()
 
 

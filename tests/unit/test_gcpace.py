@@ -74,3 +74,33 @@ def test_each_api_worker_freezes_its_startup_heap_while_it_runs(sqlite_url: str)
         assert client.get("/v1/health").status_code == 200
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0, "a stopped app left its heap frozen"
+
+
+def test_the_full_collection_comes_early_when_frozen_garbage_outgrows_the_live_heap() -> None:
+    """Whatever the message rate, the cycles frozen between full collections stay a share of
+    the heap: once the frozen objects grow by half, the next batch collects, long before the
+    time rule would."""
+    now = [0.0]
+    pacer = GcPacer(full_every_s=1e9, clock=lambda: now[0], growth=0.5, min_growth=1_000)
+    pacer.after_batch()
+    alive = gc.get_freeze_count()
+
+    def batch(cycles: int) -> list[weakref.ref[Node]]:
+        """A batch whose objects are alive when it ends (frozen) and garbage after."""
+        held = [Node() for _ in range(cycles)]
+        for node in held:
+            node.other = Node()
+            node.other.other = node
+        pacer.after_batch()
+        return [weakref.ref(n) for n in held]
+
+    few = batch(100)  # 200 objects: under the growth
+    pacer.after_batch()
+    assert pacer.full_collections == 0 and all(r() is not None for r in few)
+    many = batch(alive // 4 + 1_000)  # more than half the heap again, in nodes
+    assert pacer.full_collections == 0
+    pacer.after_batch()
+    assert pacer.full_collections == 1, "the frozen garbage grew past half the heap uncollected"
+    assert all(r() is None for r in many) and all(r() is None for r in few)
+    # what stays frozen is the heap and the weak references, not the nodes
+    assert gc.get_freeze_count() < alive + len(many) + len(few) + 2_000
