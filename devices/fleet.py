@@ -105,7 +105,7 @@ def demo_fleet(now: datetime, *, seed: int = 7) -> Fleet:
     episodes = {
         "dust-001": [Episode("dust", now - 80 * minutes, now + 30 * minutes, 4.0)],
         "water-002": [Episode("turbidity", now - 30 * minutes, now + 15 * minutes, 6.0)],
-        # a burst in DMA 02: the pressure falls and the inflow rises by 30%
+        # a burst in DMA 02: the pressure falls and the inflow rises by 30% of its mean or more
         "leak-003": [Episode("pressure_drop", now - 40 * minutes, now + 60 * minutes, 0.25)],
     }
     site_kinds = {str(site["id"]): str(site["kind"]) for site in document["sites"]}

@@ -358,7 +358,10 @@ class LeakMeter(SimulatedDevice):
         if self.rollover_m3 is not None:
             total %= self.rollover_m3
         return {
-            "flow": flow * (1 + 0.3 * burst),
+            # A burst's outflow depends on the pipe and the pressure, not on the customers: 30%
+            # of the meter's mean flow (at night a large share of the inflow, so the burst rule
+            # sees it at any hour), or of the flow at the time when that is more.
+            "flow": flow + 0.3 * burst * max(flow, self._mean_flow),
             # A burst leaks more at higher pressure, so the drop scales with it: `magnitude` is
             # the drop from mid-band 0.33 MPa, and 0.25 leaves 0.06-0.10 MPa at any hour.
             "pressure": max(pressure - drop * pressure / 0.33, 0.02),

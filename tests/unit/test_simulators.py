@@ -8,6 +8,8 @@ from pathlib import Path
 from statistics import mean
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devices.fleet import EXAMPLE_FLEET, demo_fleet, load_fleet_file, simulators_for
 from devices.publisher import next_stamp
@@ -174,3 +176,19 @@ def test_rounds_run_back_to_back_still_get_distinct_event_times() -> None:
     assert next_stamp(whole, whole) == whole + timedelta(seconds=1)
     later = now + timedelta(milliseconds=50)
     assert next_stamp(third, later) == later
+
+
+@given(st.integers(0, 24 * 60 - 1), st.sampled_from([None, 1.0]))
+def test_a_burst_is_one_the_burst_rule_sees_at_any_hour(
+    minute: int, night_use: float | None
+) -> None:
+    """The demo's burst must pass the burst rule's bar (10% of the DMA's mean flow and 1 m³/h
+    over the usual flow) whenever the demo starts: a burst of 30% of the flow at the time was
+    a few m³/h at 02:00, and the demo showed no burst alert for the night hours."""
+    now = NOW.replace(hour=0) + minute * MINUTE
+    episode = Episode("pressure_drop", now - 25 * MINUTE, now + 20 * MINUTE, 0.25)
+    plain = LeakMeter("leak-003", seed=7, night_use_m3h=night_use, leak_m3h=8.0)
+    burst = LeakMeter("leak-003", seed=7, night_use_m3h=night_use, leak_m3h=8.0, episodes=[episode])
+    day = [plain.sample(NOW.replace(hour=0) + h * 60 * MINUTE).values["flow"] for h in range(24)]
+    excess = burst.sample(now).values["flow"] - plain.sample(now).values["flow"]
+    assert excess >= max(1.0, 0.1 * mean(day))
