@@ -618,6 +618,22 @@ def _registered(bills: Iterable[Any], start: date, end: date) -> tuple[float, fl
     return registered, residential, covered
 
 
+def _bills(conn: Connection, ids: list[str], lo: date, hi: date) -> dict[str, list[Any]]:
+    """The billing periods of these DMAs overlapping [lo, hi], per site, oldest first."""
+    bills: dict[str, list[Any]] = defaultdict(list)
+    for c in conn.execute(
+        select(consumption)
+        .where(
+            one_of(conn, consumption.c.site_id, ids),
+            consumption.c.period_start <= hi,
+            consumption.c.period_end >= lo,
+        )
+        .order_by(consumption.c.site_id, consumption.c.period_start)
+    ):
+        bills[c.site_id].append(c)
+    return bills
+
+
 def rolling_rates(
     conn: Connection,
     sites: Mapping[str, Any],
@@ -647,17 +663,7 @@ def rolling_rates(
         )
     ):
         inlet[s][d] = float(v)
-    bills: dict[str, list[Any]] = defaultdict(list)
-    for c in conn.execute(
-        select(consumption)
-        .where(
-            one_of(conn, consumption.c.site_id, ids),
-            consumption.c.period_start <= hi,
-            consumption.c.period_end >= lo,
-        )
-        .order_by(consumption.c.site_id, consumption.c.period_start)
-    ):
-        bills[c.site_id].append(c)
+    bills = _bills(conn, ids, lo, hi)
     out: dict[str, dict[date, Cjj92Rates]] = {}
     for s, ends in wanted.items():
         site, mine = sites[s], inlet.get(s, {})
@@ -706,17 +712,7 @@ def periods(
     ]
     lo = min(day_from, *(w[1] for w in windows))
     hi = max(day_to, *(w[2] for w in windows))
-    bills: dict[str, list[Any]] = defaultdict(list)
-    for c in conn.execute(
-        select(consumption)
-        .where(
-            consumption.c.site_id.in_(list(by_id)),
-            consumption.c.period_start <= hi,
-            consumption.c.period_end >= lo,
-        )
-        .order_by(consumption.c.site_id, consumption.c.period_start)
-    ):
-        bills[c.site_id].append(c)
+    bills = _bills(conn, list(by_id), lo, hi)
     out: list[Period] = []
     for site_id, site in by_id.items():
         for c in bills[site_id]:
