@@ -64,7 +64,7 @@ from ingest.validate import (
     parse_message,
 )
 from monitor.core.db import WRITING, lock_devices
-from monitor.core.gcpace import GcPacer
+from monitor.core.gcpace import IDLE_S, GcPacer
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class Writer:
         self._pending: Batch | None = None
         # the kept rule state is a large long-lived heap: collections paced around it
         self._gc = GcPacer()
+        self._quiet_since: float | None = None  # when the writer last found nothing to do
         # folds kept rule state while the committer waits for the batch's insert
         self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envmon-fold")
 
@@ -286,8 +287,14 @@ class Writer:
         except queue.Empty:
             if self._collector_idle.is_set():
                 self.idle.set()  # nothing queued, collected, or being committed
+                now = time.monotonic()
+                if self._quiet_since is None:
+                    self._quiet_since = now
+                elif now - self._quiet_since >= IDLE_S:
+                    self._gc.when_idle()
             return Batch()
         self.idle.clear()
+        self._quiet_since = None
         return batch
 
     def _done(self, batch: Batch) -> None:

@@ -11,8 +11,6 @@ crash could still lose; without the answer it retries, and the retry stores noth
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import queue
 import re
@@ -53,6 +51,7 @@ from ingest.hj212.protocol import (
 from ingest.mqtt import Message
 from ingest.validate import DeadLetterRecord, Reason
 from ingest.writer import HJ212_DEAD_TOPIC, HJ212_FACTS_TOPIC
+from monitor.core.gcpace import malloc_trim
 from monitor.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -611,17 +610,7 @@ class Gateway:
                 await asyncio.sleep(0.05)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None (another C library, another system)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_trim = _malloc_trim()
+_trim = malloc_trim()
 
 
 def _now() -> datetime:

@@ -104,3 +104,24 @@ def test_the_full_collection_comes_early_when_frozen_garbage_outgrows_the_live_h
     assert all(r() is None for r in many) and all(r() is None for r in few)
     # what stays frozen is the heap and the weak references, not the nodes
     assert gc.get_freeze_count() < alive + len(many) + len(few) + 2_000
+
+
+def test_a_quiet_writer_collects_what_its_last_batches_froze_once() -> None:
+    """After a burst, quiet: the garbage the batches froze is freed then, not at the next
+    time rule (10,000 HJ 212 logins kept their garbage, and the gateway its memory); and a
+    quiet spell with nothing new frozen collects nothing."""
+    now = [0.0]
+    pacer = GcPacer(full_every_s=1e9, clock=lambda: now[0], min_growth=10**9)
+    pacer.after_batch()
+    assert not pacer.when_idle(), "nothing was frozen since the baseline"
+    held = [Node() for _ in range(1_000)]
+    for node in held:
+        node.other = Node()
+        node.other.other = node
+    pacer.after_batch()
+    refs = [weakref.ref(n) for n in held]
+    del held, node
+    assert pacer.full_collections == 0 and all(r() is not None for r in refs)
+    assert pacer.when_idle()
+    assert pacer.full_collections == 1 and all(r() is None for r in refs)
+    assert not pacer.when_idle() and pacer.full_collections == 1
