@@ -748,8 +748,9 @@ def periods(
 @dataclass(frozen=True, slots=True)
 class Changes:
     """What a batch of meter readings changes: the (DMA site, local day) pairs whose figures
-    to recompute, and each DMA's earliest reading time in the batch (from there on the rules
-    that read readings, the burst rule's trailing means, can judge differently)."""
+    to recompute (`recompute_days`), and each DMA's earliest reading time in the batch, as
+    given (the writer gives the start of the reading's hour): from there on the rules that
+    read readings, the burst rule's trailing means, can judge differently."""
 
     days: set[tuple[str, date]]
     since: dict[str, datetime]
@@ -797,14 +798,3 @@ def changes(
             since[site] = min(ts, since.get(site, ts))
     days = {(site_of[d], day) for d, ds in by_device.items() if d in site_of for day in ds}
     return Changes(days, since)
-
-
-def affected_days(
-    conn: Connection,
-    device_times: Iterable[tuple[str, datetime]],
-    *,
-    tz: ZoneInfo | None = None,
-) -> set[tuple[str, date]]:
-    """The (DMA site, local day) pairs a batch of readings changes: what to pass to
-    `recompute_days` after the batch is stored (`changes(...).days`)."""
-    return changes(conn, device_times, tz=tz).days

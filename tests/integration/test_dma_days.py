@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, select
 
-from alerts.dma import affected_days, recompute_days
+from alerts.dma import changes, recompute_days
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.core.db import make_engine
@@ -219,7 +219,7 @@ def test_a_stored_batch_names_the_dma_days_to_recompute(engine: Engine) -> None:
             conn, SiteCreate(id="cs-b", name="c", district="Lanshan", kind="construction_site")
         )
         upsert_device(conn, DeviceCreate(id="dust-b", site_id="cs-b", kind="dust_monitor"))
-        pairs = affected_days(
+        changed = changes(
             conn,
             [
                 ("in-b", (local + timedelta(hours=12)).astimezone(UTC)),
@@ -232,7 +232,10 @@ def test_a_stored_batch_names_the_dma_days_to_recompute(engine: Engine) -> None:
             ],
             tz=TZ,
         )
-    assert pairs == {("dma-b", DAY), ("dma-b", DAY - timedelta(days=1))}
+    assert changed.days == {("dma-b", DAY), ("dma-b", DAY - timedelta(days=1))}
+    # the DMA's earliest reading, where the burst rule judges from; no other site named
+    assert changed.since == {"dma-b": (local + timedelta(minutes=10)).astimezone(UTC)}
+    assert changed.earliest_days() == {"dma-b": DAY - timedelta(days=1)}
 
 
 def test_two_writers_recomputing_one_dma_day_at_once_both_succeed(pg_url: str) -> None:
