@@ -7,10 +7,12 @@ answers into alert changes.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
 from monitor.core.models import Severity
@@ -44,6 +46,98 @@ class Thresholds(Protocol):
 class Point(NamedTuple):
     ts: datetime
     value: float
+
+
+# Kept state holds a dozen (rule, device) pairs per device, each with a few durations and a
+# window: at 10,000 HJ 212 loggers that is the gateway's memory (docs/benchmarks.md), so the
+# pieces that are the same for every pair of a rule are one object, and a window is a list.
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(ts: datetime) -> int:
+    """An instant as whole microseconds since the epoch (exact: a datetime's resolution)."""
+    d = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)) - EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+ONE_US = timedelta(microseconds=1)
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+@lru_cache(maxsize=4096)
+def seconds(n: float) -> timedelta:
+    """`timedelta(seconds=n)`, one object per length (timedeltas are immutable)."""
+    return timedelta(seconds=n)
+
+
+@lru_cache(maxsize=4096)
+def window_micros(window_s: int) -> tuple[int, int]:
+    """A window's length and the span `MIN_COVERAGE` asks of it, in microseconds (the same
+    int objects for every pair of a rule)."""
+    return window_s * 1_000_000, (seconds(window_s) * MIN_COVERAGE) // ONE_US
+
+
+@lru_cache(maxsize=4096)
+def _shared(*values: Any) -> tuple[Any, ...]:
+    """The tuple of `values`, one object per content (a rule's limits, read by every pair)."""
+    return values
+
+
+class Window:
+    """Points in time order, dropped oldest first, kept in one array of doubles: each point's
+    instant (whole microseconds since the epoch, exact in a double until the year 2255) and
+    value, 16 bytes a point where a deque of `Point`s holds about 140 (tuple, datetime,
+    float) and a 64-slot block from its first point on. Compacted when half of it is
+    dropped (O(1) amortised). The rolling kinds are windows themselves (one object less per
+    pair)."""
+
+    __slots__ = ("data", "head")
+
+    def __init__(self) -> None:
+        self.data = array("d")
+        self.head = 0  # index of the oldest live point's instant
+
+    def __len__(self) -> int:
+        return (len(self.data) - self.head) >> 1
+
+    def append(self, p: Point) -> int:
+        """Add the newest point; its instant in microseconds."""
+        us = micros(p.ts)
+        self.data.extend((us, p.value))
+        return us
+
+    def first_us(self) -> float:
+        return self.data[self.head]
+
+    def first_value(self) -> float:
+        return self.data[self.head + 1]
+
+    def points(self) -> list[Point]:
+        d = self.data
+        return [Point(from_micros(int(d[i])), d[i + 1]) for i in range(self.head, len(d), 2)]
+
+    def drop_through(self, cut_us: int, total: float = 0.0, keep: int = 0) -> float:
+        """Drop the points at or before `cut_us`, oldest first, but keep the newest `keep` of
+        them (`Changes` keeps the value as it stood at the cut); `total` less the values
+        dropped, subtracted one at a time (a running sum is kept the way it was built)."""
+        d, head = self.data, self.head
+        skip = 2 * keep
+        while len(d) - head > skip and d[head + skip] <= cut_us:
+            total -= d[head + 1]
+            head += 2
+        if head and head == len(d):
+            del d[:]
+            head = 0
+        elif head >= 64 and 2 * head >= len(d):
+            del d[:head]
+            head = 0
+        self.head = head
+        return total
 
 
 class Timed(Protocol):
@@ -85,26 +179,24 @@ def level_of(rule: Thresholds, value: float) -> Severity | None:
     return None
 
 
-class RollingMean:
+class RollingMean(Window):
     """The mean over (t - window, t] at each reading time t, folded one reading at a time:
     a value only when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
 
-    __slots__ = ("min_samples", "points", "total", "window")
+    __slots__ = ("covered_us", "min_samples", "total", "window_us")
 
     def __init__(self, window_s: int, min_samples: int) -> None:
-        self.window = timedelta(seconds=window_s)
+        super().__init__()
+        self.window_us, self.covered_us = window_micros(window_s)
         self.min_samples = min_samples
-        self.points: deque[Point] = deque()
         self.total = 0.0
 
     def feed(self, p: Point) -> Point | None:
-        win = self.points
-        win.append(p)
-        self.total += p.value
-        while win[0].ts <= p.ts - self.window:
-            self.total -= win.popleft().value
-        if len(win) >= self.min_samples and p.ts - win[0].ts >= self.window * MIN_COVERAGE:
-            return Point(p.ts, self.total / len(win))
+        us = self.append(p)
+        self.total = self.drop_through(us - self.window_us, self.total + p.value)
+        n = len(self)
+        if n >= self.min_samples and us - self.first_us() >= self.covered_us:
+            return Point(p.ts, self.total / n)
         return None
 
 
@@ -148,11 +240,11 @@ class Runs:
         level: Callable[[Point], Severity | None] | None = None,
     ) -> None:
         self.rule = rule
-        self.hold = timedelta(seconds=rule.for_s)
+        self.hold = seconds(rule.for_s)
         self.max_gap = max_gap
         self.level = level
         # the rule's limits, read once (a rule row's attributes are slow to read per value)
-        self.tiers = (
+        self.tiers = _shared(
             rule.alarm_above,
             rule.alarm_below,
             rule.warn_above,
@@ -222,28 +314,24 @@ def more_extreme(rule: Thresholds, a: float, b: float) -> float:
     return a if abs(a - mid) >= abs(b - mid) else b
 
 
-class Changes:
+class Changes(Window):
     """Value now minus the value `window_s` earlier, folded one reading at a time: the
     earlier value is the latest reading at or before t - window, and counts only when it is
     no older than one more window (so a change is never measured across a silence, and
     the value at t does not depend on how far back anyone read)."""
 
-    __slots__ = ("history", "window")
+    __slots__ = ("window_us",)
 
     def __init__(self, window_s: int) -> None:
-        self.window = timedelta(seconds=window_s)
-        self.history: deque[Point] = deque()
+        super().__init__()
+        self.window_us = window_micros(window_s)[0]
 
     def feed(self, p: Point) -> Point | None:
-        history = self.history
-        history.append(p)
-        cut = p.ts - self.window
-        while len(history) >= 2 and history[1].ts <= cut:
-            history.popleft()
-        before = history[0]
-        if cut - self.window <= before.ts <= cut:
+        cut = self.append(p) - self.window_us
+        self.drop_through(cut, keep=1)
+        if cut - self.window_us <= self.first_us() <= cut:
             # rounded: 0.30 - 0.25 is -0.04999999999999999 in binary floating point
-            return Point(p.ts, round(p.value - before.value, 9))
+            return Point(p.ts, round(p.value - self.first_value(), 9))
         return None
 
 
@@ -370,7 +458,7 @@ class EpisodeFold:
         self.rule = rule
         self.clear_above = clear_above
         self.clear_below = clear_below
-        self.quiet = timedelta(seconds=quiet_s)
+        self.quiet = seconds(quiet_s)
         self.auto_resolve = auto_resolve
         self.cur: Episode | None = None
 

@@ -32,6 +32,7 @@ from alerts.evaluation import (
     episodes,
     in_window,
     more_extreme,
+    seconds,
 )
 from alerts.incremental import Cache, PairState
 from alerts.kinds import (
@@ -559,7 +560,7 @@ def _evaluate_rules(
             elif kind.starts_empty and not existing:
                 # left out as having nothing to judge: its state is an empty one, as of the
                 # newest reading stored of it (before or in this batch)
-                gap = timedelta(seconds=GAP_INTERVALS * int(device.interval_s))
+                gap = seconds(GAP_INTERVALS * int(device.interval_s))
                 empty: tuple[list[Step], Feeder, datetime | None] = (
                     [],
                     kind.feeder(gap),
@@ -572,10 +573,10 @@ def _dicts(rows: list[Row[Any]]) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in rows]
 
 
-def _signature(rule: tuple[Any, ...], device: Row[Any]) -> tuple[Any, ...]:
+def _signature(cache: Cache, rule: tuple[Any, ...], device: Row[Any]) -> tuple[Any, ...]:
     """What a pair's state was built from besides readings: the rule as it reads now, and the
     device's reporting interval (runs break on gaps of it) and site (the alert's subject)."""
-    return (rule, device.interval_s, device.site_id)
+    return cache.signature(rule, device.interval_s, device.site_id)
 
 
 def _keep(
@@ -601,7 +602,7 @@ def _keep(
     if found and found[-1].resolved_at is None:
         fold.cur = found[-1]
     state = PairState(
-        _signature(cache.as_read(rule), device),
+        _signature(cache, cache.as_read(rule), device),
         kind.metric,
         0,
         newest,
@@ -644,7 +645,7 @@ def fold_cached(
         as_read = cache.as_read(rule)  # (once per rule, not per device)
         for device_id, since in targets.items():
             device = devices[device_id]
-            state = cache.get(rule.id, device_id, _signature(as_read, device))
+            state = cache.get(rule.id, device_id, _signature(cache, as_read, device))
             points = kind.fresh_items(fresh, device_id) if state is not None else None
             if (
                 state is None

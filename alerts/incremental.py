@@ -127,6 +127,7 @@ class Cache:
     def __init__(self) -> None:
         self._pairs: dict[str, dict[int, PairState]] = {}
         self._rules: dict[int, tuple[Any, ...]] = {}
+        self._signatures: dict[tuple[int, Any, Any], tuple[Any, ...]] = {}
         self._fresh: Fresh | None = None
         self._touched: set[str] = set()  # devices whose states this transaction changed
         self.hits = 0
@@ -141,7 +142,17 @@ class Cache:
         if kept == now:
             return kept
         self._rules[rule.id] = now
+        self._signatures.clear()  # (they hold the rule as it read before)
         return now
+
+    def signature(self, rule: tuple[Any, ...], interval_s: Any, site_id: Any) -> tuple[Any, ...]:
+        """A pair's signature, (rule as read, the device's interval, its site), one object for
+        every pair with the same: kept state holds one per pair, 10,000s of them."""
+        key = (id(rule), interval_s, site_id)
+        got = self._signatures.get(key)
+        if got is None or got[0] is not rule:
+            got = self._signatures[key] = (rule, interval_s, site_id)
+        return got
 
     # --- one transaction ----------------------------------------------------------------
     def begin(self, fresh: Fresh) -> None:

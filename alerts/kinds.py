@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import statistics
 from bisect import bisect_left
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
@@ -33,9 +34,12 @@ from alerts.evaluation import (
     Runs,
     Step,
     Timed,
+    Window,
     differences,
     level_of,
+    seconds,
     steps_of,
+    window_micros,
 )
 from monitor.core.catalogue import METRICS
 
@@ -193,7 +197,7 @@ class Kind:
         by_device = fetched.get(key, {})
         for d, start in starts.items():
             rows = by_device.get(d, [])
-            gap = timedelta(seconds=GAP_INTERVALS * int(src.devices[d].interval_s))
+            gap = seconds(GAP_INTERVALS * int(src.devices[d].interval_s))
             yield d, rows[bisect_left(rows, start, key=_ts) :], gap
 
 
@@ -376,15 +380,15 @@ class HourlyFeeder(_Hours):
     """An hourly-mean rule's state: the hours not yet judged (`_Hours`), the valid hourly
     means of the window, and the runs."""
 
-    __slots__ = ("expected", "hours", "min_hours", "total", "window")
+    __slots__ = ("expected", "hours", "min_hours", "total", "window_us")
 
     def __init__(self, rule: Row[Any], expected: float) -> None:
         super().__init__(rule)
         r = rule._mapping
-        self.window = timedelta(seconds=int(r["window_s"]))
+        self.window_us = window_micros(int(r["window_s"]))[0]
         self.min_hours = int(r["min_samples"])
         self.expected = expected
-        self.hours: deque[Point] = deque()
+        self.hours = Window()
         self.total = 0.0
 
     def judge(self, until: datetime, since: datetime | None = None) -> list[Step]:
@@ -396,10 +400,8 @@ class HourlyFeeder(_Hours):
             if count < MIN_COVERAGE * self.expected:
                 continue
             win = self.hours
-            win.append(Point(end, total / count))
-            self.total += total / count
-            while win[0].ts <= end - self.window:
-                self.total -= win.popleft().value
+            us = win.append(Point(end, total / count))
+            self.total = win.drop_through(us - self.window_us, self.total + total / count)
             if len(win) >= self.min_hours and (since is None or end >= since):
                 out.append(self.runs.feed(Point(end, self.total / len(win))))
         return out
@@ -559,6 +561,12 @@ class FlagFeeder:
         return self.runs.feed(Point(g.ts, longest))
 
 
+@lru_cache(maxsize=256)
+def _flag_set(flags: tuple[str, ...]) -> frozenset[str]:
+    """One frozenset per list of flags (every device's feeder holds it)."""
+    return frozenset(flags)
+
+
 class FlagHeld(Kind):
     """A device fault flag (HJ 212 D, B, ...; `params.flags`) held on a metric ("*": any) for
     the tiers' minutes."""
@@ -568,7 +576,7 @@ class FlagHeld(Kind):
     starts_empty = True
 
     def flags(self) -> frozenset[str]:
-        return frozenset(self.params.get("flags", ["D", "B"]))
+        return _flag_set(tuple(self.params.get("flags", ["D", "B"])))
 
     def lookback(self) -> timedelta:
         # the run of flags may have begun up to the highest tier (minutes) ago

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from alerts.evaluation import Point, evaluate, hourly_window_means, level_of, more_extreme
+from alerts.evaluation import (
+    Point,
+    Window,
+    evaluate,
+    hourly_window_means,
+    level_of,
+    micros,
+    more_extreme,
+)
 from alerts.packs import load_packs
 from alerts.schemas import RuleSpec
 from monitor.core.models import Severity
@@ -152,3 +163,34 @@ def test_hourly_mean_rules_count_whole_hours(window_s: int, min_samples: int, fi
             alarm_above=150,
             basis="test",
         )
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 600), st.integers(0, 900), st.integers(0, 2)),
+        max_size=300,
+    )
+)
+def test_a_window_drops_as_a_deque_does(ops: list[tuple[int, int, int]]) -> None:
+    """The kept state's `Window` (two arrays and a head, compacted) against a deque of Points
+    doing the same: any appends in time order and any cuts leave the same points and the
+    same running sum, subtracted in the same order."""
+    win, model = Window(), deque[Point]()
+    total = model_total = 0.0
+    t = T0
+    for step_s, cut_s, keep in ops:
+        t += timedelta(seconds=step_s, microseconds=cut_s)  # time order, not always whole s
+        p = Point(t, step_s / 7)
+        win.append(p)
+        model.append(p)
+        total += p.value
+        model_total += p.value
+        cut = t - timedelta(seconds=cut_s)
+        total = win.drop_through(micros(cut), total, keep=min(keep, 1))
+        while len(model) > min(keep, 1) and model[min(keep, 1)].ts <= cut:
+            model_total -= model.popleft().value
+        assert win.points() == list(model) and len(win) == len(model)
+        assert total == model_total
+        if model:
+            assert (win.first_us(), win.first_value()) == (micros(model[0].ts), model[0].value)
+    assert len(win.data) <= 4 * len(model) + 64  # compacted as it goes
