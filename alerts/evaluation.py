@@ -11,7 +11,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -53,22 +53,6 @@ class Point(NamedTuple):
 # pieces that are the same for every pair of a rule are one object, and a window is a list.
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def micros(ts: datetime) -> int:
-    """An instant as whole microseconds since the epoch (exact: a datetime's resolution)."""
-    d = (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)) - EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
-
-
-ONE_US = timedelta(microseconds=1)
-
-
-def from_micros(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
 @lru_cache(maxsize=4096)
 def seconds(n: float) -> timedelta:
     """`timedelta(seconds=n)`, one object per length (timedeltas are immutable)."""
@@ -76,10 +60,10 @@ def seconds(n: float) -> timedelta:
 
 
 @lru_cache(maxsize=4096)
-def window_micros(window_s: int) -> tuple[int, int]:
-    """A window's length and the span `MIN_COVERAGE` asks of it, in microseconds (the same
-    int objects for every pair of a rule)."""
-    return window_s * 1_000_000, (seconds(window_s) * MIN_COVERAGE) // ONE_US
+def window_of(window_s: int) -> tuple[timedelta, timedelta]:
+    """A window's length and the span `MIN_COVERAGE` asks of it (one object each per length,
+    held by every pair of the rule)."""
+    return seconds(window_s), seconds(window_s) * MIN_COVERAGE
 
 
 @lru_cache(maxsize=4096)
@@ -89,55 +73,51 @@ def _shared(*values: Any) -> tuple[Any, ...]:
 
 
 class Window:
-    """Points in time order, dropped oldest first, kept in one array of doubles: each point's
-    instant (whole microseconds since the epoch, exact in a double until the year 2255) and
-    value, 16 bytes a point where a deque of `Point`s holds about 140 (tuple, datetime,
-    float) and a 64-slot block from its first point on. Compacted when half of it is
-    dropped (O(1) amortised). The rolling kinds are windows themselves (one object less per
-    pair)."""
+    """Points in time order, dropped oldest first: their instants in a list and their values
+    in an array of doubles, from index `head` on, compacted when half is dropped (O(1)
+    amortised). About 64 bytes a point (the datetime and two slots) where a deque of
+    `Point`s holds about 140 and a 64-slot block (~600 bytes) from its first point on; the
+    rolling kinds are windows themselves, one object less per (rule, device). Their `feed`s
+    are inlined: they run for every reading of every rule's metric."""
 
-    __slots__ = ("data", "head")
+    __slots__ = ("head", "times", "values")
 
     def __init__(self) -> None:
-        self.data = array("d")
-        self.head = 0  # index of the oldest live point's instant
+        self.times: list[datetime] = []
+        self.values = array("d")
+        self.head = 0
 
     def __len__(self) -> int:
-        return (len(self.data) - self.head) >> 1
+        return len(self.times) - self.head
 
-    def append(self, p: Point) -> int:
-        """Add the newest point; its instant in microseconds."""
-        us = micros(p.ts)
-        self.data.extend((us, p.value))
-        return us
-
-    def first_us(self) -> float:
-        return self.data[self.head]
-
-    def first_value(self) -> float:
-        return self.data[self.head + 1]
+    def append(self, p: Point) -> None:
+        self.times.append(p.ts)
+        self.values.append(p.value)
 
     def points(self) -> list[Point]:
-        d = self.data
-        return [Point(from_micros(int(d[i])), d[i + 1]) for i in range(self.head, len(d), 2)]
+        head = self.head
+        return [Point(t, v) for t, v in zip(self.times[head:], self.values[head:], strict=True)]
 
-    def drop_through(self, cut_us: int, total: float = 0.0, keep: int = 0) -> float:
-        """Drop the points at or before `cut_us`, oldest first, but keep the newest `keep` of
-        them (`Changes` keeps the value as it stood at the cut); `total` less the values
-        dropped, subtracted one at a time (a running sum is kept the way it was built)."""
-        d, head = self.data, self.head
-        skip = 2 * keep
-        while len(d) - head > skip and d[head + skip] <= cut_us:
-            total -= d[head + 1]
-            head += 2
-        if head and head == len(d):
-            del d[:]
-            head = 0
-        elif head >= 64 and 2 * head >= len(d):
-            del d[:head]
-            head = 0
-        self.head = head
+    def drop_through(self, cut: datetime, total: float = 0.0, keep: int = 0) -> float:
+        """Drop the points at or before `cut`, oldest first, but keep the newest `keep` of
+        them; `total` less the values dropped, subtracted one at a time (a running sum is
+        kept the way it was built)."""
+        times, values, head = self.times, self.values, self.head
+        while len(times) - head > keep and times[head + keep] <= cut:
+            total -= values[head]
+            head += 1
+        self.head = self._compacted(head)
         return total
+
+    def _compacted(self, head: int) -> int:
+        times = self.times
+        if head and head == len(times):
+            del times[:], self.values[:]
+            return 0
+        if head >= 32 and 2 * head >= len(times):
+            del times[:head], self.values[:head]
+            return 0
+        return head
 
 
 class Timed(Protocol):
@@ -183,20 +163,30 @@ class RollingMean(Window):
     """The mean over (t - window, t] at each reading time t, folded one reading at a time:
     a value only when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
 
-    __slots__ = ("covered_us", "min_samples", "total", "window_us")
+    __slots__ = ("covered", "min_samples", "total", "window")
 
     def __init__(self, window_s: int, min_samples: int) -> None:
         super().__init__()
-        self.window_us, self.covered_us = window_micros(window_s)
+        self.window, self.covered = window_of(window_s)
         self.min_samples = min_samples
         self.total = 0.0
 
     def feed(self, p: Point) -> Point | None:
-        us = self.append(p)
-        self.total = self.drop_through(us - self.window_us, self.total + p.value)
-        n = len(self)
-        if n >= self.min_samples and us - self.first_us() >= self.covered_us:
-            return Point(p.ts, self.total / n)
+        times, values = self.times, self.values
+        t = p.ts
+        times.append(t)
+        values.append(p.value)
+        total = self.total + p.value
+        head = self.head
+        cut = t - self.window
+        while times[head] <= cut:  # (the new point is never dropped: window > 0)
+            total -= values[head]
+            head += 1
+        self.head = head = self._compacted(head) if head >= 32 else head
+        self.total = total
+        n = len(times) - head
+        if n >= self.min_samples and t - times[head] >= self.covered:
+            return Point(t, total / n)
         return None
 
 
@@ -320,18 +310,25 @@ class Changes(Window):
     no older than one more window (so a change is never measured across a silence, and
     the value at t does not depend on how far back anyone read)."""
 
-    __slots__ = ("window_us",)
+    __slots__ = ("window",)
 
     def __init__(self, window_s: int) -> None:
         super().__init__()
-        self.window_us = window_micros(window_s)[0]
+        self.window = seconds(window_s)
 
     def feed(self, p: Point) -> Point | None:
-        cut = self.append(p) - self.window_us
-        self.drop_through(cut, keep=1)
-        if cut - self.window_us <= self.first_us() <= cut:
+        times = self.times
+        t = p.ts
+        times.append(t)
+        self.values.append(p.value)
+        cut = t - self.window
+        head, last = self.head, len(times) - 1
+        while head < last and times[head + 1] <= cut:
+            head += 1
+        self.head = head = self._compacted(head) if head >= 32 else head
+        if cut - self.window <= times[head] <= cut:
             # rounded: 0.30 - 0.25 is -0.04999999999999999 in binary floating point
-            return Point(p.ts, round(p.value - self.first_value(), 9))
+            return Point(t, round(p.value - self.values[head], 9))
         return None
 
 

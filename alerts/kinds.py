@@ -39,7 +39,6 @@ from alerts.evaluation import (
     level_of,
     seconds,
     steps_of,
-    window_micros,
 )
 from monitor.core.catalogue import METRICS
 
@@ -380,12 +379,12 @@ class HourlyFeeder(_Hours):
     """An hourly-mean rule's state: the hours not yet judged (`_Hours`), the valid hourly
     means of the window, and the runs."""
 
-    __slots__ = ("expected", "hours", "min_hours", "total", "window_us")
+    __slots__ = ("expected", "hours", "min_hours", "total", "window")
 
     def __init__(self, rule: Row[Any], expected: float) -> None:
         super().__init__(rule)
         r = rule._mapping
-        self.window_us = window_micros(int(r["window_s"]))[0]
+        self.window = seconds(int(r["window_s"]))
         self.min_hours = int(r["min_samples"])
         self.expected = expected
         self.hours = Window()
@@ -400,8 +399,8 @@ class HourlyFeeder(_Hours):
             if count < MIN_COVERAGE * self.expected:
                 continue
             win = self.hours
-            us = win.append(Point(end, total / count))
-            self.total = win.drop_through(us - self.window_us, self.total + total / count)
+            win.append(Point(end, total / count))
+            self.total = win.drop_through(end - self.window, self.total + total / count)
             if len(win) >= self.min_hours and (since is None or end >= since):
                 out.append(self.runs.feed(Point(end, self.total / len(win))))
         return out
