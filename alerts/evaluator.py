@@ -154,6 +154,10 @@ class _Selector:
             frozenset(r["device_ids"] or ()),
         )
 
+    def any_of_kind(self) -> bool:
+        """Whether the rule takes every device of its kind (most rules: no other selector)."""
+        return not (self.site_kinds or self.site_ids or self.districts or self.device_ids)
+
     def takes(self, device: Any) -> bool:
         return (
             self.device_kind == device.kind
@@ -228,11 +232,14 @@ def plan_batch(
         selector = _Selector.of(rule)
         candidates = any_metric if rule.metric == "*" else by_metric.get(rule.metric, {})
         mine = of_kind.get(selector.device_kind, {})
-        targets = {
-            d: ts
-            for d, ts in candidates.items()
-            if (device := mine.get(d)) is not None and selector.takes(device)
-        }
+        if selector.any_of_kind():  # (the plan's hot loop: devices × rules)
+            targets = {d: ts for d, ts in candidates.items() if d in mine}
+        else:
+            targets = {
+                d: ts
+                for d, ts in candidates.items()
+                if (device := mine.get(d)) is not None and selector.takes(device)
+            }
         refs = set((rule.params or {}).get("reference_device_ids", []))
         late_refs = [ts for d, ts in by_metric.get(rule.metric, {}).items() if d in refs]
         if rule.kind == RuleKind.reference_diff and late_refs:

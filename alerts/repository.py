@@ -60,7 +60,7 @@ def devices(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, Any
     ).join(sites_t, sites_t.c.id == devices_t.c.site_id)
     if ids is not None:
         q = q.where(one_of(conn, devices_t.c.id, set(ids)))
-    return {row.id: row for row in conn.execute(q)}
+    return {row.id: row for row in conn.execute(q).all()}  # (all: one fetch, not a row at a time)
 
 
 def open_alert(
