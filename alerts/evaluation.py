@@ -50,7 +50,7 @@ class Point(NamedTuple):
 
 # Kept state holds a dozen (rule, device) pairs per device, each with a few durations and a
 # window: at 10,000 HJ 212 loggers that is the gateway's memory (docs/benchmarks.md), so the
-# pieces that are the same for every pair of a rule are one object, and a window is a list.
+# pieces that are the same for every pair of a rule are one object (see also `Window`).
 
 
 @lru_cache(maxsize=4096)
@@ -98,12 +98,11 @@ class Window:
         head = self.head
         return [Point(t, v) for t, v in zip(self.times[head:], self.values[head:], strict=True)]
 
-    def drop_through(self, cut: datetime, total: float = 0.0, keep: int = 0) -> float:
-        """Drop the points at or before `cut`, oldest first, but keep the newest `keep` of
-        them; `total` less the values dropped, subtracted one at a time (a running sum is
-        kept the way it was built)."""
+    def drop_through(self, cut: datetime, total: float = 0.0) -> float:
+        """Drop the points at or before `cut`, oldest first; `total` less the values dropped,
+        subtracted one at a time (a running sum is kept the way it was built)."""
         times, values, head = self.times, self.values, self.head
-        while len(times) - head > keep and times[head + keep] <= cut:
+        while len(times) - head > 0 and times[head] <= cut:
             total -= values[head]
             head += 1
         self.head = self._compacted(head)
