@@ -67,7 +67,7 @@ def window_of(window_s: int) -> tuple[timedelta, timedelta]:
 
 
 @lru_cache(maxsize=4096)
-def _shared(*values: Any) -> tuple[Any, ...]:
+def shared(*values: Any) -> tuple[Any, ...]:
     """The tuple of `values`, one object per content (a rule's limits, read by every pair)."""
     return values
 
@@ -162,12 +162,12 @@ class RollingMean(Window):
     """The mean over (t - window, t] at each reading time t, folded one reading at a time:
     a value only when the window holds `min_samples` readings spanning `MIN_COVERAGE` of it."""
 
-    __slots__ = ("covered", "min_samples", "total", "window")
+    __slots__ = ("spec", "total")
 
     def __init__(self, window_s: int, min_samples: int) -> None:
         super().__init__()
-        self.window, self.covered = window_of(window_s)
-        self.min_samples = min_samples
+        # (window, the span it must cover, min_samples): one tuple for every pair of a rule
+        self.spec = shared(*window_of(window_s), min_samples)
         self.total = 0.0
 
     def feed(self, p: Point) -> Point | None:
@@ -177,14 +177,15 @@ class RollingMean(Window):
         values.append(p.value)
         total = self.total + p.value
         head = self.head
-        cut = t - self.window
+        window, covered, min_samples = self.spec
+        cut = t - window
         while times[head] <= cut:  # (the new point is never dropped: window > 0)
             total -= values[head]
             head += 1
         self.head = head = self._compacted(head) if head >= 32 else head
         self.total = total
         n = len(times) - head
-        if n >= self.min_samples and t - times[head] >= self.covered:
+        if n >= min_samples and t - times[head] >= covered:
             return Point(t, total / n)
         return None
 
@@ -218,9 +219,12 @@ def evaluate(
 
 
 class Runs:
-    """Tiers and "for" runs over derived values, folded one value at a time (see `steps_of`)."""
+    """Tiers and "for" runs over derived values, folded one value at a time (see `steps_of`).
+    The rule kinds' feeders are runs themselves (one object less per kept (rule, device));
+    what every pair of a rule reads the same (the hold, the gap, the limits) is one shared
+    tuple, `spec`."""
 
-    __slots__ = ("alarm", "hold", "level", "max_gap", "previous", "rule", "tiers", "warning")
+    __slots__ = ("alarm", "previous", "spec", "warning")
 
     def __init__(
         self,
@@ -228,44 +232,39 @@ class Runs:
         max_gap: timedelta | None = None,
         level: Callable[[Point], Severity | None] | None = None,
     ) -> None:
-        self.rule = rule
-        self.hold = seconds(rule.for_s)
-        self.max_gap = max_gap
-        self.level = level
         # the rule's limits, read once (a rule row's attributes are slow to read per value)
-        self.tiers = _shared(
+        tiers = shared(
             rule.alarm_above,
             rule.alarm_below,
             rule.warn_above,
             rule.warn_below,
             getattr(rule, "kind", None) == "rate_of_change",
         )
+        spec = (seconds(rule.for_s), max_gap, level, tiers)
+        self.spec = shared(*spec) if level is None else spec
         # where the current run of each tier began (None: not violated now)
         self.warning: datetime | None = None
         self.alarm: datetime | None = None
         self.previous: datetime | None = None
 
-    def feed(self, p: Point) -> Step:
-        if (
-            self.max_gap is not None
-            and self.previous is not None
-            and p.ts - self.previous > self.max_gap
-        ):
+    def step(self, p: Point) -> Step:
+        hold, max_gap, level, tiers = self.spec
+        if max_gap is not None and self.previous is not None and p.ts - self.previous > max_gap:
             self.warning = self.alarm = None
         self.previous = p.ts
-        tier_now = _tier(self.tiers, p.value) if self.level is None else self.level(p)
+        tier_now = _tier(tiers, p.value) if level is None else level(p)
         rank = RANK[tier_now]
         held: Severity | None = None
         since: datetime | None = None
         if rank >= 1:
             self.warning = self.warning or p.ts
-            if p.ts - self.warning >= self.hold:
+            if p.ts - self.warning >= hold:
                 held, since = Severity.warning, self.warning
         else:
             self.warning = None
         if rank >= 2:
             self.alarm = self.alarm or p.ts
-            if p.ts - self.alarm >= self.hold:
+            if p.ts - self.alarm >= hold:
                 held, since = Severity.alarm, self.alarm
         else:
             self.alarm = None
@@ -288,7 +287,7 @@ def steps_of(
     `level` says the tier a value violates where the rule's tiers alone do not (a DMA's
     rules also ask for an absolute excess); by default `level_of`."""
     runs = Runs(rule, max_gap, level)
-    return [runs.feed(p) for p in values]
+    return [runs.step(p) for p in values]
 
 
 def more_extreme(rule: Thresholds, a: float, b: float) -> float:
@@ -440,7 +439,7 @@ class EpisodeFold:
     """The alert lifecycle folded one step at a time (see `episodes`): `cur` is the episode in
     progress, and `feed` returns an episode when a step ends it (resolved)."""
 
-    __slots__ = ("auto_resolve", "clear_above", "clear_below", "cur", "quiet", "rule")
+    __slots__ = ("cur", "rule", "spec")
 
     def __init__(
         self,
@@ -452,10 +451,8 @@ class EpisodeFold:
         auto_resolve: bool,
     ) -> None:
         self.rule = rule
-        self.clear_above = clear_above
-        self.clear_below = clear_below
-        self.quiet = seconds(quiet_s)
-        self.auto_resolve = auto_resolve
+        # (clear_above, clear_below, quiet, auto_resolve): one tuple for every pair of a rule
+        self.spec = shared(clear_above, clear_below, seconds(quiet_s), auto_resolve)
         self.cur: Episode | None = None
 
     def feed(self, s: Step) -> Episode | None:
@@ -499,9 +496,10 @@ class EpisodeFold:
         if s.held is not None and RANK[s.held] > RANK[cur.severity]:
             cur.severity = s.held
             cur.escalations.append((s.ts, s.held, s.value))
-        if self.auto_resolve and cleared(rule, s.value, self.clear_above, self.clear_below):
+        clear_above, clear_below, quiet, auto_resolve = self.spec
+        if auto_resolve and cleared(rule, s.value, clear_above, clear_below):
             cur.clear_since = cur.clear_since or s.ts
-            if s.ts - cur.clear_since >= self.quiet:
+            if s.ts - cur.clear_since >= quiet:
                 cur.resolved_at = s.ts
                 cur.last_value = s.value
                 self.cur = None

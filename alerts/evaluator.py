@@ -25,7 +25,6 @@ from alerts import repository
 from alerts.evaluation import (
     RANK,
     Episode,
-    EpisodeFold,
     Feeder,
     Step,
     cleared,
@@ -543,7 +542,12 @@ def _evaluate_rules(
             }
     raw = [(k.raw_key(), begin) for k, begin in zip(kinds, starts, strict=True)]
     src = Sources(
-        conn, devices, tz, repository.fetch_readings(conn, repository.earliest_by(raw)), latest
+        conn,
+        devices,
+        tz,
+        repository.fetch_readings(conn, repository.earliest_by(raw)),
+        latest,
+        cache.fresh.instants if cache is not None and cache.has_fresh else {},
     )
     for (rule, targets), kind, begin, fold, kept in zip(
         plans, kinds, starts, folds, keep, strict=True
@@ -599,7 +603,12 @@ def _keep(
     episode still going on at the end of the fold, and the open alert as now stored."""
     _, feeder, newest = fed
     r = rule._mapping
-    fold = EpisodeFold(
+    state = PairState(
+        _signature(cache, cache.as_read(rule), device),
+        kind.metric,
+        newest,
+        feeder,
+        still_open,
         rule,
         clear_above=r["clear_above"],
         clear_below=r["clear_below"],
@@ -607,16 +616,7 @@ def _keep(
         auto_resolve=bool(r["auto_resolve"]),
     )
     if found and found[-1].resolved_at is None:
-        fold.cur = found[-1]
-    state = PairState(
-        _signature(cache, cache.as_read(rule), device),
-        kind.metric,
-        0,
-        newest,
-        feeder,
-        fold,
-        still_open,
-    )
+        state.cur = found[-1]
     cache.put(rule.id, device.id, state)
 
 
@@ -668,7 +668,7 @@ def fold_cached(
             if not points:
                 continue
             found: list[Episode] = []
-            fold = state.fold
+            fold = state  # (the pair's state is its episode's fold)
             for step in kind.fold(state.feeder, points, device, fresh):
                 if windowed and not in_window(_hhmm(step.ts, tz), r["active_from"], r["active_to"]):
                     continue

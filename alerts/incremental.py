@@ -27,7 +27,6 @@ evaluation is retried on rebuilt state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
@@ -35,17 +34,39 @@ from typing import Any
 from alerts.evaluation import EpisodeFold, Feeder, Point
 
 
-@dataclass(slots=True)
-class PairState:
-    """One (rule, device): what was folded (up to `until`), and the open alert's mirror."""
+class PairState(EpisodeFold):
+    """One (rule, device): what was folded (up to `until`), the episode in progress (it is
+    the pair's `EpisodeFold`: one object less a pair), and the open alert's mirror."""
 
-    signature: tuple[Any, ...]
-    metric: str
-    version: int
-    until: datetime | None
-    feeder: Feeder
-    fold: EpisodeFold
-    alert: dict[str, Any] | None
+    __slots__ = ("alert", "feeder", "metric", "signature", "until", "version")
+
+    def __init__(
+        self,
+        signature: tuple[Any, ...],
+        metric: str,
+        until: datetime | None,
+        feeder: Feeder,
+        alert: dict[str, Any] | None,
+        rule: Any,
+        *,
+        clear_above: float | None,
+        clear_below: float | None,
+        quiet_s: int,
+        auto_resolve: bool,
+    ) -> None:
+        super().__init__(
+            rule,
+            clear_above=clear_above,
+            clear_below=clear_below,
+            quiet_s=quiet_s,
+            auto_resolve=auto_resolve,
+        )
+        self.signature = signature
+        self.metric = metric
+        self.version = 0
+        self.until = until
+        self.feeder = feeder
+        self.alert = alert
 
 
 class Fresh:
@@ -54,7 +75,7 @@ class Fresh:
     rebuilt), the metrics each device had readings of (any flag), and each device's
     evaluation version before the batch."""
 
-    __slots__ = ("_newest", "_points", "_rows", "metrics", "versions")
+    __slots__ = ("_newest", "_points", "_rows", "instants", "metrics", "versions")
 
     def __init__(self, rows: Iterable[Any], versions: Mapping[str, int] | None = None) -> None:
         """`versions` may be set later (the writer builds this before its transaction reads
@@ -64,8 +85,13 @@ class Fresh:
         newest: dict[str, datetime] = {}
         metrics: dict[str, set[str]] = {}
         new_point = Point._make
+        # one datetime object per instant: a device's metrics come in rows of their own, each
+        # with its own copy of the time, and kept windows would hold every copy (48 B each)
+        self.instants: dict[datetime, datetime] = {}
+        instant = self.instants.setdefault
         for r in rows:  # (a hot loop: ~10,000 rows a batch)
             d, m, ts, value, quality = r[:5]
+            ts = instant(ts, ts)
             mine = by_device.get(d)
             if mine is None:
                 by_device[d] = [r]
@@ -174,6 +200,11 @@ class Cache:
             return None
         self.hits += 1
         return state
+
+    @property
+    def has_fresh(self) -> bool:
+        """Whether a transaction's batch is open (`begin`)."""
+        return self._fresh is not None
 
     @property
     def fresh(self) -> Fresh:

@@ -14,7 +14,7 @@ import statistics
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import groupby
@@ -38,6 +38,7 @@ from alerts.evaluation import (
     differences,
     level_of,
     seconds,
+    shared,
     steps_of,
 )
 from monitor.core.catalogue import METRICS
@@ -58,13 +59,16 @@ class Sources:
     """What a kind builds its series from: the batch's connection (for rollups), the devices
     (interval, for gaps and hour validity), the city's time zone (calendar periods and days),
     the raw readings the evaluator fetched for every rule at once, and each device's newest
-    event time in the batch where known (else it is looked up)."""
+    event time in the batch where known (else it is looked up); `instants`: one datetime
+    object per instant read, for the kept states (a device's metrics come in rows of their
+    own, each with its own copy of the time: kept, 48 bytes each, in every window)."""
 
     conn: Connection
     devices: Mapping[str, Row[Any]]
     tz: ZoneInfo
     fetched: repository.Fetched
     latest: Mapping[str, datetime | None]
+    instants: dict[datetime, datetime] = field(default_factory=dict)
 
 
 class Kind:
@@ -158,10 +162,13 @@ class Kind:
         `series`), the feeder that made them, ready for the next readings, and the event time
         of the newest reading it was fed."""
         out = {}
+        instant = src.instants.setdefault
         for d, rows, gap in self._rows(src, starts):
             f = self.feeder(gap)
-            steps = [s for row in rows if (s := f.feed(Point(row.ts, row.value))) is not None]
-            out[d] = (steps, f, rows[-1].ts if rows else None)
+            feed = f.feed
+            points = [Point(instant(row.ts, row.ts), row.value) for row in rows]
+            steps = [s for p in points if (s := feed(p)) is not None]
+            out[d] = (steps, f, instant(rows[-1].ts, rows[-1].ts) if rows else None)
         return out
 
     # --- how it speaks --------------------------------------------------------------------
@@ -200,26 +207,26 @@ class Kind:
             yield d, rows[bisect_left(rows, start, key=_ts) :], gap
 
 
-class ThresholdFeeder:
-    """A threshold rule's state: the rolling mean's window (aggregate `mean`) and the tiers'
-    runs. O(1) amortised per reading."""
+class ThresholdFeeder(Runs):
+    """A threshold rule's state: the tiers' runs, and the rolling mean's window (aggregate
+    `mean`). O(1) amortised per reading."""
 
-    __slots__ = ("mean", "runs")
+    __slots__ = ("mean",)
 
     def __init__(self, rule: Row[Any], gap: timedelta) -> None:
+        super().__init__(rule, gap)
         r = rule._mapping
         self.mean = (
             RollingMean(int(r["window_s"]), int(r["min_samples"]))
             if r["aggregate"] == Aggregate.mean
             else None
         )
-        self.runs = Runs(rule, gap)
 
     def feed(self, p: Point) -> Step | None:
         if self.mean is not None:
             v = self.mean.feed(p)
-            return None if v is None else self.runs.feed(v)
-        return self.runs.feed(p)
+            return None if v is None else self.step(v)
+        return self.step(p)
 
 
 class Threshold(Kind):
@@ -244,22 +251,22 @@ class Threshold(Kind):
         return f" {int(self.r['window_s']) // 60}-min mean"
 
 
-class PeriodFeeder:
+class PeriodFeeder(Runs):
     """A calendar-period mean rule's state: each period not yet over as (count, sum) of its
     N-flagged readings, the newest reading's time (a period is over once a reading at or
     after its end is in), and the runs."""
 
-    __slots__ = ("expected", "newest", "open", "period", "runs", "start_of")
+    __slots__ = ("expected", "newest", "open", "period", "start_of")
 
     def __init__(
         self, rule: Row[Any], expected: float, start_of: Callable[[datetime], datetime]
     ) -> None:
+        super().__init__(rule)
         self.period = timedelta(seconds=int(rule._mapping["window_s"]))
         self.expected = expected
         self.start_of = start_of
         self.open: dict[datetime, list[float]] = {}
         self.newest: datetime | None = None
-        self.runs = Runs(rule)
 
     def feed_all(self, points: Iterable[Point]) -> list[Step]:
         """Add readings (in time order); the steps of the periods they end."""
@@ -282,7 +289,7 @@ class PeriodFeeder:
             end = start + self.period
             # valid with 75% of the period's expected N-flagged samples
             if count >= MIN_COVERAGE * self.expected:
-                out.append(self.runs.feed(Point(end, total / count)))
+                out.append(self.step(Point(end, total / count)))
         return out
 
 
@@ -314,26 +321,42 @@ class PeriodMean(Threshold):
         return list(feeder.feed_all(items))
 
 
-class _Hours:
+class _Hours(Runs):
     """What the kinds judged on hourly rollups keep of the hours not yet judged: each one's
     (count, sum) of its N-flagged readings (the rollups' arithmetic: a batch's part of an
     hour is summed, then added), and `newest_hour`, the start of the newest hour with data
-    (an hour before it is over)."""
+    (an hour before it is over). The hours are one flat tuple, oldest first, of (start,
+    count, sum) triples, made again when it changes (once a batch): mostly one or two hours,
+    where a dict of lists cost ~300 bytes a (rule, device)."""
 
-    __slots__ = ("judged", "newest_hour", "open", "runs")
+    __slots__ = ("judged", "newest_hour", "open")
 
     def __init__(self, rule: Row[Any]) -> None:
-        self.open: dict[datetime, list[float]] = {}
+        super().__init__(rule)
+        self.open: tuple[Any, ...] = ()  # (start, count, sum, start, count, sum, ...)
         self.newest_hour: datetime | None = None
         self.judged: datetime | None = None  # the end of the newest hour judged
-        self.runs = Runs(rule)
+
+    def _put(self, hour: datetime, count: float, total: float) -> None:
+        """Add (count, sum) to the hour's, keeping the hours in order."""
+        hours = self.open
+        i = len(hours) - 3
+        while i >= 0 and hours[i] > hour:
+            i -= 3
+        if i >= 0 and hours[i] == hour:
+            got = (hours[i], hours[i + 1] + count, hours[i + 2] + total)
+            self.open = (*hours[:i], *got, *hours[i + 3 :])
+        else:
+            self.open = (*hours[: i + 3], _hour(hour), count, total, *hours[i + 3 :])
+        if self.newest_hour is None or hour > self.newest_hour:
+            self.newest_hour = _hour(hour)
 
     def load(self, counted: list[tuple[datetime, float, int, float]]) -> None:
         """The hours read from the rollups (`repository.hourly_counted`)."""
         for end, _, count, total in counted:
-            self.open[end - HOUR] = [count, total]
+            self._put(end - HOUR, count, total)
         if counted:
-            self.newest_hour = counted[-1][0] - HOUR
+            self.newest_hour = _hour(counted[-1][0] - HOUR)
 
     def takes(self, points: Iterable[Point]) -> bool:
         """Whether none of these readings falls in an hour already judged (then the hour's
@@ -353,26 +376,36 @@ class _Hours:
                 got[0] += 1
                 got[1] += p.value
         for hour, (count, total) in part.items():
-            got = self.open.get(hour)
-            if got is None:
-                self.open[hour] = [count, total]
-            else:
-                got[0] += count
-                got[1] += total
-            if self.newest_hour is None or hour > self.newest_hour:
-                self.newest_hour = hour
+            self._put(hour, count, total)
 
     def over(self, until: datetime) -> Iterator[tuple[datetime, float, float]]:
         """The hours over by `until`, oldest first, as (end, count, sum), taken out."""
-        for hour in sorted(h for h in self.open if h + HOUR <= until):
-            count, total = self.open.pop(hour)
-            self.judged = hour + HOUR
-            yield hour + HOUR, count, total
+        done = self.open
+        n = 0
+        while n < len(done) and done[n] + HOUR <= until:
+            n += 3
+        self.open = done[n:]
+        for i in range(0, n, 3):
+            self.judged = done[i] + HOUR
+            yield self.judged, done[i + 1], done[i + 2]
 
     def complete(self, newest: datetime, interval_s: int) -> datetime:
         """Up to when hours are over: `repository.complete_until` for one device."""
         by_reading = newest + timedelta(seconds=interval_s)
         return max(by_reading, self.newest_hour) if self.newest_hour else by_reading
+
+
+_HOURS: dict[datetime, datetime] = {}
+
+
+def _hour(t: datetime) -> datetime:
+    """One object per hour start for every kept pair that holds it (10,000s of them)."""
+    got = _HOURS.get(t)
+    if got is None:
+        if len(_HOURS) >= 10_000:
+            _HOURS.clear()
+        got = _HOURS[t] = t
+    return got
 
 
 class HourlyFeeder(_Hours):
@@ -386,7 +419,7 @@ class HourlyFeeder(_Hours):
         r = rule._mapping
         self.window = seconds(int(r["window_s"]))
         self.min_hours = int(r["min_samples"])
-        self.expected = expected
+        self.expected = shared(expected)[0]  # (one float per device interval)
         self.hours = Window()
         self.total = 0.0
 
@@ -402,7 +435,7 @@ class HourlyFeeder(_Hours):
             win.append(Point(end, total / count))
             self.total = win.drop_through(end - self.window, self.total + total / count)
             if len(win) >= self.min_hours and (since is None or end >= since):
-                out.append(self.runs.feed(Point(end, self.total / len(win))))
+                out.append(self.step(Point(end, self.total / len(win))))
         return out
 
 
@@ -486,18 +519,18 @@ class HourlyMean(_KeptHours, Threshold):
         return list(feeder.judge(until, since=lo + timedelta(seconds=int(self.r["window_s"]))))
 
 
-class RateFeeder:
-    """A rate-of-change rule's state: the readings back to one window ago, and the runs."""
+class RateFeeder(Runs):
+    """A rate-of-change rule's state: the runs, and the readings back to one window ago."""
 
-    __slots__ = ("changes", "runs")
+    __slots__ = ("changes",)
 
     def __init__(self, rule: Row[Any], window_s: int, gap: timedelta) -> None:
+        super().__init__(rule, gap)
         self.changes = Changes(window_s)
-        self.runs = Runs(rule, gap)
 
     def feed(self, p: Point) -> Step | None:
         v = self.changes.feed(p)
-        return None if v is None else self.runs.feed(v)
+        return None if v is None else self.step(v)
 
 
 class RateOfChange(Kind):
@@ -536,28 +569,31 @@ def flag_groups(rows: Iterable[Any]) -> list[FlagGroup]:
     return out
 
 
-class FlagFeeder:
+class FlagFeeder(Runs):
     """A flag rule's state: when each metric's current run of fault flags began, and the
     runs of the tiers over the longest of them (minutes)."""
 
-    __slots__ = ("flags", "runs", "started")
+    __slots__ = ("flags", "started")
 
     def __init__(self, rule: Row[Any], flags: frozenset[str], gap: timedelta) -> None:
+        super().__init__(rule, gap)
         self.flags = flags
-        self.started: dict[str, datetime | None] = {}
-        self.runs = Runs(rule, gap)
+        # when each flagged metric's run began (None: no metric flagged since the state began)
+        self.started: dict[str, datetime] | None = None
 
     def feed(self, g: FlagGroup) -> Step:
         longest = 0.0
         started = self.started
         for metric, quality in g.flags:
             if quality in self.flags:
+                if started is None:
+                    started = self.started = {}
                 start = started.get(metric) or g.ts
                 started[metric] = start
                 longest = max(longest, (g.ts - start).total_seconds() / 60)
-            else:
-                started[metric] = None
-        return self.runs.feed(Point(g.ts, longest))
+            elif started:
+                started.pop(metric, None)
+        return self.step(Point(g.ts, longest))
 
 
 @lru_cache(maxsize=256)
@@ -641,7 +677,7 @@ class DailyFeeder(_Hours):
 
     def __init__(self, rule: Row[Any], above: float, tz: ZoneInfo) -> None:
         super().__init__(rule)
-        self.above = above
+        self.above = shared(above)[0]
         self.tz = tz
         self.day: date | None = None
         self.count = 0
@@ -656,7 +692,7 @@ class DailyFeeder(_Hours):
                 self.day, self.count = day, 0
             if total / count > self.above:
                 self.count += 1
-            out.append(self.runs.feed(Point(end, float(self.count))))
+            out.append(self.step(Point(end, float(self.count))))
         return out
 
 

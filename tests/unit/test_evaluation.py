@@ -19,6 +19,7 @@ from alerts.evaluation import (
     level_of,
     more_extreme,
 )
+from alerts.kinds import _Hours
 from alerts.packs import load_packs
 from alerts.schemas import RuleSpec
 from monitor.core.models import Severity
@@ -191,3 +192,50 @@ def test_a_window_drops_as_a_deque_does(ops: list[tuple[int, int]]) -> None:
         assert win.points() == list(model) and len(win) == len(model)
         assert total == model_total
     assert len(win.times) == len(win.values) <= 2 * len(model) + 32  # compacted as it goes
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.lists(st.integers(0, 6 * 3600), max_size=8)),
+            st.tuples(st.just("over"), st.integers(0, 7 * 3600)),
+        ),
+        max_size=40,
+    )
+)
+def test_kept_hours_add_and_close_as_a_dict_of_hours_does(
+    ops: list[tuple[str, object]],
+) -> None:
+    """The hourly kinds' kept hours (`_Hours`: one flat tuple of (start, count, sum), in
+    order) against a dict of [count, sum] by hour start doing the same: any batches of
+    readings in any hours, and any closings, give the same hours closed, in the same order,
+    with the same sums, and leave the same hours open."""
+    hours = _Hours(rule(alarm_above=150))
+    model: dict[datetime, list[float]] = {}
+    newest: datetime | None = None
+    for op, arg in ops:
+        if op == "add":
+            points = [Point(T0 + timedelta(seconds=s), s / 7) for s in arg]  # type: ignore[union-attr]
+            hours.add(points)
+            part: dict[datetime, list[float]] = {}  # (a batch's part of an hour, then added)
+            for p in points:
+                h = p.ts.replace(minute=0, second=0, microsecond=0)
+                got = part.setdefault(h, [0, 0.0])
+                got[0] += 1
+                got[1] += p.value
+                newest = h if newest is None or h > newest else newest
+            for h, (count, total) in part.items():
+                got = model.setdefault(h, [0, 0.0])
+                got[0] += count
+                got[1] += total
+        else:
+            until = T0 + timedelta(seconds=arg)  # type: ignore[arg-type]
+            expected = [
+                (h + timedelta(hours=1), *model.pop(h))
+                for h in sorted(h for h in model if h + timedelta(hours=1) <= until)
+            ]
+            assert list(hours.over(until)) == expected
+        flat = hours.open
+        assert {flat[i]: [flat[i + 1], flat[i + 2]] for i in range(0, len(flat), 3)} == model
+        assert list(flat[::3]) == sorted(model)
+        assert hours.newest_hour == newest
