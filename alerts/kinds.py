@@ -412,29 +412,31 @@ class HourlyFeeder(_Hours):
     """An hourly-mean rule's state: the hours not yet judged (`_Hours`), the valid hourly
     means of the window, and the runs."""
 
-    __slots__ = ("expected", "hours", "min_hours", "total", "window")
+    __slots__ = ("hours", "shape", "total")
 
     def __init__(self, rule: Row[Any], expected: float) -> None:
         super().__init__(rule)
         r = rule._mapping
-        self.window = seconds(int(r["window_s"]))
-        self.min_hours = int(r["min_samples"])
-        self.expected = shared(expected)[0]  # (one float per device interval)
-        self.hours = Window()
+        # (window, min hours, expected samples an hour): one tuple per rule and interval
+        self.shape = shared(seconds(int(r["window_s"])), int(r["min_samples"]), expected)
+        self.hours: Window | None = None  # (none until an hour is judged: most stay idle)
         self.total = 0.0
 
     def judge(self, until: datetime, since: datetime | None = None) -> list[Step]:
         """Steps of the hours over by `until`, oldest first (`hourly_window_means`); means
         before `since` only fill the window."""
         out: list[Step] = []
+        window, min_hours, expected = self.shape
         for end, count, total in self.over(until):
             # an hour is valid with 75% of its expected N-flagged samples (HJ 212 [C])
-            if count < MIN_COVERAGE * self.expected:
+            if count < MIN_COVERAGE * expected:
                 continue
             win = self.hours
+            if win is None:
+                win = self.hours = Window()
             win.append(Point(end, total / count))
-            self.total = win.drop_through(end - self.window, self.total + total / count)
-            if len(win) >= self.min_hours and (since is None or end >= since):
+            self.total = win.drop_through(end - window, self.total + total / count)
+            if len(win) >= min_hours and (since is None or end >= since):
                 out.append(self.step(Point(end, self.total / len(win))))
         return out
 
