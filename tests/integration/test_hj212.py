@@ -128,9 +128,22 @@ BAD_CRC = (
     b"CP=&&DataTime=20190923154847;a34004-Rtd=12000,a34004-Flag=D;a34002-Rtd=16000,"
     b"a34002-Flag=D;LA-Rtd-Rtd=71.0,LA-Rtd-Flag=N&&48C0\r\n"
 )
+# Source: github.com/libem/HJ212-Moniter,
+# src/test/java/cn/zqgx/moniter/center/hj212/format/hbt212/core/T212MapperTest.java, readData(),
+# at commit b6b307676d7759d5a18ba6d985caa3fe45a7a20a (index id 17653582718). ST=22 (air),
+# Flag=5, each code's Flag before its Rtd, PM10 and PM2.5 beside codes the catalogue has no
+# metric for (position l01001/l01002, SO2, NO2, CO, O3).
+AIR_GAS = (
+    b"##0344QN=20220928142812336;ST=22;CN=2011;PW=123456;MN=JSRCTD000YD107;Flag=5;"
+    b"CP=&&DataTime=20220928142812;l01001-Flag=N,l01001-Rtd=119.90287;l01002-Flag=N,"
+    b"l01002-Rtd=32.48505;a34002-Rtd=5,a34002-Flag=N;a34004-Rtd=4,a34004-Flag=N;"
+    b"a21026-Rtd=22.25,a21026-Flag=N;a21004-Rtd=22.7,a21004-Flag=N;a21005-Rtd=0.36,"
+    b"a21005-Flag=N;a05024-Rtd=8.82,a05024-Flag=N&&9241\r\n"
+)
 
 DEVICES = {
     # device id: (kind, MN)
+    "dust-zqgx": ("dust_monitor", "JSRCTD000YD107"),
     "dust-php": ("dust_monitor", "690000D5800028F889221AC0"),
     "dust-java": ("dust_monitor", "010000A00000000000A00654"),
     "dust-yc": ("dust_monitor", "ZX00001"),
@@ -395,6 +408,22 @@ def test_unknown_code_among_good_ones_costs_only_that_reading(
     stored = readings(pg_engine, "dust-h01")
     assert "pm25" in stored and stored["air_pressure"] == (50.0, "N")
     assert [(r, d) for r, d, _ in dead(pg_engine)] == [("hj212_unknown_code", "dust-h01")]
+
+
+def test_a_frame_with_gas_codes_stores_its_dust_and_explains_the_rest(
+    gateway: Ingestor, pg_engine: Engine
+) -> None:
+    assert crc_text(AIR_GAS[6:-6]) == "9241"  # as published
+    logger = Logger(gateway)
+    logger.send(AIR_GAS)
+    (answer,) = logger.answers(1)
+    assert answer.qn == "20220928142812336"
+    assert readings(pg_engine, "dust-zqgx") == {"pm10": (5.0, "N"), "pm25": (4.0, "N")}
+    wait_for(lambda: dead(pg_engine), 10, "the unmapped codes' dead letter")
+    assert {(r, d) for r, d, _ in dead(pg_engine)} == {("hj212_unknown_code", "dust-zqgx")}
+    detail = " ".join(d for _, _, d in dead(pg_engine))
+    for code in ("l01001", "l01002", "a21026", "a21004", "a21005", "a05024"):
+        assert code in detail
 
 
 def test_a_logger_retry_with_a_new_qn_is_stored_once(gateway: Ingestor, pg_engine: Engine) -> None:
