@@ -172,9 +172,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument(
         "--soak-sample", type=float, default=30.0, metavar="S", help="seconds between samples"
     )
+    s.add_argument(
+        "--soak-speed",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="event time runs K times faster than the clock, ending at the present, so the "
+        "rules' 4-hour windows fill in 4/K hours (each with K times fewer readings) "
+        "[%(default)s]",
+    )
     args = p.parse_args(argv)
     if args.soak is not None and args.soak <= 0:
         p.error("--soak needs a positive number of minutes")
+    if args.soak_speed < 1:
+        p.error("--soak-speed must be at least 1")
     unknown = {s for s in args.skip.split(",") if s} - set(STAGES)
     if unknown:
         p.error(f"unknown stage(s) in --skip: {', '.join(sorted(unknown))}")
@@ -537,7 +548,7 @@ def _live_sustainable(ctx: Context, results: dict[str, Any]) -> None:
 
 
 def _soak(ctx: Context, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    results["soak"] = soak.run(ctx, args.soak, args.soak_rate, args.soak_sample)
+    results["soak"] = soak.run(ctx, args.soak, args.soak_rate, args.soak_sample, args.soak_speed)
 
 
 # the api stage's dataset while it is still in the database (api-open comes right after api)

@@ -434,9 +434,11 @@ def _web(lines: list[str], web: dict[str, Any]) -> None:
 
 def _soak(lines: list[str], s: dict[str, Any]) -> None:
     add = lines.append
+    speed = s.get("speed", 1.0)
     add(
         f"SOAK: {s['minutes']:g} min at {s['offered_msg_per_s']:.0f} msg/s, "
         f"{s['api_requests']:,} API requests ({s['api_errors']} errors)"
+        + (f", event time {speed:g}x the clock" if speed != 1 else "")
     )
     add("  t s     readings     db MiB  ingestor MiB  api MiB  broker MiB  pg MiB")
     for x in s["samples"]:
@@ -448,7 +450,12 @@ def _soak(lines: list[str], s: dict[str, Any]) -> None:
         )
     growth = ", ".join(f"{k} {v:+.1%}" for k, v in s.get("memory_growth", {}).items())
     if growth:
-        add(f"  memory after warm-up: {growth}")
+        add(f"  memory after warm-up (from {s.get('growth_from_s', 0):.0f} s): {growth}")
+    if s.get("windows_full") is False:
+        add(
+            f"  no verdict: the longest window takes {s['warm_up_s']:.0f} s to fill, longer "
+            "than the soak (run longer, or with --soak-speed)"
+        )
     per = s.get("bytes_per_reading_after_warmup")
     if per is not None:
         add(

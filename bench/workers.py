@@ -116,7 +116,9 @@ class Naive(Counter):
 def paced(args: argparse.Namespace) -> None:
     """Publish `rate` messages/s for `duration` s, cycling through the device pool; each
     message's event time is the moment it is published (ms), which the bench compares with
-    the moment its reading is visible in the database."""
+    the moment its reading is visible in the database. With `speed` K > 1 event time runs K
+    times faster than the clock and reaches the present at the end (it starts (K - 1) x
+    duration in the past): the soak fills the rules' windows K times sooner."""
     pool: list[tuple[str, list[dict[str, float]]]] = json.loads(Path(args.pool).read_text())
     publisher = Publisher(args.host, args.port)
     _ready()
@@ -127,6 +129,8 @@ def paced(args: argparse.Namespace) -> None:
     started_wall = time.time()
     t0 = time.monotonic()
     end = t0 + args.duration
+    speed: float = args.speed
+    end_wall = started_wall + args.duration
     n_devices = len(pool)
     while True:
         now = time.monotonic()
@@ -137,7 +141,9 @@ def paced(args: argparse.Namespace) -> None:
         while sent < due:
             topic, values = pool[sent % n_devices]
             chosen = values[(sent // n_devices) % len(values)]
-            publisher.publish(topic, live_payload(int(time.time() * 1000), chosen))
+            wall = time.time()
+            stamp = wall if speed == 1 else end_wall - (end_wall - wall) * speed
+            publisher.publish(topic, live_payload(int(stamp * 1000), chosen))
             readings += len(chosen)
             sent += 1
         time.sleep(0.001)
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", required=True)
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--speed", type=float, default=1.0, help="event time per second of clock")
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.kind == "raw":

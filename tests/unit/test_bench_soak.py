@@ -43,3 +43,32 @@ def test_a_leak_is_not_flat() -> None:
 def test_any_samples_give_a_verdict_or_none_never_an_exception(rss: list[int]) -> None:
     s = summarise([_sample(i, i, r, r) for i, r in enumerate(rss)])
     assert s["flat"] in (True, False, None)
+
+
+def _timed(t_s: float, ingestor: int) -> dict[str, Any]:
+    return _sample(int(t_s), 1000 + int(t_s), ingestor, 100) | {"t_s": t_s}
+
+
+def test_growth_counts_only_once_the_longest_window_is_full() -> None:
+    # the windows fill for 600 s (memory grows), then the process is flat
+    samples = [_timed(t, 50 + min(t, 600) // 10) for t in range(0, 1300, 100)]
+    assert summarise(samples)["flat"] is False  # from the first third (400 s): still filling
+    s = summarise(samples, warm_up_s=600)
+    assert s["flat"] is True and s["growth_from_s"] == 600 and s["windows_full"] is True
+
+
+def test_a_soak_shorter_than_the_longest_window_gives_no_verdict() -> None:
+    samples = [_timed(t, 50 + t) for t in range(0, 1300, 100)]
+    s = summarise(samples, warm_up_s=14_400)
+    assert s["flat"] is None and s["windows_full"] is False
+
+
+@given(
+    st.lists(st.integers(1, 10**9), min_size=0, max_size=8),
+    st.floats(0, 10_000, allow_nan=False),
+)
+def test_any_warm_up_gives_a_verdict_or_none(rss: list[int], warm_up_s: float) -> None:
+    s = summarise([_timed(100.0 * i, r) for i, r in enumerate(rss)], warm_up_s)
+    assert s["flat"] in (True, False, None)
+    if s["flat"] is not None:
+        assert s["growth_from_s"] >= warm_up_s
