@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -204,18 +205,18 @@ def test_a_window_drops_as_a_deque_does(ops: list[tuple[int, int]]) -> None:
     )
 )
 def test_kept_hours_add_and_close_as_a_dict_of_hours_does(
-    ops: list[tuple[str, object]],
+    ops: list[tuple[str, Any]],
 ) -> None:
     """The hourly kinds' kept hours (`_Hours`: one flat tuple of (start, count, sum), in
     order) against a dict of [count, sum] by hour start doing the same: any batches of
     readings in any hours, and any closings, give the same hours closed, in the same order,
     with the same sums, and leave the same hours open."""
-    hours = _Hours(rule(alarm_above=150))
+    hours = _Hours(cast(Any, rule(alarm_above=150)))  # (a rule row's attributes suffice)
     model: dict[datetime, list[float]] = {}
     newest: datetime | None = None
     for op, arg in ops:
         if op == "add":
-            points = [Point(T0 + timedelta(seconds=s), s / 7) for s in arg]  # type: ignore[union-attr]
+            points = [Point(T0 + timedelta(seconds=s), s / 7) for s in arg]
             hours.add(points)
             part: dict[datetime, list[float]] = {}  # (a batch's part of an hour, then added)
             for p in points:
@@ -229,7 +230,7 @@ def test_kept_hours_add_and_close_as_a_dict_of_hours_does(
                 got[0] += count
                 got[1] += total
         else:
-            until = T0 + timedelta(seconds=arg)  # type: ignore[arg-type]
+            until = T0 + timedelta(seconds=arg)
             expected = [
                 (h + timedelta(hours=1), *model.pop(h))
                 for h in sorted(h for h in model if h + timedelta(hours=1) <= until)
