@@ -9,7 +9,9 @@ property test tests/integration/test_dma_sql.py run), computed where the reading
 - `day_slot`: those slots on their local day (the day's start at or before the slot, by
   `width_bucket` over the asked days' edges, so the city's time zone stays Python's);
 - `mnf`: the least mean of 4 consecutive defined slots wholly inside the night window (a
-  window of 4 rows whose last index is the first's + 3), the earliest on a tie;
+  window of 4 rows whose last index is the first's + 3), the earliest on a tie, with the zone
+  pressure over the same 4 slots (P_mnf) from the same window: the 4 rows are the MNF hour's
+  slots, so no second pass over the day's slots finds them;
 - `ndf`: Σ over the day's hours of (P_h / P_mnf)^N1, an hour without pressure counting 1;
 - `tot` / `tot_mark` / `edge` / `bracket` / `drop_off` / `volume`: each inlet's and
   outlet's day volume from its totaliser. One pass over the readings finds, with lag and
@@ -118,23 +120,17 @@ day_count AS (
 ),
 run AS (
     SELECT d.site_id, d.day, d.i, d.slot_at,
-           avg(d.net) OVER w AS mean, count(*) OVER w AS n, last_value(d.i) OVER w AS last_i
+           avg(d.net) OVER w AS mean, count(*) OVER w AS n, last_value(d.i) OVER w AS last_i,
+           avg(d.azp) OVER w AS p, sum(d.azp) OVER w AS p_sum
     FROM day_slot d JOIN asked a ON a.site_id = d.site_id AND a.day = d.day
     WHERE d.net IS NOT NULL AND d.i >= a.night_lo AND d.i < a.night_hi
     WINDOW w AS (PARTITION BY d.site_id, d.day ORDER BY d.i
                  ROWS BETWEEN CURRENT ROW AND {MNF_RUN - 1} FOLLOWING)
 ),
 mnf AS (
-    SELECT DISTINCT ON (site_id, day) site_id, day, i, slot_at, mean
+    SELECT DISTINCT ON (site_id, day) site_id, day, i, slot_at, mean, p, p_sum
     FROM run WHERE n = {MNF_RUN} AND last_i = i + {MNF_RUN - 1}
     ORDER BY site_id, day, mean, i
-),
-mnf_pressure AS (
-    SELECT m.site_id, m.day, avg(d.azp) AS p, sum(d.azp) AS p_sum
-    FROM mnf m
-    JOIN day_slot d ON d.site_id = m.site_id AND d.day = m.day
-     AND d.i >= m.i AND d.i < m.i + {MNF_RUN} AND d.azp IS NOT NULL
-    GROUP BY m.site_id, m.day
 ),
 hour_pressure AS (
     SELECT site_id, day, i / 4 AS h, avg(azp) AS p
@@ -142,16 +138,15 @@ hour_pressure AS (
 ),
 ndf AS (
     SELECT a.site_id, a.day,
-           CASE WHEN mp.p IS NULL OR mp.p_sum <= 0 THEN a.slots / 4
+           CASE WHEN m.p IS NULL OR m.p_sum <= 0 THEN a.slots / 4
                 ELSE a.slots / 4 - count(h.p) FILTER (WHERE h.p > 0)
-                     + coalesce(sum(power(h.p / mp.p, a.n1)) FILTER (WHERE h.p > 0
-                                                                     AND mp.p_sum > 0), 0)
+                     + coalesce(sum(power(h.p / m.p, a.n1)) FILTER (WHERE h.p > 0
+                                                                    AND m.p_sum > 0), 0)
            END AS ndf
     FROM mnf m
     JOIN asked a ON a.site_id = m.site_id AND a.day = m.day
-    LEFT JOIN mnf_pressure mp ON mp.site_id = m.site_id AND mp.day = m.day
     LEFT JOIN hour_pressure h ON h.site_id = m.site_id AND h.day = m.day
-    GROUP BY a.site_id, a.day, a.slots, mp.p, mp.p_sum
+    GROUP BY a.site_id, a.day, a.slots, m.p, m.p_sum
 ),
 tot AS (  -- per meter: its readings in index order, the window needs no sort
     SELECT m.site_id, m.device_id, m.role, r.*
