@@ -3,11 +3,12 @@
 The same figures as alerts/leakage.py `day_figures` (the reference, which SQLite and the
 property test tests/integration/test_dma_sql.py run), computed where the readings are:
 
-- `mean`: each meter's 15-minute slot means (flow of inlets and outlets, pressure of AZP
-  points), from its N-flagged readings; `slot`: per site and slot the net inflow, defined
-  only when every inlet and outlet has a mean, and the zone pressure (mean over AZP points);
-- `day_slot`: those slots on their local day (the day's start at or before the slot, by
-  `width_bucket` over the asked days' edges, so the city's time zone stays Python's);
+- `day_slot`: per asked (site, day), its slots from that day's readings alone: for each of
+  the site's flow and AZP meters an index range over the day, grouped into 15-minute means
+  in memory (flow of inlets and outlets, pressure of AZP points, N-flagged readings only),
+  then per slot the net inflow, defined only when every inlet and outlet has a mean, and
+  the zone pressure (mean over AZP points). Each day's slots are a small group of their own:
+  no hash over every slot of the call, and no slot outside the asked days is computed;
 - `mnf`: the least mean of 4 consecutive defined slots wholly inside the night window (a
   window of 4 rows whose last index is the first's + 3), the earliest on a tie, with the zone
   pressure over the same 4 slots (P_mnf) from the same window: the 4 rows are the MNF hour's
@@ -73,58 +74,51 @@ meter AS (
 site_span AS (  -- the readings each site's days need
     SELECT site_id, min(t0) AS lo, max(t1) AS hi FROM asked GROUP BY site_id
 ),
-site_meters AS (
-    SELECT site_id, count(*) FILTER (WHERE role IN ('inlet', 'outlet')) AS flow_meters,
+site_meters AS (  -- per site, its flow and AZP meters in device order
+    SELECT site_id, array_agg(device_id ORDER BY device_id) AS devs,
+           array_agg(role ORDER BY device_id) AS roles,
+           count(*) FILTER (WHERE role IN ('inlet', 'outlet')) AS flow_meters,
            coalesce(bool_or(role = 'inlet'), false) AS has_inlet
-    FROM meter GROUP BY site_id
+    FROM meter WHERE role IN ('inlet', 'outlet', 'azp') GROUP BY site_id
 ),
-mean AS (  -- per meter, so that its readings come in index order and group in memory
-    SELECT m.site_id, m.role, r.metric, r.slot_at, r.v
-    FROM meter m
-    JOIN site_span s ON s.site_id = m.site_id
+day_slot AS (  -- per asked day, its slots from that day's readings alone, in slot order
+    SELECT a.site_id, a.day, a.night_lo, a.night_hi, s.i, s.slot_at, s.net, s.azp
+    FROM asked a
+    JOIN site_meters sm ON sm.site_id = a.site_id
     CROSS JOIN LATERAL (
-        SELECT metric, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
-               avg(value) AS v
-        FROM readings
-        WHERE device_id = m.device_id
-          AND metric = CASE WHEN m.role = 'azp' THEN 'pressure' ELSE 'flow' END
-          AND ts >= s.lo AND ts < s.hi AND quality = 'N'
-        GROUP BY metric, slot_at
-    ) r
-    WHERE m.role IN ('inlet', 'outlet', 'azp')
-),
-slot AS (
-    SELECT e.site_id, e.slot_at,
-           CASE WHEN sm.has_inlet
-                 AND count(*) FILTER (WHERE e.metric = 'flow') = sm.flow_meters
-                THEN sum(CASE WHEN e.role = 'outlet' THEN -e.v ELSE e.v END)
-                     FILTER (WHERE e.metric = 'flow')
-           END AS net,
-           avg(e.v) FILTER (WHERE e.metric = 'pressure') AS azp
-    FROM mean e JOIN site_meters sm ON sm.site_id = e.site_id
-    GROUP BY e.site_id, e.slot_at, sm.has_inlet, sm.flow_meters
-),
-day_slot AS (
-    SELECT a.site_id, a.day, s.slot_at,
-           CAST(date_part('epoch', s.slot_at - a.t0) / {SLOT_S} AS int) AS i,
-           s.net, s.azp
-    FROM slot s
-    JOIN asked a ON a.site_id = s.site_id
-     AND a.day = (CAST(:b_day AS date[]))[width_bucket(s.slot_at, CAST(:b_at AS timestamptz[]))]
+        SELECT e.slot_at, CAST(date_part('epoch', e.slot_at - a.t0) / {SLOT_S} AS int) AS i,
+               CASE WHEN sm.has_inlet
+                     AND count(*) FILTER (WHERE e.role <> 'azp') = sm.flow_meters
+                    THEN sum(CASE WHEN e.role = 'outlet' THEN -e.v ELSE e.v END)
+                         FILTER (WHERE e.role <> 'azp')
+               END AS net,
+               avg(e.v) FILTER (WHERE e.role = 'azp') AS azp
+        FROM unnest(sm.devs, sm.roles) AS mm(device_id, role)
+        CROSS JOIN LATERAL (  -- one meter's slot means: an index range, grouped in memory
+            SELECT mm.role, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
+                   avg(value) AS v
+            FROM readings
+            WHERE device_id = mm.device_id
+              AND metric = CASE WHEN mm.role = 'azp' THEN 'pressure' ELSE 'flow' END
+              AND ts >= a.t0 AND ts < a.t1 AND quality = 'N'
+            GROUP BY 2
+        ) e
+        GROUP BY e.slot_at
+        ORDER BY e.slot_at
+    ) s
 ),
 day_count AS (
-    SELECT d.site_id, d.day, count(d.net) AS defined, sum(d.net) AS net_sum,
-           count(d.net) FILTER (WHERE d.i >= a.night_lo AND d.i < a.night_hi) AS night_defined
-    FROM day_slot d JOIN asked a ON a.site_id = d.site_id AND a.day = d.day
-    GROUP BY d.site_id, d.day
+    SELECT site_id, day, count(net) AS defined, sum(net) AS net_sum,
+           count(net) FILTER (WHERE i >= night_lo AND i < night_hi) AS night_defined
+    FROM day_slot GROUP BY site_id, day
 ),
 run AS (
-    SELECT d.site_id, d.day, d.i, d.slot_at,
-           avg(d.net) OVER w AS mean, count(*) OVER w AS n, last_value(d.i) OVER w AS last_i,
-           avg(d.azp) OVER w AS p, sum(d.azp) OVER w AS p_sum
-    FROM day_slot d JOIN asked a ON a.site_id = d.site_id AND a.day = d.day
-    WHERE d.net IS NOT NULL AND d.i >= a.night_lo AND d.i < a.night_hi
-    WINDOW w AS (PARTITION BY d.site_id, d.day ORDER BY d.i
+    SELECT site_id, day, i, slot_at,
+           avg(net) OVER w AS mean, count(*) OVER w AS n, last_value(i) OVER w AS last_i,
+           avg(azp) OVER w AS p, sum(azp) OVER w AS p_sum
+    FROM day_slot
+    WHERE net IS NOT NULL AND i >= night_lo AND i < night_hi
+    WINDOW w AS (PARTITION BY site_id, day ORDER BY i
                  ROWS BETWEEN CURRENT ROW AND {MNF_RUN - 1} FOLLOWING)
 ),
 mnf AS (
@@ -245,8 +239,8 @@ day_row AS (
 ),
 slot_write AS (  -- into the range _DELETE_SLOTS has just emptied
     INSERT INTO dma_slots (site_id, slot_at, net_m3h, azp_mpa)
+    -- no ORDER BY: day_slot comes in (asked day, slot) order, the key's, from the laterals
     SELECT site_id, slot_at, net, azp FROM day_slot WHERE net IS NOT NULL
-    ORDER BY site_id, slot_at
 )
 INSERT INTO dma_days (site_id, day, valid, coverage, night_coverage, night_use_m3h, inlet_m3,
                       inlet_source, mnf_m3h, mnf_at, net_night_flow_m3h, ndf_h, leakage_m3,
@@ -300,10 +294,10 @@ def recompute(
     of the days' sites' active leak meters."""
     if not days:
         return
-    # the edges of the asked days, each with the day it starts (none for a last day's end)
-    starts = {d.start: d.day for d in days}
-    ends = {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
-    bounds = sorted(set(starts) | ends)
+    # the edges of the asked days: the totaliser's brackets
+    bounds = sorted(
+        {d.start for d in days} | {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
+    )
     asked = {
         "a_site": pg_array([d.site_id for d in days]),
         "a_t0": pg_array([d.start for d in days]),
@@ -326,7 +320,6 @@ def recompute(
             "m_site": pg_array([m[1] for m in meters]),
             "m_role": pg_array([m[2] for m in meters]),
             "b_at": pg_array(bounds),
-            "b_day": pg_array([starts[b].isoformat() if b in starts else None for b in bounds]),
             "now": now,
         },
     )
