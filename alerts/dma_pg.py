@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -266,15 +267,26 @@ ON CONFLICT (site_id, day) DO UPDATE SET
     computed_at = excluded.computed_at
 """
 STATEMENT = text(_SQL)
-# for this statement only: its sorts and hashes in memory (on 1,000 DMAs x 30 days at the
-# default 4 MB they spilled 250 MB to disk; at 256 MB the 2.88M slots' hash aggregate still
-# spilled 93 MB in 5 batches and their sort for the insert 118 MB: EXPLAIN ANALYZE,
-# docs/benchmarks.md), and hash joins: the planner cannot know how many rows the arrays hold
-# and merged 2.9M slots through sorts. Only a call that large uses it; a batch's few days
-# take kilobytes.
-PLANNER = {"work_mem": "512MB", "enable_mergejoin": "off"}
-_GET = text("SELECT current_setting(:k)")
-_SET = text("SELECT set_config(:k, :v, true)")  # true: within this transaction at most
+# for the statement only: its sorts and hashes in memory (at the default 4 MB the full-size
+# call spilled 250 MB to disk, docs/benchmarks.md); hash joins, not merge or nested-loop
+# joins: the planner cannot know how many rows the arrays and CTEs hold (it guesses 1 to a
+# few hundred for 30,000 days), and picked merges of 2.9M slots through sorts and, with AZP
+# meters, a nested loop over the hourly pressures, every MNF day against every hour of the
+# call (766,720 rows filtered out for 234 days: quadratic in the days). The per-day and
+# per-meter LATERALs stay nested loops, the only plan a lateral has. No JIT: the guessed
+# cost of the full-size call passes jit_above_cost and compiling its expressions took 1.6 s
+# of 23 (EXPLAIN ANALYZE), for code that runs once. A batch's few days take kilobytes.
+PLANNER = {"work_mem": "512MB", "enable_mergejoin": "off", "enable_nestloop": "off", "jit": "off"}
+# the DELETE is a nested loop of index ranges (the right plan); only no JIT for it
+DELETE_PLANNER = {"jit": "off"}
+_GET = text(
+    "SELECT current_setting(k) FROM unnest(CAST(:k AS text[])) WITH ORDINALITY s(k, n) ORDER BY n"
+)
+# true: is_local, within this transaction at most
+_SET = text(
+    "SELECT count(set_config(k, v, true)) "
+    "FROM unnest(CAST(:k AS text[]), CAST(:v AS text[])) s(k, v)"
+)
 # the asked days' slots go first, all of them: a slot that late data made undefined goes, and
 # the statement then inserts the defined ones (a plain INSERT: ON CONFLICT cost 70% more)
 _DELETE_SLOTS = text(
@@ -282,6 +294,17 @@ _DELETE_SLOTS = text(
     "CAST(:a_slots AS int[])) AS a(site_id, t0, slots) WHERE d.site_id = a.site_id "
     f"AND d.slot_at >= a.t0 AND d.slot_at < a.t0 + a.slots * interval '{SLOT_S} seconds'"
 )
+
+
+def _planned(
+    conn: Connection, planner: dict[str, str], statement: Any, params: dict[str, Any]
+) -> None:
+    """Run `statement` with these planner settings, the connection's own put back after."""
+    keys = pg_array(list(planner))
+    before = [str(v) for v in conn.execute(_GET, {"k": keys}).scalars()]
+    conn.execute(_SET, {"k": keys, "v": pg_array(list(planner.values()))})
+    conn.execute(statement, params)
+    conn.execute(_SET, {"k": keys, "v": pg_array(before)})
 
 
 def recompute(
@@ -303,11 +326,10 @@ def recompute(
         "a_t0": pg_array([d.start for d in days]),
         "a_slots": pg_array([d.slots for d in days]),
     }
-    conn.execute(_DELETE_SLOTS, asked)
-    before = {k: conn.execute(_GET, {"k": k}).scalar_one() for k in PLANNER}
-    for k, v in PLANNER.items():
-        conn.execute(_SET, {"k": k, "v": v})
-    conn.execute(
+    _planned(conn, DELETE_PLANNER, _DELETE_SLOTS, asked)
+    _planned(
+        conn,
+        PLANNER,
         STATEMENT,
         asked
         | {
@@ -323,5 +345,3 @@ def recompute(
             "now": now,
         },
     )
-    for k, v in before.items():
-        conn.execute(_SET, {"k": k, "v": v})
