@@ -516,8 +516,9 @@ def render(r: dict[str, Any]) -> str:
         lk = r["leakage"]
         add(
             f"LEAKAGE: {lk['dma_days']:,} DMA days ({lk['dmas']:,} DMAs x {lk['days']} days, "
-            f"{lk['readings']:,} readings at {lk['step_s']} s) in {lk['seconds']:.1f} s, one "
-            f"set-based call; worst MNF error {100 * lk['worst_mnf_error']:.2f}%"
+            f"{lk['readings']:,} readings at {lk['step_s']} s) in {lk['seconds']:.1f} s, "
+            f"set-based, {lk.get('parts', 1)} concurrent transaction(s); worst MNF error "
+            f"{100 * lk['worst_mnf_error']:.2f}%"
         )
         if lk.get("reference_s"):
             add(

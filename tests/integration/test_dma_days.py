@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
+from alerts import dma
 from alerts.dma import changes, recompute_days
 from ingest.repository import insert_readings
 from ingest.validate import Row
@@ -265,5 +266,67 @@ def test_two_writers_recomputing_one_dma_day_at_once_both_succeed(pg_url: str) -
                 th.join(60)
             assert not errors, errors
         assert read(engine, "dma-c")["valid"]
+    finally:
+        engine.dispose()
+
+
+def _days(engine: Engine) -> dict[tuple[str, date], dict[str, object]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(DmaDay.__table__)).all()
+    return {
+        (r.site_id, r.day): {k: v for k, v in r._mapping.items() if k != "computed_at"}
+        for r in rows
+    }
+
+
+def test_a_split_recompute_whose_part_fails_keeps_the_other_part_and_a_rerun_mends_all(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recompute_days_split`: each part commits alone. One part failing (here after its
+    work, before its commit) leaves the other part's days written and right and its own as
+    they were (stale here: computed before the last readings came); the error is raised; a
+    rerun makes every day right, the same rows as one transaction gives."""
+    engine = make_engine(pg_url)
+    try:
+        setup_dma(engine, "dma-s1", {"s1-in": None})
+        setup_dma(engine, "dma-s2", {"s2-in": None})
+        store(engine, "s1-in", [(t, q) for t, q, _ in flows(leak=2.0)])
+        local = datetime.combine(DAY, time(0), tzinfo=TZ)
+        night = (local + timedelta(hours=1), local + timedelta(hours=5))
+        half = [(t, q) for t, q, _ in flows(leak=4.0) if not night[0] <= t < night[1]]
+        store(engine, "s2-in", half)  # no night yet: its day is invalid
+        pairs = [("dma-s1", DAY), ("dma-s2", DAY)]
+        with engine.begin() as conn:
+            recompute_days(conn, pairs, tz=TZ)
+        assert _days(engine)[("dma-s2", DAY)]["valid"] is False
+        with engine.begin() as conn:  # the night arrives late (the rest is stored again)
+            insert_readings(
+                conn, [Row("s2-in", "flow", t, q, "N", t) for t, q, _ in flows(leak=4.0)]
+            )
+
+        real = dma.recompute_days
+
+        def failing(conn: Connection, pairs: list[tuple[str, date]], **kw: object) -> int:
+            n = real(conn, pairs, **kw)  # type: ignore[arg-type]
+            if any(s == "dma-s2" for s, _ in pairs):
+                raise RuntimeError("the part of dma-s2 fails before its commit")
+            return n
+
+        monkeypatch.setattr(dma, "recompute_days", failing)
+        with pytest.raises(RuntimeError, match="dma-s2"):
+            dma.recompute_days_split(engine, pairs, parts=2, tz=TZ)
+        after_failure = _days(engine)
+        assert after_failure[("dma-s2", DAY)]["valid"] is False  # as it was: rolled back
+        s1 = after_failure[("dma-s1", DAY)]
+        assert s1["valid"] is True and close(s1["mnf_m3h"], 3.36)  # the other part committed
+
+        monkeypatch.setattr(dma, "recompute_days", real)
+        assert dma.recompute_days_split(engine, pairs, parts=2, tz=TZ) == 2
+        split = _days(engine)
+        assert split[("dma-s2", DAY)]["valid"] is True
+        assert close(split[("dma-s2", DAY)]["mnf_m3h"], 5.36)
+        with engine.begin() as conn:
+            recompute_days(conn, pairs, tz=TZ)
+        assert _days(engine) == split  # the same rows as one transaction writes
     finally:
         engine.dispose()
