@@ -76,8 +76,9 @@ web (p50/p99 of the inspectors' overview, alert list and alert pages, signed in,
 memory per idle connection, frame->9014 p50/p99 at a fixed rate, frames/s and readings/s in
 a closed loop against the envmon stage's readings/s);
 leakage (the DMA daily figures of 1,000 DMAs over 30 days of 5-minute data, set-based,
-in 2 concurrent transactions, timed alone); soak (only with --soak MINUTES, and then alone): the fleet at
-a steady rate with the API polled, each process's memory and the database size over time.
+in 2 concurrent transactions, timed alone); soak (only with --soak MINUTES, and then
+alone): the fleet at a steady rate with the API polled, each process's memory and the
+database size over time.
 """
 
 EPILOG = """\
