@@ -168,7 +168,7 @@ class Kind:
             feed = f.feed
             points = [Point(instant(row.ts, row.ts), row.value) for row in rows]
             steps = [s for p in points if (s := feed(p)) is not None]
-            out[d] = (steps, f, instant(rows[-1].ts, rows[-1].ts) if rows else None)
+            out[d] = (steps, f, points[-1].ts if points else None)
         return out
 
     # --- how it speaks --------------------------------------------------------------------
@@ -347,16 +347,17 @@ class _Hours(Runs):
             got = (hours[i], hours[i + 1] + count, hours[i + 2] + total)
             self.open = (*hours[:i], *got, *hours[i + 3 :])
         else:
-            self.open = (*hours[: i + 3], _hour(hour), count, total, *hours[i + 3 :])
+            # (one hour object for every kept pair that holds it: 10,000s of them)
+            self.open = (*hours[: i + 3], shared(hour)[0], count, total, *hours[i + 3 :])
         if self.newest_hour is None or hour > self.newest_hour:
-            self.newest_hour = _hour(hour)
+            self.newest_hour = shared(hour)[0]
 
     def load(self, counted: list[tuple[datetime, float, int, float]]) -> None:
         """The hours read from the rollups (`repository.hourly_counted`)."""
         for end, _, count, total in counted:
             self._put(end - HOUR, count, total)
         if counted:
-            self.newest_hour = _hour(counted[-1][0] - HOUR)
+            self.newest_hour = shared(counted[-1][0] - HOUR)[0]
 
     def takes(self, points: Iterable[Point]) -> bool:
         """Whether none of these readings falls in an hour already judged (then the hour's
@@ -393,19 +394,6 @@ class _Hours(Runs):
         """Up to when hours are over: `repository.complete_until` for one device."""
         by_reading = newest + timedelta(seconds=interval_s)
         return max(by_reading, self.newest_hour) if self.newest_hour else by_reading
-
-
-_HOURS: dict[datetime, datetime] = {}
-
-
-def _hour(t: datetime) -> datetime:
-    """One object per hour start for every kept pair that holds it (10,000s of them)."""
-    got = _HOURS.get(t)
-    if got is None:
-        if len(_HOURS) >= 10_000:
-            _HOURS.clear()
-        got = _HOURS[t] = t
-    return got
 
 
 class HourlyFeeder(_Hours):
