@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, func, or_, select, text
+from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
@@ -49,13 +49,12 @@ from alerts.leakage import (
     zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
-from monitor.core.db import lock_sites, one_of, pg_array
+from monitor.core.db import lock_sites, one_of
 from monitor.core.models import (
     Consumption,
     Device,
     DeviceStatus,
     DmaDay,
-    DmaSlot,
     Reading,
     Site,
     table,
@@ -67,7 +66,6 @@ readings = table(Reading)
 sites = table(Site)
 devices = table(Device)
 dma_days = table(DmaDay)
-dma_slots = table(DmaSlot)
 consumption = table(Consumption)
 
 
@@ -368,7 +366,6 @@ def _recompute_in_python(
 
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    slot_rows: list[dict[str, Any]] = []
     for s, d in pairs:
         sp = spans[d]
         first, t0 = sp.first_slot, sp.start.timestamp()
@@ -392,15 +389,7 @@ def _recompute_in_python(
             )
         fig = day_figures(day_meters, params_of(site_rows[s]), sp.slots)
         pressure = zone_pressure(day_meters, sp.slots)
-        slot_rows += [
-            {
-                "site_id": s,
-                "slot_at": sp.start + timedelta(seconds=n * SLOT_S),
-                "net_m3h": net,
-                "azp_mpa": pressure.get(n),
-            }
-            for n, net in sorted(net_inflow(day_meters, sp.slots).items())
-        ]
+        net = sorted(net_inflow(day_meters, sp.slots).items())
         rows.append(
             {
                 "site_id": s,
@@ -422,6 +411,11 @@ def _recompute_in_python(
                 "leakage_m3": fig.leakage_m3,
                 "leakage_pct": fig.leakage_pct,
                 "computed_at": now,
+                # the day's defined slots, in slot order, whatever its validity
+                "slot_index": [n for n, _ in net],
+                "slot_net_m3h": [v for _, v in net],
+                "slot_azp_mpa": [pressure.get(n) for n, _ in net],
+                "net_mean_m3h": math.fsum(v for _, v in net) / len(net) if net else None,
             }
         )
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
@@ -433,57 +427,7 @@ def _recompute_in_python(
         ),
         rows,
     )
-    # the days' slots are replaced whole: a slot that late data made undefined goes
-    days_of = [
-        (s, spans[d].start, spans[d].start + timedelta(seconds=spans[d].slots * SLOT_S))
-        for s, d in pairs
-    ]
-    _replace_slots(conn, days_of, slot_rows)
     return len(rows)
-
-
-_PG_DELETE_SLOTS = text(
-    "DELETE FROM dma_slots d USING unnest(CAST(:s AS text[]), CAST(:lo AS timestamptz[]), "
-    "CAST(:hi AS timestamptz[])) AS r(site, lo, hi) "
-    "WHERE d.site_id = r.site AND d.slot_at >= r.lo AND d.slot_at < r.hi"
-)
-_PG_INSERT_SLOTS = text(
-    "INSERT INTO dma_slots (site_id, slot_at, net_m3h, azp_mpa) "
-    "SELECT * FROM unnest(CAST(:s AS text[]), CAST(:t AS timestamptz[]), "
-    "CAST(:n AS float8[]), CAST(:a AS float8[]))"
-)
-
-
-def _replace_slots(
-    conn: Connection, days: list[tuple[str, datetime, datetime]], slot_rows: list[dict[str, Any]]
-) -> None:
-    """Delete the slots of these (site, day start, day end) and store the new ones: on
-    PostgreSQL one statement each whatever the number of days (a DELETE and an INSERT per
-    day were most of a 1,000-DMA recomputation), elsewhere a statement per day."""
-    if conn.dialect.name == "postgresql":
-        sites_, lows, highs = zip(*days, strict=True) if days else ((), (), ())
-        conn.execute(
-            _PG_DELETE_SLOTS, {"s": pg_array(sites_), "lo": pg_array(lows), "hi": pg_array(highs)}
-        )
-        if slot_rows:
-            conn.execute(
-                _PG_INSERT_SLOTS,
-                {
-                    "s": pg_array([r["site_id"] for r in slot_rows]),
-                    "t": pg_array([r["slot_at"] for r in slot_rows]),
-                    "n": pg_array([float(r["net_m3h"]) for r in slot_rows]),
-                    "a": pg_array([r["azp_mpa"] for r in slot_rows]),
-                },
-            )
-        return
-    for site, lo, hi in days:
-        conn.execute(
-            dma_slots.delete().where(
-                dma_slots.c.site_id == site, dma_slots.c.slot_at >= lo, dma_slots.c.slot_at < hi
-            )
-        )
-    if slot_rows:
-        conn.execute(dma_slots.insert(), slot_rows)
 
 
 class PeriodKind(StrEnum):

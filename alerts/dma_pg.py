@@ -22,8 +22,11 @@ property test tests/integration/test_dma_sql.py run), computed where the reading
   fractions, plus the offsets of the drops between them. A bracket more than an hour wide
   gives no volume, like the reference (including its case of a reading exactly at midnight
   after a longer gap);
-- the slots and days written: the days' slots deleted first (a statement of their own) and
-  the defined ones inserted, the days upserted.
+- the days written, one upsert: each day's figures and its defined slots as arrays in slot
+  order (`slot_index`, the slot's number from local midnight; `slot_net_m3h`;
+  `slot_azp_mpa`, null where no zone pressure; empty when none is defined) with their mean
+  net inflow `net_mean_m3h` (the burst rule's mean flow), built in the same grouping that
+  counts the day's defined slots: one row per day, no row per slot.
 
 Floating-point sums run in another order than the reference's (`math.fsum`), so figures
 agree to 1e-9 (what the property test checks), not bit for bit.
@@ -108,9 +111,12 @@ day_slot AS (  -- per asked day, its slots from that day's readings alone, in sl
         ORDER BY e.slot_at
     ) s
 ),
-day_count AS (
-    SELECT site_id, day, count(net) AS defined, sum(net) AS net_sum,
-           count(net) FILTER (WHERE i >= night_lo AND i < night_hi) AS night_defined
+day_count AS (  -- per day: its defined slots counted, summed and as arrays in slot order
+    SELECT site_id, day, count(net) AS defined, sum(net) AS net_sum, avg(net) AS net_mean,
+           count(net) FILTER (WHERE i >= night_lo AND i < night_hi) AS night_defined,
+           array_agg(i ORDER BY i) FILTER (WHERE net IS NOT NULL) AS slot_i,
+           array_agg(net ORDER BY i) FILTER (WHERE net IS NOT NULL) AS slot_net,
+           array_agg(azp ORDER BY i) FILTER (WHERE net IS NOT NULL) AS slot_azp
     FROM day_slot GROUP BY site_id, day
 ),
 run AS (
@@ -226,7 +232,9 @@ fig AS (
                 ELSE 0.0 END AS night_coverage,
            m.mean AS mnf, m.slot_at AS mnf_at, n.ndf,
            CASE WHEN v.whole THEN v.m3 ELSE c.net_sum * {SLOT_S / 3600} END AS inlet,
-           CASE WHEN v.whole THEN 'totaliser' ELSE 'slots' END AS source
+           CASE WHEN v.whole THEN 'totaliser' ELSE 'slots' END AS source,
+           coalesce(c.slot_i, '{{}}') AS slot_i, coalesce(c.slot_net, '{{}}') AS slot_net,
+           coalesce(c.slot_azp, '{{}}') AS slot_azp, c.net_mean
     FROM asked a
     LEFT JOIN day_count c ON c.site_id = a.site_id AND c.day = a.day
     LEFT JOIN mnf m ON m.site_id = a.site_id AND m.day = a.day
@@ -237,15 +245,11 @@ day_row AS (
     SELECT f.*, f.night_coverage >= {MIN_NIGHT_COVERAGE} AND f.mnf IS NOT NULL AS valid,
            greatest(0.0, f.mnf - f.lnc) AS net_night
     FROM fig f
-),
-slot_write AS (  -- into the range _DELETE_SLOTS has just emptied
-    INSERT INTO dma_slots (site_id, slot_at, net_m3h, azp_mpa)
-    -- no ORDER BY: day_slot comes in (asked day, slot) order, the key's, from the laterals
-    SELECT site_id, slot_at, net, azp FROM day_slot WHERE net IS NOT NULL
 )
 INSERT INTO dma_days (site_id, day, valid, coverage, night_coverage, night_use_m3h, inlet_m3,
                       inlet_source, mnf_m3h, mnf_at, net_night_flow_m3h, ndf_h, leakage_m3,
-                      leakage_pct, computed_at)
+                      leakage_pct, computed_at, slot_index, slot_net_m3h, slot_azp_mpa,
+                      net_mean_m3h)
 SELECT site_id, day, valid, coverage, night_coverage, lnc,
        CASE WHEN valid THEN inlet END,
        CASE WHEN valid THEN source END,
@@ -255,7 +259,7 @@ SELECT site_id, day, valid, coverage, night_coverage, lnc,
        CASE WHEN valid THEN ndf END,
        CASE WHEN valid THEN net_night * ndf END,
        CASE WHEN valid AND inlet > 0 THEN 100 * net_night * ndf / inlet END,
-       CAST(:now AS timestamptz)
+       CAST(:now AS timestamptz), slot_i, slot_net, slot_azp, net_mean
 FROM day_row
 ON CONFLICT (site_id, day) DO UPDATE SET
     valid = excluded.valid, coverage = excluded.coverage,
@@ -264,7 +268,9 @@ ON CONFLICT (site_id, day) DO UPDATE SET
     mnf_m3h = excluded.mnf_m3h, mnf_at = excluded.mnf_at,
     net_night_flow_m3h = excluded.net_night_flow_m3h, ndf_h = excluded.ndf_h,
     leakage_m3 = excluded.leakage_m3, leakage_pct = excluded.leakage_pct,
-    computed_at = excluded.computed_at
+    computed_at = excluded.computed_at, slot_index = excluded.slot_index,
+    slot_net_m3h = excluded.slot_net_m3h, slot_azp_mpa = excluded.slot_azp_mpa,
+    net_mean_m3h = excluded.net_mean_m3h
 """
 STATEMENT = text(_SQL)
 # for the statement only: its sorts and hashes in memory (at the default 4 MB the full-size
@@ -277,8 +283,6 @@ STATEMENT = text(_SQL)
 # cost of the full-size call passes jit_above_cost and compiling its expressions took 1.6 s
 # of 23 (EXPLAIN ANALYZE), for code that runs once. A batch's few days take kilobytes.
 PLANNER = {"work_mem": "512MB", "enable_mergejoin": "off", "enable_nestloop": "off", "jit": "off"}
-# the DELETE is a nested loop of index ranges (the right plan); only no JIT for it
-DELETE_PLANNER = {"jit": "off"}
 _GET = text(
     "SELECT current_setting(k) FROM unnest(CAST(:k AS text[])) WITH ORDINALITY s(k, n) ORDER BY n"
 )
@@ -286,13 +290,6 @@ _GET = text(
 _SET = text(
     "SELECT count(set_config(k, v, true)) "
     "FROM unnest(CAST(:k AS text[]), CAST(:v AS text[])) s(k, v)"
-)
-# the asked days' slots go first, all of them: a slot that late data made undefined goes, and
-# the statement then inserts the defined ones (a plain INSERT: ON CONFLICT cost 70% more)
-_DELETE_SLOTS = text(
-    "DELETE FROM dma_slots d USING unnest(CAST(:a_site AS text[]), CAST(:a_t0 AS timestamptz[]), "
-    "CAST(:a_slots AS int[])) AS a(site_id, t0, slots) WHERE d.site_id = a.site_id "
-    f"AND d.slot_at >= a.t0 AND d.slot_at < a.t0 + a.slots * interval '{SLOT_S} seconds'"
 )
 
 
@@ -313,26 +310,22 @@ def recompute(
     meters: Sequence[tuple[str, str, str]],
     now: datetime,
 ) -> None:
-    """Compute and store these days' figures and slots; `meters` are (device, site, role)
-    of the days' sites' active leak meters."""
+    """Compute and store these days' figures and slots (one upsert of their `dma_days`
+    rows); `meters` are (device, site, role) of the days' sites' active leak meters."""
     if not days:
         return
     # the edges of the asked days: the totaliser's brackets
     bounds = sorted(
         {d.start for d in days} | {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
     )
-    asked = {
-        "a_site": pg_array([d.site_id for d in days]),
-        "a_t0": pg_array([d.start for d in days]),
-        "a_slots": pg_array([d.slots for d in days]),
-    }
-    _planned(conn, DELETE_PLANNER, _DELETE_SLOTS, asked)
     _planned(
         conn,
         PLANNER,
         STATEMENT,
-        asked
-        | {
+        {
+            "a_site": pg_array([d.site_id for d in days]),
+            "a_t0": pg_array([d.start for d in days]),
+            "a_slots": pg_array([d.slots for d in days]),
             "a_day": pg_array([d.day.isoformat() for d in days]),
             "a_nlo": pg_array([d.night_lo for d in days]),
             "a_nhi": pg_array([d.night_hi for d in days]),

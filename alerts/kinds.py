@@ -49,7 +49,6 @@ from monitor.core.models import Aggregate, RuleKind, Severity
 
 HOUR = timedelta(hours=1)
 SLOT = timedelta(seconds=900)  # a DMA's 15-minute slot (alerts/leakage.py SLOT_S)
-SLOTS_PER_DAY = 96  # UTC days: the city's offset is whole quarter hours (alerts/dma.py)
 # a missed reading (no reading for 1.5 reporting intervals) breaks a "for" run (steps_of)
 GAP_INTERVALS = 1.5
 
@@ -783,7 +782,7 @@ class Composite(Kind):
 
 @dataclass(frozen=True, slots=True)
 class SiteSources:
-    """What a DMA kind builds its series from: the connection (daily figures, slots,
+    """What a DMA kind builds its series from: the connection (daily figures, readings,
     consumption), the DMA sites' rows, the city's time zone, and the area-wide CJJ 92 inputs."""
 
     conn: Connection
@@ -795,7 +794,7 @@ class SiteSources:
 
 class DmaKind(Kind):
     """A rule whose subject is a DMA site, judged on its daily figures (`dma_days`) or its
-    15-minute slots (`dma_slots`), not on one meter's readings. Each reads the history its
+    meters' readings taken together, not on one meter's readings. Each reads the history its
     baseline needs before the start itself, so its lookback is only the fold's margin."""
 
     subject_is_site: ClassVar[bool] = True
@@ -926,7 +925,12 @@ class Burst(DmaKind):
     its pressure over the same 15 minutes below the median of the same windows (a burst
     lowers the pressure). The means are trailing (`leakage.TrailingMeans`, over the
     readings in (t - 15 min, t]): with 5-minute meters the third reading after a burst
-    starts has a window wholly in the burst, 15 minutes at most after it started."""
+    starts has a window wholly in the burst, 15 minutes at most after it started.
+
+    The mean flow of a reading at t in local day D (the city's time zone) is the mean of the
+    days D-1 ... D-history's mean net inflow over their defined slots
+    (`dma_days.net_mean_m3h`, those stored): local days, as the days are cut, not UTC days
+    (before migration 0016 it was the UTC days', from one row per slot)."""
 
     kind = RuleKind.burst
 
@@ -947,14 +951,11 @@ class Burst(DmaKind):
         least = int(self.params.get("min_days", 7))
         floor = float(self.params.get("min_m3h", 1.0))
         day_s = 86400  # the same time of day k days before is k × 24 h earlier (as a slot's)
-        lo = min(starts.values()) - timedelta(days=history)
-        # each day's mean net inflow (of its defined slots), by UTC day number
-        day_mean: dict[str, dict[int, float]] = {}
-        for s, slots in repository.dma_slots(src.conn, list(starts), lo).items():
-            by_day: dict[int, list[float]] = defaultdict(list)
-            for row in slots:
-                by_day[_slot_no(row.slot_at) // SLOTS_PER_DAY].append(row.net_m3h)
-            day_mean[s] = {d: math.fsum(v) / len(v) for d, v in by_day.items()}
+        # each local day's mean net inflow (of its defined slots), from the first day a
+        # reading's baseline can take: the history days before the earliest start's day
+        first = min(starts.values()).astimezone(src.tz).date() - timedelta(days=history)
+        day_mean = repository.dma_day_means(src.conn, list(starts), first)
+        back = [timedelta(days=k) for k in range(1, history + 1)]
         out: dict[str, list[Step]] = {}
         for s, means in dma.trailing_means(src.conn, starts, history).items():
             days = day_mean.get(s, {})
@@ -969,8 +970,8 @@ class Burst(DmaKind):
                 if len(same) < least:
                     continue
                 baseline = statistics.median(same)
-                day = int(t) // day_s
-                flows = [m for k in range(1, history + 1) if (m := days.get(day - k)) is not None]
+                day = datetime.fromtimestamp(t, src.tz).date()  # t's local day
+                flows = [m for k in back if (m := days.get(day - k)) is not None]
                 mean_flow = math.fsum(flows) / len(flows) if flows else 0.0
                 if mean_flow <= 0:
                     continue
@@ -1127,10 +1128,6 @@ def period_start(ts: datetime, period_s: int, tz: ZoneInfo) -> datetime:
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     offset = (local - midnight).total_seconds() // period_s * period_s
     return (midnight + timedelta(seconds=offset)).astimezone(UTC)
-
-
-def _slot_no(ts: datetime) -> int:
-    return int(ts.timestamp()) // 900
 
 
 def _ts(row: Any) -> datetime:

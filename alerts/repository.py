@@ -19,7 +19,6 @@ from monitor.core.models import (
     AlertStatus,
     Device,
     DmaDay,
-    DmaSlot,
     HourlyRollup,
     MaintenanceWindow,
     Reading,
@@ -34,7 +33,6 @@ devices_t = table(Device)
 sites_t = table(Site)
 maintenance_t = table(MaintenanceWindow)
 dma_days_t = table(DmaDay)
-dma_slots_t = table(DmaSlot)
 
 HOUR = timedelta(hours=1)
 K = TypeVar("K")
@@ -305,22 +303,34 @@ def in_maintenance(
 
 
 def dma_days(conn: Connection, site_ids: list[str], since: date) -> dict[str, list[Any]]:
-    """Per DMA site, its daily figures from the local day `since` on, oldest first."""
-    return _per_site(conn, dma_days_t, dma_days_t.c.day, site_ids, since)
-
-
-def dma_slots(conn: Connection, site_ids: list[str], since: datetime) -> dict[str, list[Any]]:
-    """Per DMA site, its defined 15-minute slots from `since` on, oldest first."""
-    return _per_site(conn, dma_slots_t, dma_slots_t.c.slot_at, site_ids, since)
-
-
-def _per_site(
-    conn: Connection, t: Any, when: Any, site_ids: list[str], since: object
-) -> dict[str, list[Any]]:
+    """Per DMA site, its daily figures from the local day `since` on, oldest first (without
+    the day's slot arrays: `dma_day_means` reads what the rules take of them)."""
     out: dict[str, list[Any]] = defaultdict(list)
-    q = select(t).where(one_of(conn, t.c.site_id, site_ids), when >= since)
-    for row in conn.execute(q.order_by(t.c.site_id, when)):
+    q = select(*(c for c in dma_days_t.c if c.name not in _SLOT_ARRAYS)).where(
+        one_of(conn, dma_days_t.c.site_id, site_ids), dma_days_t.c.day >= since
+    )
+    for row in conn.execute(q.order_by(dma_days_t.c.site_id, dma_days_t.c.day)):
         out[row.site_id].append(row)
+    return out
+
+
+_SLOT_ARRAYS = ("slot_index", "slot_net_m3h", "slot_azp_mpa")
+
+
+def dma_day_means(
+    conn: Connection, site_ids: list[str], since: date
+) -> dict[str, dict[date, float]]:
+    """Per DMA site, each local day's mean net inflow over its defined slots
+    (`dma_days.net_mean_m3h`) from the day `since` on; days without a defined slot are left
+    out."""
+    out: dict[str, dict[date, float]] = defaultdict(dict)
+    q = select(dma_days_t.c.site_id, dma_days_t.c.day, dma_days_t.c.net_mean_m3h).where(
+        one_of(conn, dma_days_t.c.site_id, site_ids),
+        dma_days_t.c.day >= since,
+        dma_days_t.c.net_mean_m3h.is_not(None),
+    )
+    for site_id, day, mean in conn.execute(q):
+        out[site_id][day] = float(mean)
     return out
 
 

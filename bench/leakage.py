@@ -49,7 +49,7 @@ def load(db: Database, *, dmas: int, days: int, step_s: int = 300) -> tuple[int,
     end += timedelta(hours=1)
     t0 = time.perf_counter()
     with db.connect() as conn:
-        conn.execute("TRUNCATE readings, hourly_rollups, dma_days, dma_slots")
+        conn.execute("TRUNCATE readings, hourly_rollups, dma_days")
         conn.execute("DELETE FROM devices WHERE id LIKE 'lk-m-%'")
         conn.execute("DELETE FROM sites WHERE id LIKE 'lk-dma-%'")
         conn.execute(

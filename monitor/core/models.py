@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
     Boolean,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -70,6 +72,11 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+def list_of(item: type[Integer] | type[Float[float]]) -> TypeEngine[Any]:
+    """A list column: a PostgreSQL array of `item`, a JSON list on SQLite."""
+    return ARRAY(item()).with_variant(JSON(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -506,21 +513,18 @@ class DmaDay(Base):
     leakage_m3: Mapped[float | None] = mapped_column(Float)
     leakage_pct: Mapped[float | None] = mapped_column(Float)
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the day's defined 15-minute slots (net inflow defined: every inlet and outlet has a
+    # value), whatever the day's validity, in slot order: their numbers from local midnight,
+    # net inflow (inlets - outlets) and the mean pressure of the AZP meters (null where none);
+    # empty lists when no slot is defined (null only on a row not written by
+    # `alerts.dma.recompute_days`). Derived data, the burst rule's mean flow
+    # (migration 0016 moved them here from one `dma_slots` row per slot).
+    slot_index: Mapped[list[int] | None] = mapped_column(list_of(Integer))
+    slot_net_m3h: Mapped[list[float] | None] = mapped_column(list_of(Float))
+    slot_azp_mpa: Mapped[list[float | None] | None] = mapped_column(list_of(Float))
+    net_mean_m3h: Mapped[float | None] = mapped_column(Float)  # of the defined slots
 
 
 def table(model: type[Base]) -> Table:
     """The Core table of a model, for bulk statements (typed, unlike `Model.__table__`)."""
     return cast(Table, model.__table__)
-
-
-class DmaSlot(Base):
-    """A DMA's 15-minute slot: net inflow (inlets - outlets, defined only when every meter
-    has a value) and the mean pressure of its AZP meters; the burst rule's mean flow. Derived
-    data, rewritten from the readings: no foreign key to `sites` (migration 0015 says why)."""
-
-    __tablename__ = "dma_slots"
-
-    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    slot_at: Mapped[datetime] = mapped_column(primary_key=True)  # the slot's start, UTC
-    net_m3h: Mapped[float] = mapped_column(Float)
-    azp_mpa: Mapped[float | None] = mapped_column(Float)

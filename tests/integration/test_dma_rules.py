@@ -34,7 +34,7 @@ from alerts.packs import install_default_rules
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.core.db import make_engine
-from monitor.core.models import Alert, AlertEvent, DmaDay, DmaSlot, Reading, Rule, table
+from monitor.core.models import Alert, AlertEvent, DmaDay, Reading, Rule, table
 from monitor.registry import DeviceCreate, SiteCreate, upsert_device, upsert_site
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -142,7 +142,7 @@ def deliver(engine: Engine, batch: list[Row]) -> None:
 
 def _empty(engine: Engine) -> None:
     with engine.begin() as conn:
-        for model in (AlertEvent, Alert, DmaSlot, DmaDay, Reading):
+        for model in (AlertEvent, Alert, DmaDay, Reading):
             conn.execute(delete(table(model)))
 
 
@@ -246,12 +246,11 @@ def _compared(engine: Engine) -> list[tuple[object, ...]]:
 def _forget_judged_days(engine: Engine) -> None:
     """Back to the stored history: the judged days' readings, figures and every alert gone."""
     first = datetime.combine(FIRST + timedelta(days=JUDGED[0]), time(0), tzinfo=TZ)
-    readings_t, slots, days = table(Reading), table(DmaSlot), table(DmaDay)
+    readings_t, days = table(Reading), table(DmaDay)
     with engine.begin() as conn:
         conn.execute(delete(table(AlertEvent)))
         conn.execute(delete(table(Alert)))
         conn.execute(delete(readings_t).where(readings_t.c.ts >= first.astimezone(UTC)))
-        conn.execute(delete(slots).where(slots.c.slot_at >= first.astimezone(UTC)))
         conn.execute(delete(days).where(days.c.day >= first.date()))
 
 

@@ -31,7 +31,7 @@ from alerts.dma import recompute_days
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.core.db import make_engine
-from monitor.core.models import DmaDay, DmaSlot, table
+from monitor.core.models import DmaDay, table
 from monitor.registry import DeviceCreate, SiteCreate, upsert_device, upsert_site
 
 EXAMPLES = int(os.environ.get("ENVMON_PROPERTY_EXAMPLES", "40"))
@@ -50,6 +50,7 @@ FIGURES = (
     "ndf_h",
     "leakage_m3",
     "leakage_pct",
+    "net_mean_m3h",
 )
 _ids = count()
 
@@ -153,19 +154,19 @@ def computed(
 ) -> Any:
     sp = conn.begin_nested()
     recompute_days(conn, [(site, d) for d in days], tz=tz, in_python=in_python)
-    dd, ds = table(DmaDay), table(DmaSlot)
-    out = (
-        [
-            dict(r._mapping)
-            for r in conn.execute(select(dd).where(dd.c.site_id == site).order_by(dd.c.day))
-        ],
-        [
-            dict(r._mapping)
-            for r in conn.execute(select(ds).where(ds.c.site_id == site).order_by(ds.c.slot_at))
-        ],
-    )
+    dd = table(DmaDay)
+    stored = [
+        dict(r._mapping)
+        for r in conn.execute(select(dd).where(dd.c.site_id == site).order_by(dd.c.day))
+    ]
     sp.rollback()
-    return out
+    # each day's slots from its arrays, one entry a slot: (day, slot number) and the values
+    slots = [
+        {"slot_at": (d["day"], i), "net_m3h": net, "azp_mpa": azp}
+        for d in stored
+        for i, net, azp in zip(d["slot_index"], d["slot_net_m3h"], d["slot_azp_mpa"], strict=True)
+    ]
+    return stored, slots
 
 
 def same(a: object, b: object) -> bool:
