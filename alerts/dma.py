@@ -55,6 +55,7 @@ from monitor.core.models import (
     Device,
     DeviceStatus,
     DmaDay,
+    DmaPending,
     Reading,
     Site,
     table,
@@ -66,6 +67,7 @@ readings = table(Reading)
 sites = table(Site)
 devices = table(Device)
 dma_days = table(DmaDay)
+dma_pending = table(DmaPending)
 consumption = table(Consumption)
 
 
@@ -760,6 +762,12 @@ class Changes:
             out[site] = min(day, out.get(site, day))
         return out
 
+    def __or__(self, other: Changes) -> Changes:
+        since = dict(self.since)
+        for site, t in other.since.items():
+            since[site] = min(t, since.get(site, t))
+        return Changes(self.days | other.days, since)
+
 
 def changes(
     conn: Connection,
@@ -796,3 +804,55 @@ def changes(
             since[site] = min(ts, since.get(site, ts))
     days = {(site_of[d], day) for d, ds in by_device.items() if d in site_of for day in ds}
     return Changes(days, since)
+
+
+def mark_pending(conn: Connection, changed: Changes) -> None:
+    """Owe these DMA days their recomputation (`dma_pending`), in the caller's transaction:
+    the marks become visible with the readings that made them."""
+    if not changed.days:
+        return
+    rows = [(s, d, changed.since[s]) for s, d in sorted(changed.days)]
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _PG_MARK,
+            {
+                "s": pg_array([r[0] for r in rows]),
+                "d": pg_array([r[1].isoformat() for r in rows]),
+                "t": pg_array([r[2] for r in rows]),
+            },
+        )
+    else:
+        conn.execute(
+            dma_pending.insert(), [{"site_id": s, "day": d, "since": t} for s, d, t in rows]
+        )
+
+
+def claim_pending(conn: Connection) -> Changes:
+    """Take every owed DMA day (`mark_pending`, any ingestor's) and delete its marks in the
+    caller's transaction: the recomputation that follows commits with the deletion, or rolls
+    back with it and leaves the marks. Marks another transaction is taking are skipped (it
+    recomputes them); marks not yet committed are not seen (their readings neither)."""
+    if conn.dialect.name == "postgresql":
+        got = conn.execute(_PG_CLAIM).all()
+    else:
+        got = conn.execute(
+            dma_pending.delete().returning(
+                dma_pending.c.site_id, dma_pending.c.day, dma_pending.c.since
+            )
+        ).all()
+    days: set[tuple[str, date]] = set()
+    since: dict[str, datetime] = {}
+    for site, day, t in got:
+        days.add((site, day))
+        since[site] = min(t, since.get(site, t))
+    return Changes(days, since)
+
+
+_PG_MARK = text(
+    "INSERT INTO dma_pending (site_id, day, since) SELECT * FROM unnest("
+    "CAST(:s AS text[]), CAST(:d AS date[]), CAST(:t AS timestamptz[]))"
+)
+_PG_CLAIM = text(
+    "DELETE FROM dma_pending WHERE id IN "
+    "(SELECT id FROM dma_pending FOR UPDATE SKIP LOCKED) RETURNING site_id, day, since"
+)

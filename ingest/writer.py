@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from alerts.dma import changes, recompute_days
+from alerts.dma import Changes, changes, claim_pending, mark_pending, recompute_days
 from alerts.evaluator import (
     Folded,
     Outcome,
@@ -193,6 +193,12 @@ class Writer:
         self._outlet_pressure = settings.leakage_outlet_pressure_mpa
         self._frost_depth = settings.leakage_frost_depth_m
         self._last_tick = 0.0
+        # DMA days (night flow, leakage) re-read the whole day of their meters: while a batch
+        # waits behind this one, they are marked owed (dma_pending) and recomputed at most
+        # every `dma_defer_s`; owed from the start too, for the marks a crash left
+        self._dma_defer_s = settings.dma_defer_s
+        self._dma_flushed = time.monotonic()
+        self._dma_owed = True
         self._page_ended = settings.notify_ended_episodes
         self._copy = settings.ingest_copy
         # rule state kept between batches (alerts/incremental.py); None: rebuild every pair
@@ -286,6 +292,8 @@ class Writer:
             batch = self._ready.get(timeout=0.2)
         except queue.Empty:
             if self._collector_idle.is_set():
+                if self._dma_owed and not self._spool.depth and not self._flush_dma_alone():
+                    return Batch()  # the database is away: not idle while days are owed
                 self.idle.set()  # nothing queued, collected, or being committed
                 now = time.monotonic()
                 if self._quiet_since is None:
@@ -336,6 +344,8 @@ class Writer:
         elif batch.messages:
             self._store_or_spool(batch)
         elif self._collected.is_set() and self._ready.empty():
+            if self._dma_owed:
+                self._flush_dma_alone()  # best effort: the marks outlive the process
             return True
         self._done(batch)
         self._pending = None
@@ -345,6 +355,9 @@ class Writer:
         while not self._stopping.is_set():
             if time.monotonic() - self._last_tick >= TIMER_S:
                 self._last_tick = time.monotonic()
+                # another ingestor may have left owed DMA days (stopped before recomputing
+                # them): look at the next batch, or when idle
+                self._dma_owed = True
                 try:
                     self._tick()
                 except Exception:
@@ -469,6 +482,7 @@ class Writer:
                 except BaseException:
                     if self._cache is not None:
                         self._cache.rollback()
+                    self._dma_owed = True  # the marks this batch claimed are back
                     raise
                 if self._cache is not None:
                     self._cache.commit()
@@ -623,7 +637,7 @@ class Writer:
         opened = 0
         if inserted:
             opened = self._evaluate(conn, touched, planned, folded, pairs_before)
-            self._dma_days(conn, rows)
+            self._dma_days(conn, rows, now=not self._behind())
         elif cache is not None:
             cache.rollback()  # nothing new was stored: what was folded does not count
         # after the evaluation, which reads the watermarks as they were before the batch
@@ -744,22 +758,48 @@ class Writer:
         if self._cache is not None:
             self._cache.undo()
 
-    def _dma_days(self, conn: Connection, rows: list[Row]) -> None:
-        """Recompute the DMA days (night flow, leakage) the batch's meter readings fall in,
-        in the batch's transaction: a backfilled or late day is redone at once. Like rule
-        evaluation, a failure costs the batch its figures, never its readings."""
+    def _behind(self) -> bool:
+        """Whether a batch waits behind the one being committed: collected, or a full one
+        queued."""
+        return not self._ready.empty() or self._inbox.qsize() >= self._max_messages
+
+    def _dma_days(self, conn: Connection, rows: list[Row], *, now: bool = True) -> None:
+        """The DMA days the batch's meter readings fall in (night flow, leakage) and their
+        site rules, in the batch's transaction: recomputed at once when `now` (nothing waits
+        behind this batch) or when the last recomputation is `dma_defer_s` old, with every
+        day owed so far; else marked owed (`mark_pending`), for a later batch, the idle
+        writer or another ingestor. A backfilled or late day is redone like a new one."""
         hours = {
             (r.device_id, r.ts.replace(minute=0, second=0, microsecond=0))
             for r in rows
             if r.metric in DMA_METRICS
         }
-        if not hours:
+        due = now or time.monotonic() - self._dma_flushed >= self._dma_defer_s
+        if not hours and not (due and self._dma_owed):
+            return
+        changed = changes(conn, hours, tz=self._tz) if hours else Changes(set(), {})
+        if not due:
+            if changed.days:
+                mark_pending(conn, changed)
+                self._dma_owed = True
+            return
+        self._flush_dma(conn, changed)
+
+    def _flush_dma(self, conn: Connection, changed: Changes) -> None:
+        """Recompute `changed` and every owed DMA day (`claim_pending`), then judge their
+        sites' rules. Like rule evaluation, a failure costs those days their figures (until
+        their next readings), never the batch's readings."""
+        if self._dma_owed:
+            changed = changed | claim_pending(conn)
+        self._dma_owed = False
+        self._dma_flushed = time.monotonic()
+        if not changed.days:
             return
         try:
             with conn.begin_nested():
-                changed = changes(conn, hours, tz=self._tz)
                 recompute_days(conn, changed.days, tz=self._tz)
         except OperationalError:
+            self._dma_owed = True  # the transaction rolls back, the marks with it
             raise
         except Exception:
             log.exception("DMA day figures failed; the batch's readings are stored regardless")
@@ -777,6 +817,20 @@ class Writer:
                 readings_since=changed.since,
             ),
         )
+
+    def _flush_dma_alone(self) -> bool:
+        """Recompute the owed DMA days in a transaction of their own (the writer is idle);
+        False when the database is away (they stay owed)."""
+        try:
+            with self._engine.begin() as conn:
+                self._flush_dma(conn, Changes(set(), {}))
+        except OperationalError as exc:
+            self._dma_owed = True
+            log.warning("owed DMA days not recomputed (%s); trying again", exc.orig)
+            return False
+        except Exception:
+            log.exception("taking the owed DMA days failed; trying again at the next tick")
+        return True
 
     def _count(self, summary: Summary) -> None:
         """Account for a committed batch."""

@@ -525,6 +525,21 @@ class DmaDay(Base):
     net_mean_m3h: Mapped[float | None] = mapped_column(Float)  # of the defined slots
 
 
+class DmaPending(Base):
+    """A DMA day whose figures and site rules are owed: stored readings changed it, and the
+    ingestor that stored them defers the recomputation while it is behind
+    (`ENVMON_DMA_DEFER_S`). Written in the readings' transaction and deleted in the one that
+    recomputes the day, so a crash in between leaves the mark for the next flush; any
+    ingestor may take it. `since`: the earliest changed reading (its hour) of the site."""
+
+    __tablename__ = "dma_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    day: Mapped[date] = mapped_column(Date)
+    since: Mapped[datetime] = mapped_column()
+
+
 def table(model: type[Base]) -> Table:
     """The Core table of a model, for bulk statements (typed, unlike `Model.__table__`)."""
     return cast(Table, model.__table__)

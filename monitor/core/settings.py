@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Keep each (rule, device)'s window state in memory between batches and "
         "fold in-order readings into it; false: rebuild every pair from the database",
     )
+    dma_defer_s: float = Field(
+        5.0,
+        ge=0,
+        description="While the ingestor is behind (a batch waiting), recompute the DMA days "
+        "(night flow, leakage) and judge their site rules at most this often, not after every "
+        "batch; the days owed are kept in the database (dma_pending). 0: after every batch",
+    )
     eval_shadow: bool = Field(
         False,
         description="Check the kept state: after each batch, rebuild its pairs without it (rolled "
