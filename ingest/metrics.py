@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MESSAGES = Counter("envmon_messages_received", "MQTT messages taken from the broker")
 STORED = Counter("envmon_readings_stored", "Readings stored (new)")
@@ -53,34 +54,47 @@ DB_RETRIES = Counter(
 )
 DB_UP = Gauge("envmon_database_up", "1 while the writer can reach the database")
 ALERTS_OPENED = Counter("envmon_alerts_opened", "Alerts opened by the evaluator")
-LAST_SEEN = Gauge(
-    "envmon_device_last_seen_timestamp_seconds",
-    "When a device's last message arrived (active registered devices only)",
-    ["device_id"],
-)
-_seen_series: dict[str, Any] = {}  # device id -> its LAST_SEEN child
+LAST_SEEN_NAME = "envmon_device_last_seen_timestamp_seconds"
+LAST_SEEN_HELP = "When a device's last message arrived (active registered devices only)"
+# device id -> the epoch seconds of its last stored message, read when /metrics is scraped
+_seen: dict[str, float] = {}
 _seen_lock = threading.Lock()
 
 
-def device_seen(device_id: str, at: float) -> None:
-    """Set a device's LAST_SEEN series (the writer calls this for stored devices only). Each
-    device's child is kept: labels() takes a lock and builds a key per call, ~5% of the writer
-    thread with thousands of devices a batch."""
+class _LastSeen(Collector):
+    """The LAST_SEEN series, built from `_seen` at scrape time: the writer updates one dict
+    per batch instead of one Prometheus child per device (a lock and a label key each,
+    ~5% of the writer thread with thousands of devices a batch)."""
+
+    def collect(self) -> Iterator[Metric]:
+        with _seen_lock:
+            items = list(_seen.items())
+        family = GaugeMetricFamily(LAST_SEEN_NAME, LAST_SEEN_HELP, labels=["device_id"])
+        for device_id, at in items:
+            family.add_metric([device_id], at)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(LAST_SEEN_NAME, LAST_SEEN_HELP, labels=["device_id"])
+
+
+REGISTRY.register(_LastSeen())
+
+
+def devices_seen(seen: Mapping[str, float]) -> None:
+    """Set the LAST_SEEN series of these devices (the writer calls this once a batch, for
+    stored devices only)."""
     with _seen_lock:
-        child = _seen_series.get(device_id)
-        if child is None:
-            child = _seen_series[device_id] = LAST_SEEN.labels(device_id)
-        child.set(at)
+        _seen.update(seen)
 
 
 def keep_devices(active: Collection[str]) -> int:
     """Drop the LAST_SEEN series of every device not in `active` (retired or deleted): the
     series stay as many as the active fleet, not as every id ever seen. Returns how many."""
     with _seen_lock:
-        gone = [d for d in _seen_series if d not in active]
+        gone = [d for d in _seen if d not in active]
         for device_id in gone:
-            LAST_SEEN.remove(device_id)
-            del _seen_series[device_id]
+            del _seen[device_id]
     return len(gone)
 
 

@@ -850,8 +850,7 @@ class Writer:
         for d in summary.dead:
             s.by_reason[d.reason] = s.by_reason.get(d.reason, 0) + 1
             metrics.DEAD.labels(d.reason.value).inc()
-        for device_id, (at, _, _) in summary.seen.items():
-            metrics.device_seen(device_id, at.timestamp())
+        metrics.devices_seen({d: at.timestamp() for d, (at, _, _) in summary.seen.items()})
 
 
 def _facts(m: Message) -> Facts | None:

@@ -62,8 +62,8 @@ def test_a_retired_devices_last_seen_series_is_dropped_at_the_next_refresh(
     engine = make_engine(sqlite_url)
     register(engine, devices={"keep-1": "dust_monitor", "retire-1": "dust_monitor"})
     registry = DeviceRegistry(engine, ttl_s=0.0)
-    for d in ("keep-1", "retire-1", "deleted-1"):
-        metrics.device_seen(d, 1.0)
+    metrics.devices_seen({"keep-1": 1.0, "retire-1": 1.0, "deleted-1": 1.0})
+    assert series("retire-1") == 1.0
     with engine.begin() as conn:
         conn.execute(
             update(table(Device)).where(table(Device).c.id == "retire-1").values(status="retired")
