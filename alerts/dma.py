@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, func, or_, select
+from sqlalchemy import BigInteger, Connection, Engine, Integer, and_, cast, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
@@ -49,7 +49,7 @@ from alerts.leakage import (
     zone_pressure,
 )
 from monitor.core.catalogue import DeviceKind, DmaRole, QualityFlag, SiteKind
-from monitor.core.db import lock_sites, one_of
+from monitor.core.db import lock_sites, one_of, pg_array
 from monitor.core.models import (
     Consumption,
     Device,

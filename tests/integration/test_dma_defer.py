@@ -156,7 +156,8 @@ def test_deferred_days_and_any_restart_end_as_recomputing_every_batch(
         exercised["alerts"] += bool(expected[1])
 
     check()
-    assert exercised["deferred"] and exercised["restarted"] and exercised["alerts"], exercised
+    # (a restart while days are owed is drawn only now and then: the next test makes one)
+    assert exercised["deferred"] and exercised["alerts"], exercised
 
 
 def test_a_new_ingestor_recomputes_what_a_stopped_one_owed(engine: Engine, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from alerts import compliance, dma
 from alerts.compliance import DustDay, Verdict, WaterDay
 from alerts.leakage import area_rate
+from alerts.repository import day_figures
 from monitor.api.deps import PrincipalDep, SessionDep, SettingsDep
 from monitor.api.filters import District
 from monitor.api.scope import district_clause
@@ -437,7 +438,7 @@ def leakage(
     site_rows = session.execute(site_q.order_by(sites.c.id)).all()
     by_id = {r.id: r for r in site_rows}
     rows = session.execute(
-        select(dma_days)
+        select(*day_figures())
         .where(
             dma_days.c.site_id.in_(list(by_id)),
             dma_days.c.day >= start,
