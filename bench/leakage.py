@@ -40,9 +40,11 @@ def days_of(days: int) -> tuple[date, date]:
     return last - timedelta(days=days - 1), last
 
 
-def load(db: Database, *, dmas: int, days: int, step_s: int = 300) -> tuple[int, float]:
-    """Make the dataset in the database: (readings, seconds)."""
-    first, last = days_of(days)
+def load(
+    db: Database, *, dmas: int, first: date, last: date, step_s: int = 300
+) -> tuple[int, float]:
+    """Make the dataset of the local days `first` to `last` in the database: (readings,
+    seconds)."""
     # an hour either side: the totaliser brackets each day's edges
     start = datetime.combine(first, clock(0), TZ).astimezone(UTC) - timedelta(hours=1)
     end = datetime.combine(last + timedelta(days=1), clock(0), TZ).astimezone(UTC)
@@ -92,8 +94,9 @@ def load(db: Database, *, dmas: int, days: int, step_s: int = 300) -> tuple[int,
 
 
 def run(db: Database, *, dmas: int, days: int, step_s: int = 300) -> dict[str, Any]:
-    readings, loaded_s = load(db, dmas=dmas, days=days, step_s=step_s)
-    first, _ = days_of(days)
+    # once: the days loaded are the days asked, also when local midnight passes meanwhile
+    first, last = days_of(days)
+    readings, loaded_s = load(db, dmas=dmas, first=first, last=last, step_s=step_s)
     say(
         f"leakage dataset: {readings:,} readings of {dmas:,} DMAs over {days} days "
         f"in {loaded_s:.0f} s"
