@@ -3,17 +3,21 @@
 The same figures as alerts/leakage.py `day_figures` (the reference, which SQLite and the
 property test tests/integration/test_dma_sql.py run), computed where the readings are:
 
-- `day_slot`: per asked (site, day), its slots from that day's readings alone: for each of
-  the site's flow and AZP meters an index range over the day, grouped into 15-minute means
-  in memory (flow of inlets and outlets, pressure of AZP points, N-flagged readings only),
-  then per slot the net inflow, defined only when every inlet and outlet has a mean, and
-  the zone pressure (mean over AZP points). Each day's slots are a small group of their own:
-  no hash over every slot of the call, and no slot outside the asked days is computed;
-- `mnf`: the least mean of 4 consecutive defined slots wholly inside the night window (a
-  window of 4 rows whose last index is the first's + 3), the earliest on a tie, with the zone
-  pressure over the same 4 slots (P_mnf) from the same window: the 4 rows are the MNF hour's
-  slots, so no second pass over the day's slots finds them;
-- `ndf`: Σ over the day's hours of (P_h / P_mnf)^N1, an hour without pressure counting 1;
+- `day_fig`: per asked (site, day), one row of its figures from that day's readings alone.
+  Its slots: for each of the site's flow and AZP meters an index range over the day, grouped
+  into 15-minute means in memory (flow of inlets and outlets, pressure of AZP points,
+  N-flagged readings only), then per slot the net inflow, defined only when every inlet and
+  outlet has a mean, and the zone pressure (mean over AZP points). From those ~96 slots, in
+  the same LATERAL: the defined slots counted, summed and as arrays in slot order; the MNF,
+  the least mean of 4 consecutive defined slots wholly inside the night window (a window of
+  4 rows whose last index is the first's + 3), the earliest on a tie, with the zone pressure
+  over the same 4 slots (P_mnf); and NDF = Σ over the day's hours of (P_h / P_mnf)^N1, an
+  hour without pressure counting 1. Each day is a small group of its own: no slot row leaves
+  its day, so nothing sorts or hashes the call's million slots (docs/benchmarks.md,
+  "index-only reads");
+- the readings come from `ix_readings_dma` (migration 0018), whose entries carry the value:
+  index-only scans, a meter's day on two or three adjacent leaf pages; the slot query names
+  the index's metrics so the planner can prove its predicate;
 - `tot` / `tot_mark` / `edge` / `bracket` / `drop_off` / `volume`: each inlet's and
   outlet's day volume from its totaliser. One pass over the readings finds, with lag and
   lead, the readings that follow a drop (rollover or reset, `unwrap_totaliser`'s rule) and
@@ -85,73 +89,65 @@ site_meters AS (  -- per site, its flow and AZP meters in device order
            coalesce(bool_or(role = 'inlet'), false) AS has_inlet
     FROM meter WHERE role IN ('inlet', 'outlet', 'azp') GROUP BY site_id
 ),
-day_slot AS (  -- per asked day, its slots from that day's readings alone, in slot order
-    SELECT a.site_id, a.day, a.night_lo, a.night_hi, s.i, s.slot_at, s.net, s.azp
+day_fig AS (  -- per asked day, from that day's readings alone: one row of its figures
+    SELECT a.site_id, a.day, d.*
     FROM asked a
     JOIN site_meters sm ON sm.site_id = a.site_id
     CROSS JOIN LATERAL (
-        SELECT e.slot_at, CAST(date_part('epoch', e.slot_at - a.t0) / {SLOT_S} AS int) AS i,
-               CASE WHEN sm.has_inlet
-                     AND count(*) FILTER (WHERE e.role <> 'azp') = sm.flow_meters
-                    THEN sum(CASE WHEN e.role = 'outlet' THEN -e.v ELSE e.v END)
-                         FILTER (WHERE e.role <> 'azp')
-               END AS net,
-               avg(e.v) FILTER (WHERE e.role = 'azp') AS azp
-        FROM unnest(sm.devs, sm.roles) AS mm(device_id, role)
-        CROSS JOIN LATERAL (  -- one meter's slot means: an index range, grouped in memory
-            SELECT mm.role, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
-                   avg(value) AS v
-            FROM readings
-            WHERE device_id = mm.device_id
-              AND metric = CASE WHEN mm.role = 'azp' THEN 'pressure' ELSE 'flow' END
-              AND ts >= a.t0 AND ts < a.t1 AND quality = 'N'
-            GROUP BY 2
-        ) e
-        GROUP BY e.slot_at
-        ORDER BY e.slot_at
-    ) s
-),
-day_count AS (  -- per day: its defined slots counted, summed and as arrays in slot order
-    SELECT site_id, day, count(net) AS defined, sum(net) AS net_sum, avg(net) AS net_mean,
-           count(net) FILTER (WHERE i >= night_lo AND i < night_hi) AS night_defined,
-           -- in slot order: the aggregates take the sorted subquery's rows as they come (a
-           -- group aggregate over its order); ORDER BY i in each of them sorted every day's
-           -- slots three times more, 0.4 s of a part's 11 at full size (docs/benchmarks.md)
-           array_agg(i) FILTER (WHERE net IS NOT NULL) AS slot_i,
-           array_agg(net) FILTER (WHERE net IS NOT NULL) AS slot_net,
-           array_agg(azp) FILTER (WHERE net IS NOT NULL) AS slot_azp
-    FROM (SELECT * FROM day_slot ORDER BY site_id, day, i) s
-    GROUP BY site_id, day
-),
-run AS (
-    SELECT site_id, day, i, slot_at,
-           avg(net) OVER w AS mean, count(*) OVER w AS n, last_value(i) OVER w AS last_i,
-           avg(azp) OVER w AS p, sum(azp) OVER w AS p_sum
-    FROM day_slot
-    WHERE net IS NOT NULL AND i >= night_lo AND i < night_hi
-    WINDOW w AS (PARTITION BY site_id, day ORDER BY i
-                 ROWS BETWEEN CURRENT ROW AND {MNF_RUN - 1} FOLLOWING)
-),
-mnf AS (
-    SELECT DISTINCT ON (site_id, day) site_id, day, i, slot_at, mean, p, p_sum
-    FROM run WHERE n = {MNF_RUN} AND last_i = i + {MNF_RUN - 1}
-    ORDER BY site_id, day, mean, i
-),
-hour_pressure AS (
-    SELECT site_id, day, i / 4 AS h, avg(azp) AS p
-    FROM day_slot WHERE azp IS NOT NULL GROUP BY site_id, day, i / 4
-),
-ndf AS (
-    SELECT a.site_id, a.day,
-           CASE WHEN m.p IS NULL OR m.p_sum <= 0 THEN a.slots / 4
-                ELSE a.slots / 4 - count(h.p) FILTER (WHERE h.p > 0)
-                     + coalesce(sum(power(h.p / m.p, a.n1)) FILTER (WHERE h.p > 0
-                                                                    AND m.p_sum > 0), 0)
-           END AS ndf
-    FROM mnf m
-    JOIN asked a ON a.site_id = m.site_id AND a.day = m.day
-    LEFT JOIN hour_pressure h ON h.site_id = m.site_id AND h.day = m.day
-    GROUP BY a.site_id, a.day, a.slots, m.p, m.p_sum
+        WITH slot AS (  -- the day's slots in slot order
+            SELECT e.slot_at, CAST(date_part('epoch', e.slot_at - a.t0) / {SLOT_S} AS int) AS i,
+                   CASE WHEN sm.has_inlet
+                         AND count(*) FILTER (WHERE e.role <> 'azp') = sm.flow_meters
+                        THEN sum(CASE WHEN e.role = 'outlet' THEN -e.v ELSE e.v END)
+                             FILTER (WHERE e.role <> 'azp')
+                   END AS net,
+                   avg(e.v) FILTER (WHERE e.role = 'azp') AS azp
+            FROM unnest(sm.devs, sm.roles) AS mm(device_id, role)
+            CROSS JOIN LATERAL (  -- one meter's slot means: an index range, grouped in memory
+                SELECT mm.role, date_bin('{SLOT_S} seconds', ts, timestamptz 'epoch') AS slot_at,
+                       avg(value) AS v
+                FROM readings
+                WHERE device_id = mm.device_id
+                  -- names the metrics of ix_readings_dma, whose entries carry the value
+                  AND metric IN ('flow', 'pressure')
+                  AND metric = CASE WHEN mm.role = 'azp' THEN 'pressure' ELSE 'flow' END
+                  AND ts >= a.t0 AND ts < a.t1 AND quality = 'N'
+                GROUP BY 2
+            ) e
+            GROUP BY e.slot_at
+            ORDER BY e.slot_at
+        ),
+        mnf AS (  -- the least mean of 4 consecutive defined night slots, the earliest on a tie
+            SELECT r.i, r.slot_at, r.mean, r.p, r.p_sum
+            FROM (
+                SELECT i, slot_at, avg(net) OVER w AS mean, count(*) OVER w AS n,
+                       last_value(i) OVER w AS last_i, avg(azp) OVER w AS p,
+                       sum(azp) OVER w AS p_sum
+                FROM slot
+                WHERE net IS NOT NULL AND i >= a.night_lo AND i < a.night_hi
+                WINDOW w AS (ORDER BY i ROWS BETWEEN CURRENT ROW AND {MNF_RUN - 1} FOLLOWING)
+            ) r
+            WHERE r.n = {MNF_RUN} AND r.last_i = r.i + {MNF_RUN - 1}
+            ORDER BY r.mean, r.i
+            LIMIT 1
+        )
+        SELECT c.*, m.mean AS mnf, m.slot_at AS mnf_at,
+               CASE WHEN m.p IS NULL OR m.p_sum <= 0 THEN a.slots / 4
+                    ELSE (SELECT a.slots / 4 - count(*) + coalesce(sum(power(h.p / m.p, a.n1)), 0)
+                          FROM (SELECT avg(azp) AS p FROM slot WHERE azp IS NOT NULL
+                                GROUP BY i / 4) h
+                          WHERE h.p > 0)
+               END AS ndf
+        FROM (  -- the defined slots counted, summed and as arrays, in slot order as they come
+            SELECT count(net) AS defined, sum(net) AS net_sum, avg(net) AS net_mean,
+                   count(net) FILTER (WHERE i >= a.night_lo AND i < a.night_hi) AS night_defined,
+                   array_agg(i) FILTER (WHERE net IS NOT NULL) AS slot_i,
+                   array_agg(net) FILTER (WHERE net IS NOT NULL) AS slot_net,
+                   array_agg(azp) FILTER (WHERE net IS NOT NULL) AS slot_azp
+            FROM slot
+        ) c
+        LEFT JOIN mnf m ON true
+    ) d
 ),
 tot AS (  -- per meter: its readings in index order, the window needs no sort
     SELECT m.site_id, m.device_id, m.role, r.*
@@ -234,15 +230,13 @@ fig AS (
            CASE WHEN a.night_hi > a.night_lo
                 THEN coalesce(c.night_defined, 0) / CAST(a.night_hi - a.night_lo AS float8)
                 ELSE 0.0 END AS night_coverage,
-           m.mean AS mnf, m.slot_at AS mnf_at, n.ndf,
+           c.mnf, c.mnf_at, c.ndf,
            CASE WHEN v.whole THEN v.m3 ELSE c.net_sum * {SLOT_S / 3600} END AS inlet,
            CASE WHEN v.whole THEN 'totaliser' ELSE 'slots' END AS source,
            coalesce(c.slot_i, '{{}}') AS slot_i, coalesce(c.slot_net, '{{}}') AS slot_net,
            coalesce(c.slot_azp, '{{}}') AS slot_azp, c.net_mean
     FROM asked a
-    LEFT JOIN day_count c ON c.site_id = a.site_id AND c.day = a.day
-    LEFT JOIN mnf m ON m.site_id = a.site_id AND m.day = a.day
-    LEFT JOIN ndf n ON n.site_id = a.site_id AND n.day = a.day
+    LEFT JOIN day_fig c ON c.site_id = a.site_id AND c.day = a.day
     LEFT JOIN volume v ON v.site_id = a.site_id AND v.day = a.day
 ),
 day_row AS (
@@ -308,6 +302,32 @@ def _planned(
     conn.execute(_SET, {"k": keys, "v": pg_array(before)})
 
 
+def parameters(
+    days: Sequence[AskedDay], meters: Sequence[tuple[str, str, str]], now: datetime
+) -> dict[str, Any]:
+    """The statement's parameters for these days; `meters` are (device, site, role) of the
+    days' sites' active leak meters."""
+    # the edges of the asked days: the totaliser's brackets
+    bounds = sorted(
+        {d.start for d in days} | {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
+    )
+    return {
+        "a_site": pg_array([d.site_id for d in days]),
+        "a_t0": pg_array([d.start for d in days]),
+        "a_slots": pg_array([d.slots for d in days]),
+        "a_day": pg_array([d.day.isoformat() for d in days]),
+        "a_nlo": pg_array([d.night_lo for d in days]),
+        "a_nhi": pg_array([d.night_hi for d in days]),
+        "a_lnc": pg_array([float(d.night_use_m3h) for d in days]),
+        "a_n1": pg_array([float(d.exponent) for d in days]),
+        "m_dev": pg_array([m[0] for m in meters]),
+        "m_site": pg_array([m[1] for m in meters]),
+        "m_role": pg_array([m[2] for m in meters]),
+        "b_at": pg_array(bounds),
+        "now": now,
+    }
+
+
 def recompute(
     conn: Connection,
     days: Sequence[AskedDay],
@@ -316,29 +336,5 @@ def recompute(
 ) -> None:
     """Compute and store these days' figures and slots (one upsert of their `dma_days`
     rows); `meters` are (device, site, role) of the days' sites' active leak meters."""
-    if not days:
-        return
-    # the edges of the asked days: the totaliser's brackets
-    bounds = sorted(
-        {d.start for d in days} | {d.start + timedelta(seconds=d.slots * SLOT_S) for d in days}
-    )
-    _planned(
-        conn,
-        PLANNER,
-        STATEMENT,
-        {
-            "a_site": pg_array([d.site_id for d in days]),
-            "a_t0": pg_array([d.start for d in days]),
-            "a_slots": pg_array([d.slots for d in days]),
-            "a_day": pg_array([d.day.isoformat() for d in days]),
-            "a_nlo": pg_array([d.night_lo for d in days]),
-            "a_nhi": pg_array([d.night_hi for d in days]),
-            "a_lnc": pg_array([float(d.night_use_m3h) for d in days]),
-            "a_n1": pg_array([float(d.exponent) for d in days]),
-            "m_dev": pg_array([m[0] for m in meters]),
-            "m_site": pg_array([m[1] for m in meters]),
-            "m_role": pg_array([m[2] for m in meters]),
-            "b_at": pg_array(bounds),
-            "now": now,
-        },
-    )
+    if days:
+        _planned(conn, PLANNER, STATEMENT, parameters(days, meters, now))

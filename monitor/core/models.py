@@ -274,7 +274,19 @@ class Reading(Base):
     quality: Mapped[str] = mapped_column(String(1), default="N")
     received_at: Mapped[datetime] = mapped_column()
 
-    __table_args__ = (Index("ix_readings_ts", "ts"),)
+    __table_args__ = (
+        Index("ix_readings_ts", "ts"),
+        # PostgreSQL: the leak meters' N-flagged flow, pressure and totaliser with their
+        # values, for index-only reads of the DMA days and the burst rule (migration 0018)
+        Index(
+            "ix_readings_dma",
+            "device_id",
+            "metric",
+            "ts",
+            postgresql_include=["value"],
+            postgresql_where=text("quality = 'N' AND metric IN ('flow', 'pressure', 'totaliser')"),
+        ).ddl_if(dialect="postgresql"),
+    )
 
 
 class HourlyRollup(Base):

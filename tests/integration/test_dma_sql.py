@@ -25,9 +25,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
+from alerts import dma_pg
 from alerts.dma import recompute_days
+from alerts.leakage import night_slots
 from ingest.repository import insert_readings
 from ingest.validate import Row
 from monitor.core.db import make_engine
@@ -231,3 +233,76 @@ def test_the_statement_gives_the_reference_figures(engine: Engine, case: Case) -
         event(f"day valid={d['valid']} source={d['inlet_source']}")
         if d["ndf_h"] is not None and d["ndf_h"] != 24.0:
             event("NDF from pressure")
+
+
+def test_the_statement_reads_the_meters_from_the_dma_index_alone(pg_url: str) -> None:
+    """Every readings scan of the statement (each day's flow and pressure slot means, each
+    meter's totaliser) is an index-only scan of `ix_readings_dma` (migration 0018) that
+    fetches no heap page: the index carries the values, and the queries name its metrics."""
+    tz = ZoneInfo("Asia/Shanghai")
+    day = date(2026, 11, 20)
+    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    meters = [("pm-in", "inlet"), ("pm-out", "outlet"), ("pm-azp", "azp")]
+    eng = make_engine(pg_url)
+    try:
+        with eng.begin() as conn:
+            upsert_site(
+                conn,
+                SiteCreate(
+                    id="dma-plan", name="plan", district="Lanshan", kind="dma", connections=80
+                ),
+            )
+            for dev, role in meters:
+                upsert_device(
+                    conn,
+                    DeviceCreate(
+                        id=dev, site_id="dma-plan", kind="leak_meter", interval_s=300, dma_role=role
+                    ),
+                )
+            rows = []
+            for k in range(-12, 3 * 288):  # the day and its neighbours, every 5 minutes
+                ts = start + timedelta(minutes=5 * k)
+                for dev, role in meters:
+                    metrics = ["pressure"] if role == "azp" else ["flow", "totaliser"]
+                    for metric in metrics:
+                        value = 0.3 if metric == "pressure" else 10.0 + k * (metric == "totaliser")
+                        rows.append(Row(dev, metric, ts, value, "N", ts))
+            insert_readings(conn, rows)
+        with eng.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("VACUUM ANALYZE readings")  # the visibility map set
+            )
+        with eng.connect() as conn:
+            night = night_slots(time(2), time(4), 96)
+            days = [
+                dma_pg.AskedDay(
+                    "dma-plan",
+                    day + timedelta(days=d),
+                    start + timedelta(days=d),
+                    96,
+                    night.start,
+                    night.stop,
+                    0.136,
+                    1.0,
+                )
+                for d in range(2)
+            ]
+            params = dma_pg.parameters(
+                days, [(dev, "dma-plan", role) for dev, role in meters], datetime.now(UTC)
+            )
+            with conn.begin() as tx:
+                for key, setting in dma_pg.PLANNER.items():
+                    conn.execute(text(f"SET LOCAL {key} = '{setting}'"))
+                # any plan but an index scan is off: is the DMA index enough on its own?
+                conn.execute(text("SET LOCAL enable_seqscan = off"))
+                conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+                plan = "\n".join(
+                    r[0] for r in conn.execute(text("EXPLAIN (ANALYZE) " + dma_pg._SQL), params)
+                )
+                tx.rollback()
+    finally:
+        eng.dispose()
+    scans = [line.strip() for line in plan.splitlines() if " on readings" in line]
+    assert len(scans) == 2, plan  # the per-day slot means, the totaliser
+    assert all(s.startswith("->  Index Only Scan using ix_readings_dma") for s in scans), plan
+    assert plan.count("Heap Fetches: 0") == 2, plan
