@@ -325,16 +325,23 @@ def _recompute_in_python(
         lo, hi = ranges.get(s, (sp.start, end))
         ranges[s] = (min(lo, sp.start), max(hi, end))
 
+    # the meters of the sites with the same range in one condition (`= ANY` on PostgreSQL):
+    # an index range per meter, where an OR per site was planned on PostgreSQL as a scan of
+    # the whole DMA index with the devices as a filter (docs/benchmarks.md, "index-only reads")
+    by_range: dict[tuple[datetime, datetime], list[str]] = defaultdict(list)
+    for s, span in ranges.items():
+        by_range[span].extend(d for d, _ in meters[s])
+
     def in_ranges(pad: timedelta) -> ColumnElement[bool]:
         return or_(
             *(
                 and_(
-                    readings.c.device_id.in_([d for d, _ in meters[s]]),
+                    one_of(conn, readings.c.device_id, ids),
                     readings.c.ts >= lo - pad,
                     readings.c.ts < hi + pad,
                 )
-                for s, (lo, hi) in ranges.items()
-                if meters[s]
+                for (lo, hi), ids in by_range.items()
+                if ids
             )
         )
 
