@@ -168,7 +168,13 @@ def trailing_means(
                     for lo, hi in ranges
                 )
             ),
+            # the span of the ranges as well: an OR of ranges is only a filter, so without it
+            # each meter's whole history was scanned for the 15 windows
+            readings.c.ts > min(lo for lo, _ in ranges),
         )
+        ends = [hi for _, hi in ranges]
+        if None not in ends:
+            q = q.where(readings.c.ts <= max(hi for hi in ends if hi is not None))
         for dev, metric, ts, value in conn.execute(q):
             if (dev, metric) in wanted:
                 points[(dev, metric)].append((ts.timestamp(), float(value)))
